@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * ferry.h - objects shared by the files of ferry.ko.
+ *
+ * A session is one open() of /dev/ferry, bound to the opening thread group.
+ * A region wraps a sealed memfd; it is owned by a process and charged to the
+ * session that created it.  An access is one grant: the rights a grantee
+ * process holds on one region.  A map is what one mmap() made; VMAs split
+ * from it by munmap/mremap share it.
+ *
+ * Lifetimes (each object is freed when its last reference goes):
+ *   session: the open file + every region charged to it
+ *   region:  the id table while live + every map + short lookups
+ *   access:  the region's grant list while granted + every map made under it
+ *   map:     every VMA that points at it
+ *
+ * Lock order: session->lock -> ferry_regions (xarray spinlock);
+ * mmap_lock -> region->lock -> folio lock -> page table lock.
+ * ferry_global_lock (object lists for debugfs) is a leaf except for the
+ * xarray.  No lock here is held across copy_to_user()/copy_from_user().
+ */
+#ifndef FERRY_H
+#define FERRY_H
+
+#include <linux/atomic.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/rwsem.h>
+#include <linux/types.h>
+#include <linux/xarray.h>
+#include <linux/ferry.h>
+
+struct file;
+struct mm_struct;
+struct pid;
+struct vm_area_struct;
+
+/* Module parameters (ferry_main.c); read with READ_ONCE, root may change. */
+extern unsigned int ferry_max_regions;
+extern unsigned long long ferry_max_bytes;
+extern unsigned int ferry_max_grants;
+
+/* Every object below is on one of these lists so debugfs can show it. */
+extern struct mutex ferry_global_lock;
+extern struct list_head ferry_sessions;
+extern struct list_head ferry_all_regions;
+/* Live regions by id; an entry holds one region reference. */
+extern struct xarray ferry_regions;
+
+struct ferry_session {
+	struct kref ref;
+	struct pid *owner;		/* thread group that opened it */
+	u64 serial;			/* for debugfs only */
+	struct mutex lock;		/* the fields below */
+	struct list_head regions;	/* live regions created here */
+	unsigned int nr_regions;	/* charged: until each is freed */
+	u64 bytes;			/* charged: until each is freed */
+	bool closed;			/* no new regions once set */
+	struct list_head node;		/* ferry_sessions */
+};
+
+struct ferry_access {
+	struct kref ref;
+	struct list_head node;		/* region->grants while granted */
+	struct pid *pid;		/* grantee thread group */
+	u32 rights;			/* FERRY_RIGHT_*, under region->lock */
+	bool revoked;			/* under region->lock */
+};
+
+struct ferry_region {
+	struct kref ref;
+	u32 id;
+	u64 size;
+	struct file *file;		/* the memfd; our own reference */
+	struct pid *owner;
+	struct ferry_session *session;	/* charged; holds a reference */
+	/*
+	 * Taken for reading by every fault that installs a page and for
+	 * writing by anything that takes rights away, so no page can be
+	 * installed under rights that are already gone.
+	 */
+	struct rw_semaphore lock;
+	struct list_head grants;	/* ferry_access, under lock */
+	unsigned int nr_grants;		/* under lock */
+	atomic_t nr_maps;		/* VMAs mapping the region */
+	bool live;			/* in the id table; session->lock */
+	struct list_head session_node;	/* session->regions while live */
+	struct list_head all_node;	/* ferry_all_regions */
+};
+
+struct ferry_map {
+	struct kref ref;
+	struct ferry_region *region;
+	struct ferry_access *access;	/* NULL: mapped by the owner */
+	struct mm_struct *mm;		/* the address space it was made for */
+};
+
+/* ferry_main.c */
+bool ferry_caller_is(struct pid *tgid);
+void ferry_session_put(struct ferry_session *s);
+
+/* ferry_region.c */
+int ferry_region_create(struct ferry_session *s, struct ferry_create *arg);
+struct ferry_region *ferry_region_get(u32 id);
+void ferry_region_put(struct ferry_region *r);
+int ferry_region_destroy(struct ferry_region *r);
+void ferry_session_destroy_regions(struct ferry_session *s);
+int ferry_region_info(struct ferry_region *r, struct ferry_info *arg);
+u32 ferry_region_rights_locked(struct ferry_region *r, struct pid *tgid);
+void ferry_region_zap(struct ferry_region *r);
+
+/* ferry_grant.c */
+int ferry_pidfd_init(void);
+int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights);
+int ferry_region_revoke(struct ferry_region *r, int pidfd);
+struct ferry_access *ferry_access_find_locked(struct ferry_region *r,
+					      struct pid *tgid);
+unsigned int ferry_region_prune_grants_locked(struct ferry_region *r);
+void ferry_region_drop_grants(struct ferry_region *r);
+void ferry_access_put(struct ferry_access *a);
+
+/* ferry_mmap.c */
+int ferry_mmap(struct file *file, struct vm_area_struct *vma);
+
+/* ferry_debugfs.c */
+bool ferry_debugfs_init(void);
+void ferry_debugfs_exit(void);
+
+#endif /* FERRY_H */

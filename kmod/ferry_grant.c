@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ferry_grant.c - grants: naming a process by pidfd, granting, revoking,
+ * and forgetting grants whose process has exited.
+ *
+ * A grant holds a reference to the grantee's struct pid, never a pid
+ * number, so a recycled number can never inherit someone else's rights.
+ * Maps made under a grant hold a reference to it: revoking marks it
+ * revoked and their next fault fails even if the process is granted again
+ * later (it must map again).
+ */
+#include <linux/anon_inodes.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/magic.h>
+#include <linux/pid.h>
+#include <linux/rcupdate.h>
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/version.h>
+
+#include "ferry.h"
+
+/*
+ * The kernel exports no pidfd-to-pid helper to modules, so recognise
+ * pidfds by what they are: since 6.9 files of the pidfs filesystem whose
+ * inode carries the pid, before that anon-inode files named "[pidfd]" whose
+ * private data is the pid.
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
+static struct inode *ferry_anon_inode;
+static const struct file_operations ferry_probe_fops;
+
+int ferry_pidfd_init(void)
+{
+	struct file *probe;
+
+	/* Every anon_inode_getfile() file shares one inode: learn it. */
+	probe = anon_inode_getfile("[ferry-probe]", &ferry_probe_fops, NULL,
+				   O_RDONLY);
+	if (IS_ERR(probe))
+		return PTR_ERR(probe);
+	ferry_anon_inode = file_inode(probe);
+	fput(probe);
+	return 0;
+}
+
+static struct pid *ferry_file_pid(struct file *f)
+{
+	if (file_inode(f) != ferry_anon_inode ||
+	    strcmp(f->f_path.dentry->d_name.name, "[pidfd]"))
+		return NULL;
+	return f->private_data;
+}
+#else
+int ferry_pidfd_init(void)
+{
+	return 0;
+}
+
+static struct pid *ferry_file_pid(struct file *f)
+{
+	if (file_inode(f)->i_sb->s_magic != PID_FS_MAGIC)
+		return NULL;
+	return file_inode(f)->i_private;
+}
+#endif
+
+/* A referenced struct pid for @fd, or -EBADF when it is not a pidfd. */
+static struct pid *ferry_pidfd_pid(int fd)
+{
+	struct pid *pid = NULL;
+	struct file *f;
+
+	if (fd < 0)
+		return ERR_PTR(-EBADF);
+	f = fget(fd);
+	if (!f)
+		return ERR_PTR(-EBADF);
+	pid = ferry_file_pid(f);
+	if (pid)
+		get_pid(pid);
+	fput(f);
+	return pid ? pid : ERR_PTR(-EBADF);
+}
+
+/* Is the thread group led by @pid still running (not exited or reaped)? */
+static bool ferry_tgid_alive(struct pid *pid)
+{
+	struct task_struct *task;
+	bool alive;
+
+	rcu_read_lock();
+	task = pid_task(pid, PIDTYPE_TGID);
+	alive = task && !(task->exit_state && thread_group_empty(task));
+	rcu_read_unlock();
+	return alive;
+}
+
+static void ferry_access_release(struct kref *ref)
+{
+	struct ferry_access *a = container_of(ref, struct ferry_access, ref);
+
+	put_pid(a->pid);
+	kfree(a);
+}
+
+void ferry_access_put(struct ferry_access *a)
+{
+	kref_put(&a->ref, ferry_access_release);
+}
+
+struct ferry_access *ferry_access_find_locked(struct ferry_region *r,
+					      struct pid *tgid)
+{
+	struct ferry_access *a;
+
+	list_for_each_entry(a, &r->grants, node)
+		if (a->pid == tgid)
+			return a;
+	return NULL;
+}
+
+/* Take @a off the region's list; its maps now fault SIGBUS. */
+static void ferry_access_unlink_locked(struct ferry_region *r,
+				       struct ferry_access *a)
+{
+	list_del(&a->node);
+	r->nr_grants--;
+	a->revoked = true;
+}
+
+/* Grants die with their process; returns the grants left. */
+unsigned int ferry_region_prune_grants_locked(struct ferry_region *r)
+{
+	struct ferry_access *a, *tmp;
+
+	list_for_each_entry_safe(a, tmp, &r->grants, node) {
+		if (ferry_tgid_alive(a->pid))
+			continue;
+		ferry_access_unlink_locked(r, a);
+		ferry_access_put(a);
+	}
+	return r->nr_grants;
+}
+
+/* The region is being freed: no map is left to use its grants. */
+void ferry_region_drop_grants(struct ferry_region *r)
+{
+	struct ferry_access *a, *tmp;
+
+	list_for_each_entry_safe(a, tmp, &r->grants, node) {
+		ferry_access_unlink_locked(r, a);
+		ferry_access_put(a);
+	}
+}
+
+int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights)
+{
+	struct ferry_access *fresh = NULL, *a;
+	struct pid *pid;
+	bool zap = false;
+	int ret = 0;
+
+	if (!(rights & FERRY_RIGHT_READ) || (rights & ~FERRY_RIGHTS_ALL))
+		return -EINVAL;
+	pid = ferry_pidfd_pid(pidfd);
+	if (IS_ERR(pid))
+		return PTR_ERR(pid);
+	if (pid == r->owner) {
+		ret = -EINVAL;
+		goto put_pid;
+	}
+	if (!ferry_tgid_alive(pid)) {
+		ret = -ESRCH;
+		goto put_pid;
+	}
+	fresh = kzalloc(sizeof(*fresh), GFP_KERNEL);
+	if (!fresh) {
+		ret = -ENOMEM;
+		goto put_pid;
+	}
+
+	down_write(&r->lock);
+	ferry_region_prune_grants_locked(r);
+	a = ferry_access_find_locked(r, pid);
+	if (a) {
+		/* Taking rights away must reach mappings made under them. */
+		zap = a->rights & ~rights;
+		a->rights = rights;
+	} else if (r->nr_grants >= READ_ONCE(ferry_max_grants)) {
+		ret = -ENOSPC;
+	} else {
+		kref_init(&fresh->ref);
+		fresh->pid = pid;
+		fresh->rights = rights;
+		list_add_tail(&fresh->node, &r->grants);
+		r->nr_grants++;
+		fresh = NULL;
+		pid = NULL;	/* the grant owns the reference now */
+	}
+	up_write(&r->lock);
+
+	if (zap)
+		ferry_region_zap(r);
+	kfree(fresh);
+put_pid:
+	put_pid(pid);
+	return ret;
+}
+
+int ferry_region_revoke(struct ferry_region *r, int pidfd)
+{
+	struct ferry_access *a;
+	struct pid *pid;
+
+	/* A pidfd of an exited process still names it: no liveness check. */
+	pid = ferry_pidfd_pid(pidfd);
+	if (IS_ERR(pid))
+		return PTR_ERR(pid);
+
+	down_write(&r->lock);
+	a = ferry_access_find_locked(r, pid);
+	if (a)
+		ferry_access_unlink_locked(r, a);
+	up_write(&r->lock);
+	put_pid(pid);
+	if (!a)
+		return -ENOENT;
+
+	ferry_region_zap(r);
+	ferry_access_put(a);
+	return 0;
+}

@@ -1,0 +1,276 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ferry_region.c - regions: checking a memfd before trusting it, the id
+ * table, what each session is charged, destroy, info and the final free.
+ *
+ * A region holds its own reference to the memfd's file and a "writable
+ * mapping" count on it.  The count keeps F_SEAL_WRITE from being added for
+ * as long as the region exists, so writable mappings handed out by ferry
+ * can never contradict a seal added later.  F_SEAL_SHRINK is required up
+ * front so nobody can truncate pages out from under a mapping (and SIGBUS a
+ * peer that trusted the region's size).
+ */
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/magic.h>
+#include <linux/mm.h>
+#include <linux/pid.h>
+#include <linux/sched.h>
+#include <linux/shmem_fs.h>
+#include <linux/slab.h>
+#include <uapi/linux/fcntl.h>
+
+#include "ferry.h"
+
+/* Ids are the mmap offset's top bits; keep the offset a positive off_t. */
+#define FERRY_MAX_ID	((1U << (63 - FERRY_MMAP_SHIFT)) - 1)
+
+/*
+ * Check @file is a memfd we can build on and take the writable-mapping
+ * count on it.  *size comes in as the caller's request (0 = whole file) and
+ * leaves as the region's size.
+ */
+static int ferry_memfd_claim(struct file *file, u64 *size)
+{
+	struct inode *inode = file_inode(file);
+	const unsigned int bad_seals = F_SEAL_WRITE | F_SEAL_FUTURE_WRITE;
+	unsigned int seals;
+	loff_t isize;
+	int ret = 0;
+
+	/* The owner gets a writable mapping: it must hold a writable fd. */
+	if ((file->f_mode & (FMODE_READ | FMODE_WRITE)) !=
+	    (FMODE_READ | FMODE_WRITE))
+		return -EBADF;
+	/* Only shmem files (memfd) carry seals and pages we can hand out. */
+	if (inode->i_sb->s_magic != TMPFS_MAGIC || !S_ISREG(inode->i_mode))
+		return -EINVAL;
+
+	/* memfd_add_seals() takes the inode lock: check and claim as one. */
+	inode_lock(inode);
+	seals = READ_ONCE(SHMEM_I(inode)->seals);
+	isize = i_size_read(inode);
+	if (!(seals & F_SEAL_SHRINK) || (seals & bad_seals))
+		ret = -EINVAL;
+	else if (isize <= 0 || !PAGE_ALIGNED(isize))
+		ret = -EINVAL;
+	else if (*size && (!PAGE_ALIGNED(*size) || *size > isize))
+		ret = -EINVAL;
+	else if ((*size ? *size : isize) > FERRY_REGION_MAX_SIZE)
+		ret = -EINVAL;
+	else if (mapping_map_writable(file->f_mapping))
+		ret = -EINVAL;	/* write-denied: a seal is being added */
+	inode_unlock(inode);
+
+	if (!ret && !*size)
+		*size = isize;
+	return ret;
+}
+
+static void ferry_region_release(struct kref *ref)
+{
+	struct ferry_region *r = container_of(ref, struct ferry_region, ref);
+	struct ferry_session *s = r->session;
+
+	ferry_region_drop_grants(r);
+	mapping_unmap_writable(r->file->f_mapping);
+	fput(r->file);
+	put_pid(r->owner);
+
+	mutex_lock(&s->lock);
+	s->nr_regions--;
+	s->bytes -= r->size;
+	mutex_unlock(&s->lock);
+
+	mutex_lock(&ferry_global_lock);
+	list_del(&r->all_node);
+	mutex_unlock(&ferry_global_lock);
+
+	ferry_session_put(s);
+	kfree(r);
+}
+
+void ferry_region_put(struct ferry_region *r)
+{
+	kref_put(&r->ref, ferry_region_release);
+}
+
+struct ferry_region *ferry_region_get(u32 id)
+{
+	struct ferry_region *r;
+
+	/* The table's reference cannot go while we hold its lock. */
+	xa_lock(&ferry_regions);
+	r = xa_load(&ferry_regions, id);
+	if (r)
+		kref_get(&r->ref);
+	xa_unlock(&ferry_regions);
+	return r;
+}
+
+/* Charge @s for a region of @size; called with s->lock held. */
+static int ferry_session_charge(struct ferry_session *s, u64 size)
+{
+	u64 max_bytes = READ_ONCE(ferry_max_bytes);
+
+	if (s->closed)
+		return -EBADF;
+	if (s->nr_regions >= READ_ONCE(ferry_max_regions))
+		return -ENOSPC;
+	if (s->bytes > max_bytes || size > max_bytes - s->bytes)
+		return -EDQUOT;
+	return 0;
+}
+
+int ferry_region_create(struct ferry_session *s, struct ferry_create *arg)
+{
+	struct ferry_region *r;
+	struct file *file;
+	u64 size = arg->size;
+	int ret;
+
+	if (arg->flags || arg->pad)
+		return -EINVAL;
+	if (arg->memfd < 0)
+		return -EBADF;
+	file = fget(arg->memfd);
+	if (!file)
+		return -EBADF;
+
+	r = kzalloc(sizeof(*r), GFP_KERNEL);
+	if (!r) {
+		ret = -ENOMEM;
+		goto put_file;
+	}
+	ret = ferry_memfd_claim(file, &size);
+	if (ret)
+		goto free_region;
+
+	kref_init(&r->ref);		/* the id table's reference */
+	r->size = size;
+	r->file = file;
+	r->owner = get_pid(s->owner);
+	r->session = s;
+	init_rwsem(&r->lock);
+	INIT_LIST_HEAD(&r->grants);
+	atomic_set(&r->nr_maps, 0);
+
+	mutex_lock(&s->lock);
+	ret = ferry_session_charge(s, size);
+	if (ret)
+		goto unlock;
+	ret = xa_alloc(&ferry_regions, &r->id, r, XA_LIMIT(1, FERRY_MAX_ID),
+		       GFP_KERNEL);
+	if (ret) {
+		ret = ret == -EBUSY ? -ENOSPC : ret;
+		goto unlock;
+	}
+	r->live = true;
+	s->nr_regions++;
+	s->bytes += size;
+	kref_get(&s->ref);
+	list_add_tail(&r->session_node, &s->regions);
+	mutex_lock(&ferry_global_lock);
+	list_add_tail(&r->all_node, &ferry_all_regions);
+	mutex_unlock(&ferry_global_lock);
+
+	arg->id = r->id;
+	arg->size = size;
+	arg->mmap_offset = (u64)r->id << FERRY_MMAP_SHIFT;
+	mutex_unlock(&s->lock);
+	return 0;
+
+unlock:
+	mutex_unlock(&s->lock);
+	put_pid(r->owner);
+	mapping_unmap_writable(file->f_mapping);
+free_region:
+	kfree(r);
+put_file:
+	fput(file);
+	return ret;
+}
+
+/* Take @r out of the id table; maps made earlier keep it alive. */
+int ferry_region_destroy(struct ferry_region *r)
+{
+	struct ferry_session *s = r->session;
+
+	mutex_lock(&s->lock);
+	if (!r->live) {
+		mutex_unlock(&s->lock);
+		return -ENOENT;
+	}
+	r->live = false;
+	list_del_init(&r->session_node);
+	xa_erase(&ferry_regions, r->id);
+	mutex_unlock(&s->lock);
+
+	ferry_region_put(r);		/* the id table's reference */
+	return 0;
+}
+
+/* The session's owner exited or its last fd closed: its regions go. */
+void ferry_session_destroy_regions(struct ferry_session *s)
+{
+	struct ferry_region *r, *tmp;
+	LIST_HEAD(doomed);
+
+	mutex_lock(&s->lock);
+	s->closed = true;
+	list_for_each_entry(r, &s->regions, session_node) {
+		r->live = false;
+		xa_erase(&ferry_regions, r->id);
+	}
+	list_splice_init(&s->regions, &doomed);
+	mutex_unlock(&s->lock);
+
+	/* Puts may free regions, whose release takes s->lock. */
+	list_for_each_entry_safe(r, tmp, &doomed, session_node) {
+		list_del_init(&r->session_node);
+		ferry_region_put(r);
+	}
+}
+
+u32 ferry_region_rights_locked(struct ferry_region *r, struct pid *tgid)
+{
+	struct ferry_access *a;
+
+	if (tgid == r->owner)
+		return FERRY_RIGHTS_ALL;
+	a = ferry_access_find_locked(r, tgid);
+	return a ? a->rights : 0;
+}
+
+int ferry_region_info(struct ferry_region *r, struct ferry_info *arg)
+{
+	unsigned int nr_grants;
+	u32 rights;
+
+	down_write(&r->lock);
+	rights = ferry_region_rights_locked(r, task_tgid(current));
+	nr_grants = ferry_region_prune_grants_locked(r);
+	up_write(&r->lock);
+	if (!rights)
+		return -EACCES;
+
+	arg->size = r->size;
+	arg->mmap_offset = (u64)r->id << FERRY_MMAP_SHIFT;
+	arg->rights = rights;
+	arg->owner_pid = pid_has_task(r->owner, PIDTYPE_TGID) ?
+			 pid_vnr(r->owner) : 0;
+	arg->nr_grants = nr_grants;
+	arg->nr_maps = atomic_read(&r->nr_maps);
+	return 0;
+}
+
+/*
+ * Remove every page table entry that maps @r, in every process.  Mappings
+ * that still have rights simply fault the pages back in; the others get
+ * SIGBUS from ferry_vm_fault().  Called after rights changed under the
+ * region lock, so no fault can reinstall a page under the old rights.
+ */
+void ferry_region_zap(struct ferry_region *r)
+{
+	unmap_mapping_range(r->file->f_mapping, 0, r->size, 1);
+}
