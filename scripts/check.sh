@@ -1,0 +1,77 @@
+#!/bin/bash
+# `make check`: every test of the project, on this host and in qemu.
+#
+# Each runner prints TAP and ends with "N passed, N failed"; this script
+# relays them, adds them up, prints the total as its own last line and
+# exits non-zero if anything failed.  FERRY_KERNELS picks the kernel series
+# for the VM runs (default "6.1 6.12").
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+cd "$repo" || exit 1
+
+total_pass=0 total_fail=0
+t_start=$(date +%s)
+
+# tally NAME CMD...: run one runner, relay its output, add its last line up.
+tally() {
+	local name=$1 tmp rc last p f
+	shift
+	tmp=$(mktemp)
+	echo "# ==== $name"
+	"$@" 2>&1 | tee "$tmp"
+	rc=${PIPESTATUS[0]}
+	last=$(tail -n 1 "$tmp")
+	rm -f "$tmp"
+	if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+		p=${BASH_REMATCH[1]} f=${BASH_REMATCH[2]}
+	else
+		p=0 f=0
+	fi
+	# A runner that died without its summary, or exited non-zero with
+	# nothing counted as failed, is itself a failure.
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		echo "not ok - $name exited $rc"
+		f=1
+	fi
+	total_pass=$((total_pass + p)) total_fail=$((total_fail + f))
+}
+
+# tap BIN...: run kselftest binaries on the host and count their TAP.
+tap() {
+	local b p=0 f=0 s=0 line rc out
+	out=$(mktemp)
+	for b in "$@"; do
+		echo "# run $b"
+		"$b" >"$out" 2>&1
+		rc=$?
+		while IFS= read -r line; do
+			echo "$line"
+			case "$line" in
+			"not ok "*) f=$((f + 1)) ;;
+			"ok "*"# SKIP"*) s=$((s + 1)) ;;
+			"ok "*) p=$((p + 1)) ;;
+			esac
+		done <"$out"
+		if [ "$rc" -ne 0 ]; then
+			echo "not ok - $b exited $rc"
+			f=$((f + 1))
+		fi
+	done
+	rm -f "$out"
+	[ "$s" -eq 0 ] || echo "# skipped: $s"
+	echo "$p passed, $f failed"
+	[ "$f" -eq 0 ]
+}
+
+"$here/deps.sh" || exit 1
+make -s build-tests || { echo "0 passed, 1 failed"; exit 1; }
+
+tally "uapi header (host)" tap build/tests/uapi/*
+for k in ${FERRY_KERNELS:-6.1 6.12}; do
+	tally "module selftests on Debian $k (qemu)" "$here/vm-test.sh" "$k" build/tests/kmod
+done
+
+echo "# make check took $(( $(date +%s) - t_start )) s"
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]

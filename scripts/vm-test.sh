@@ -1,0 +1,170 @@
+#!/bin/bash
+# Run the module selftests inside qemu on one Debian kernel series.
+#
+#   scripts/vm-test.sh 6.1|6.12 TESTDIR [TESTDIR...]
+#
+# Builds ferry.ko against that kernel's Debian headers (in a private copy
+# under build/vm/<abi>, so two kernels never share objects), packs it with
+# busybox and every executable found in the TESTDIRs into an initramfs,
+# boots Debian's own kernel image under TCG and relays the tests' TAP from
+# the serial console.  Besides the tests' own cases it checks, per kernel:
+# a warning-free build, insmod, every test binary exiting 0, debugfs
+# counters back to zero, rmmod, and a dmesg free of WARNING/BUG/Oops.
+# Ends with "N passed, N failed"; exits non-zero on any failure.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+. "$here/lib.sh"
+
+[ $# -ge 2 ] || ferry_die "usage: vm-test.sh 6.1|6.12 TESTDIR..."
+series=$1; shift
+kenv=$("$here/kernel.sh" "$series") || exit 1
+eval "$kenv"
+busybox=$(ferry_busybox) || exit 1
+
+out=$repo/build/vm/$FERRY_KABI
+timeout_s=${FERRY_VM_TIMEOUT:-900}
+pass=0 fail=0 skip=0 n=0
+
+check() {	# check OK|FAIL description
+	n=$((n + 1))
+	if [ "$1" = OK ]; then
+		pass=$((pass + 1)); echo "ok $n vm-$series: $2"
+	else
+		fail=$((fail + 1)); echo "not ok $n vm-$series: $2"
+	fi
+}
+finish() {
+	echo "# kernel $FERRY_KABI: $pass passed, $fail failed, $skip skipped"
+	echo "$pass passed, $fail failed"
+	[ "$fail" -eq 0 ]
+	exit
+}
+
+echo "# kernel $FERRY_KABI ($series)"
+
+# --- the module, built in a private copy of the sources ------------------
+rm -rf "$out/src" && mkdir -p "$out/src"
+cp -r "$repo/Kbuild" "$repo/kmod" "$repo/include" "$out/src/"
+if make -C "$FERRY_KDIR" M="$out/src" modules >"$out/build.log" 2>&1; then
+	if grep -qiE 'warning:|error:' "$out/build.log"; then
+		sed 's/^/#   /' "$out/build.log"
+		check FAIL "ferry.ko builds without warnings"
+	else
+		check OK "ferry.ko builds without warnings"
+	fi
+else
+	sed 's/^/#   /' "$out/build.log"
+	check FAIL "ferry.ko builds"
+	finish
+fi
+
+# --- initramfs --------------------------------------------------------------
+root=$out/initramfs
+rm -rf "$root" && mkdir -p "$root"/{bin,dev,proc,sys,tmp,tests}
+cp "$busybox" "$root/bin/busybox"
+for a in sh mount insmod rmmod cat echo dmesg reboot sleep tr mkdir ls; do
+	ln -s busybox "$root/bin/$a"
+done
+cp "$out/src/kmod/ferry.ko" "$root/ferry.ko"
+nt=0
+for d in "$@"; do
+	for t in "$d"/*; do
+		[ -f "$t" ] && [ -x "$t" ] || continue
+		cp "$t" "$root/tests/" && nt=$((nt + 1))
+	done
+done
+[ "$nt" -gt 0 ] || ferry_die "no test binaries in $*"
+
+cat >"$root/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tmpfs tmp /tmp
+echo
+insmod /ferry.ko; echo "FERRY-VM insmod $?"
+for t in /tests/*; do
+	echo "FERRY-VM run ${t##*/}"
+	"$t"
+	echo "FERRY-VM rc ${t##*/} $?"
+done
+echo "FERRY-VM stats $(tr '\n' ' ' </sys/kernel/debug/ferry/stats)"
+rmmod ferry; echo "FERRY-VM rmmod $?"
+echo "FERRY-VM dmesg-begin"
+dmesg
+echo "FERRY-VM dmesg-end"
+reboot -f
+INIT
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initramfs.cpio.gz"
+
+# --- boot and relay ---------------------------------------------------------
+log=$out/console.log
+: >"$log"
+insmod_rc= rmmod_rc= stats= bad_rc=() in_dmesg=0 dmesg_bad=()
+t0=$(date +%s)
+while IFS= read -r line; do
+	line=${line%$'\r'}
+	printf '%s\n' "$line" >>"$log"
+	# Firmware escape sequences can precede the first marker on its line.
+	case "$line" in *"FERRY-VM "*) line="FERRY-VM ${line#*FERRY-VM }" ;; esac
+	if [ $in_dmesg = 1 ]; then
+		case "$line" in
+		"FERRY-VM dmesg-end") in_dmesg=0 ;;
+		*WARNING:*|*BUG:*|*Oops*|*"Call Trace"*|*"possible recursive locking"*|\
+		*"circular locking"*|*"sleeping function called"*|*"general protection"*|\
+		*"refcount_t:"*|*"list_add corruption"*|*"list_del corruption"*|*kmemleak*)
+			dmesg_bad+=("$line") ;;
+		esac
+		continue
+	fi
+	case "$line" in
+	"FERRY-VM insmod "*) insmod_rc=${line##* } ;;
+	"FERRY-VM run "*) echo "# ${line#FERRY-VM }" ;;
+	"FERRY-VM rc "*)
+		set -- ${line#FERRY-VM rc }
+		[ "$2" = 0 ] || bad_rc+=("$1 exited $2") ;;
+	"FERRY-VM stats "*) stats=${line#FERRY-VM stats } ;;
+	"FERRY-VM rmmod "*) rmmod_rc=${line##* } ;;
+	"FERRY-VM dmesg-begin") in_dmesg=1 ;;
+	"not ok "*)
+		fail=$((fail + 1)); echo "$line" ;;
+	"ok "*"# SKIP"*)
+		skip=$((skip + 1)); echo "$line" ;;
+	"ok "*)
+		pass=$((pass + 1)); echo "$line" ;;
+	*) echo "$line" ;;
+	esac
+done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 \
+	-nographic -no-reboot -kernel "$FERRY_VMLINUZ" -initrd "$out/initramfs.cpio.gz" \
+	-append "console=ttyS0 panic=-1 loglevel=3" </dev/null 2>&1)
+echo "# boot + tests: $(( $(date +%s) - t0 )) s"
+
+[ "$insmod_rc" = 0 ] && check OK "insmod ferry.ko" || check FAIL "insmod ferry.ko (rc=${insmod_rc:-none: VM died or timed out after ${timeout_s}s})"
+if [ ${#bad_rc[@]} -eq 0 ] && [ -n "$rmmod_rc" ]; then
+	check OK "all $nt test binaries exited 0"
+else
+	for b in "${bad_rc[@]}"; do echo "#   $b"; done
+	[ -n "$rmmod_rc" ] || echo "#   the VM never reached the end of the tests"
+	check FAIL "all $nt test binaries exited 0"
+fi
+zero=1
+for k in regions live_regions bytes maps grants sessions; do
+	v=$(sed -nE "s/.*(^| )$k ([0-9]+).*/\\2/p" <<<"$stats")
+	[ "$v" = 0 ] || zero=0
+done
+[ $zero = 1 ] && check OK "debugfs counters zero after the tests" ||
+	check FAIL "debugfs counters zero after the tests (got: ${stats:-nothing})"
+[ "$rmmod_rc" = 0 ] && check OK "rmmod ferry" || check FAIL "rmmod ferry (rc=${rmmod_rc:-none})"
+if [ ${#dmesg_bad[@]} -eq 0 ] && [ -n "$rmmod_rc" ]; then
+	check OK "dmesg free of kernel warnings"
+else
+	echo "# kernel log (full console in $log):"
+	for l in "${dmesg_bad[@]}"; do echo "#   $l"; done
+	sed -n '/FERRY-VM dmesg-begin/,/FERRY-VM dmesg-end/p' "$log" | tail -n 80 | sed 's/^/#   /'
+	check FAIL "dmesg free of kernel warnings"
+fi
+finish
