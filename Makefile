@@ -21,12 +21,39 @@ KSFT_DIR = $(shell scripts/ksft.sh)
 TEST_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
 	-Wno-sign-compare -static -pthread -Iinclude/uapi
 
+# libferry: C11, warnings are errors.
+CFLAGS ?= -O2 -g
+LIB_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -pthread \
+	-Iuserspace/include -Iuserspace/lib -Iinclude/uapi $(CFLAGS)
+LIB_SRCS := $(wildcard userspace/lib/*.c)
+LIB_OBJS := $(patsubst userspace/lib/%.c,$(BUILD)/lib/%.o,$(LIB_SRCS))
+LIB_HDRS := $(wildcard userspace/include/*.h userspace/lib/*.h) include/uapi/linux/ferry.h
+LIB_A := $(BUILD)/libferry.a
+LIB_SO := $(BUILD)/libferry.so.0
+# Test binaries are static so the same files run on the host and in the VM.
+LIB_LDLIBS := -l:liburing.a -l:libnuma.a -pthread
+
 KMOD_TESTS := $(patsubst tests/kmod/%.c,$(BUILD)/tests/kmod/%,$(wildcard tests/kmod/*.c))
 UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/uapi/*.c))
+LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 
-.PHONY: all module module-if-possible build-tests deps check clean
+.PHONY: all lib module module-if-possible build-tests deps check clean
 
-all: module-if-possible
+all: lib module-if-possible
+
+lib: $(LIB_A) $(LIB_SO)
+
+$(BUILD)/lib/%.o: userspace/lib/%.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(LIB_CFLAGS) -c -o $@ $<
+
+$(LIB_A): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIB_SO): $(LIB_OBJS)
+	$(CC) -shared -Wl,-soname,libferry.so.0 -Wl,-z,defs -o $@ $^ -luring -lnuma -pthread
+	ln -sf libferry.so.0 $(BUILD)/libferry.so
 
 module:
 	@if [ -z "$(KDIR)" ] || [ ! -d "$(KDIR)" ]; then \
@@ -43,7 +70,12 @@ module-if-possible:
 deps:
 	@scripts/deps.sh
 
-build-tests: $(KMOD_TESTS) $(UAPI_TESTS)
+build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS)
+
+$(BUILD)/tests/userspace/%: tests/userspace/%.c $(LIB_A) $(wildcard tests/userspace/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) -D_GNU_SOURCE -Iuserspace/include -Iuserspace/lib -I$(KSFT_DIR) \
+		-o $@ $< $(LIB_A) $(LIB_LDLIBS)
 
 $(BUILD)/tests/kmod/%: tests/kmod/%.c tests/kmod/ferry_test.h include/uapi/linux/ferry.h
 	@mkdir -p $(@D)

@@ -65,11 +65,17 @@ tap() {
 }
 
 "$here/deps.sh" || exit 1
-make -s build-tests || { echo "0 passed, 1 failed"; exit 1; }
+make -s lib build-tests || { echo "0 passed, 1 failed"; exit 1; }
 
 tally "uapi header (host)" tap build/tests/uapi/*
+if ls build/tests/userspace/* >/dev/null 2>&1; then
+	tally "libferry (host, memfd backend)" tap build/tests/userspace/*
+fi
+# In the VM the module is loaded, so libferry's tests run on kmod there.
+vm_dirs=(build/tests/kmod)
+[ -d build/tests/userspace ] && vm_dirs+=(build/tests/userspace)
 for k in ${FERRY_KERNELS:-6.1 6.12}; do
-	tally "module selftests on Debian $k (qemu)" "$here/vm-test.sh" "$k" build/tests/kmod
+	tally "module + libferry on Debian $k (qemu)" "$here/vm-test.sh" "$k" "${vm_dirs[@]}"
 done
 
 echo "# make check took $(( $(date +%s) - t_start )) s"

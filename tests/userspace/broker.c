@@ -1,0 +1,609 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The broker end to end: children and helpers forked for real, every reply
+ * checked byte for byte, processes killed mid-request, hostile descriptors,
+ * services attaching over the socket.  Runs on whichever backend AUTO picks
+ * (memfd on a host, kmod in the VM with the module loaded).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ferry.h"
+#include "kselftest_harness.h"
+
+enum { OP_XFORM = 1, OP_SLEEP = 2, OP_WHO = 3, OP_TOUCH = 4 };
+
+/* out[i] = in[i] ^ key, and a checksum of the input in arg[2]. */
+static int handler(struct ferry_helper *h, const struct ferry_desc *req,
+		   struct ferry_desc *rep, void *arg)
+{
+	(void)arg;
+	switch (req->op) {
+	case OP_XFORM: {
+		const uint8_t *in = ferry_helper_data(h, req, req->offset, req->len);
+		uint8_t *out = ferry_helper_data(h, req, req->arg[0], req->len);
+		uint64_t sum = 0;
+		uint8_t key = (uint8_t)req->arg[1];
+
+		if (!in || !out)
+			return -EFAULT;
+		for (uint64_t i = 0; i < req->len; i++) {
+			sum = sum * 31 + in[i];
+			out[i] = in[i] ^ key;
+		}
+		rep->arg[2] = sum;
+		return 0;
+	}
+	case OP_SLEEP:
+		usleep((useconds_t)req->arg[0] * 1000);
+		return 0;
+	case OP_WHO:
+		rep->arg[0] = (uint64_t)getpid();
+		rep->arg[1] = ferry_helper_index(h);
+		return 0;
+	case OP_TOUCH:	/* offset only checked by the broker, not the heap */
+		return ferry_helper_data(h, req, req->offset, req->len ? req->len : 1) ?
+		       0 : -EFAULT;
+	}
+	return -EOPNOTSUPP;
+}
+
+struct work {
+	unsigned int requests;	/* per child */
+	unsigned int max_len;
+	bool async;
+	unsigned int sleep_first_ms;	/* OP_SLEEP before the real work */
+	bool retry_epipe;	/* resubmit what a dying helper failed back */
+};
+
+static uint64_t rng(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+struct buf {
+	uint8_t *in, *out;
+	uint64_t len, sum;
+	uint8_t key;
+	bool busy;
+};
+
+static void fill(struct buf *b, uint64_t *seed, unsigned int max_len)
+{
+	b->len = 1 + rng(seed) % max_len;
+	b->key = (uint8_t)(1 + rng(seed) % 255);
+	b->sum = 0;
+	for (uint64_t i = 0; i < b->len; i++) {
+		b->in[i] = (uint8_t)rng(seed);
+		b->sum = b->sum * 31 + b->in[i];
+	}
+}
+
+static bool verify(struct ferry_child *c, const struct buf *b, const struct ferry_desc *rep)
+{
+	if (rep->status != 0 || rep->arg[2] != b->sum || rep->op != OP_XFORM ||
+	    rep->region != ferry_child_index(c))
+		return false;
+	for (uint64_t i = 0; i < b->len; i++)
+		if (b->out[i] != (uint8_t)(b->in[i] ^ b->key))
+			return false;
+	return true;
+}
+
+static void req_of(struct ferry_child *c, const struct buf *b, uint64_t tag, struct ferry_desc *d)
+{
+	*d = (struct ferry_desc){
+		.op = OP_XFORM, .tag = tag, .offset = ferry_offset(c, b->in), .len = b->len,
+		.arg = { ferry_offset(c, b->out), b->key },
+	};
+}
+
+/* Exit codes tell the parent what went wrong. */
+static int child_body(struct ferry_child *c, void *arg)
+{
+	const struct work *w = arg;
+	unsigned int k = w->async ? ferry_window(c) : 1;
+	uint64_t seed = 0x9e3779b97f4a7c15ULL ^ (ferry_child_index(c) + 1) * 7919;
+	struct buf *bufs = calloc(k, sizeof(*bufs));
+	unsigned int sent = 0, done = 0;
+	struct ferry_desc d, rep;
+
+	if (!bufs)
+		return 10;
+	for (unsigned int i = 0; i < k; i++) {
+		bufs[i].in = ferry_malloc(c, w->max_len);
+		bufs[i].out = ferry_malloc(c, w->max_len);
+		if (!bufs[i].in || !bufs[i].out)
+			return 11;
+	}
+	if (w->sleep_first_ms) {
+		d = (struct ferry_desc){ .op = OP_SLEEP, .arg = { w->sleep_first_ms } };
+		if (ferry_call(c, &d, &rep) || rep.status)
+			return 12;
+	}
+	while (done < w->requests) {
+		while (sent < w->requests && ferry_outstanding(c) < k) {
+			unsigned int slot = 0;
+
+			while (bufs[slot].busy)
+				slot++;
+			fill(&bufs[slot], &seed, w->max_len);
+			req_of(c, &bufs[slot], slot, &d);
+			if (ferry_submit(c, &d))
+				return 13;
+			bufs[slot].busy = true;
+			sent++;
+		}
+		if (ferry_complete(c, &rep, 30LL * 1000000000))
+			return 14;
+		if (rep.tag >= k || !bufs[rep.tag].busy)
+			return 15;
+		if (w->retry_epipe && rep.status == -EPIPE) {
+			req_of(c, &bufs[rep.tag], rep.tag, &d);
+			if (ferry_submit(c, &d))
+				return 13;
+			continue;
+		}
+		if (!verify(c, &bufs[rep.tag], &rep))
+			return 16;
+		bufs[rep.tag].busy = false;
+		done++;
+	}
+	if (w->async) {
+		/* A full window refuses more: K outstanding, K+1 is -EAGAIN. */
+		d = (struct ferry_desc){ .op = OP_SLEEP, .arg = { 1 } };
+		for (unsigned int i = 0; i < k; i++)
+			if (ferry_submit(c, &d))
+				return 17;
+		if (ferry_submit(c, &d) != -EAGAIN)
+			return 18;
+		for (unsigned int i = 0; i < k; i++)
+			if (ferry_complete(c, &rep, 30LL * 1000000000) || rep.status)
+				return 19;
+	}
+	return 0;
+}
+
+static void opts_for(struct ferry_broker_opts *o, unsigned int children, unsigned int helpers,
+		     struct work *w)
+{
+	ferry_broker_opts_init(o);
+	o->children = children;
+	o->helpers = helpers;
+	o->region_size = 4u << 20;
+	o->window = 8;
+	o->handler = handler;
+	o->child_fn = child_body;
+	o->child_arg = w;
+}
+
+static bool alive(pid_t pid)
+{
+	return pid > 0 && kill(pid, 0) == 0;
+}
+
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+/* The 6.1 harness has timeouts only for fixture tests: an empty fixture. */
+FIXTURE(load) {};
+FIXTURE_SETUP(load) {}
+FIXTURE_TEARDOWN(load) {}
+
+TEST(sync_round_trips_checked)
+{
+	struct work w = { .requests = 2000, .max_len = 4096 };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 2, 2, &w);
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	TH_LOG("backend %s", ferry_backend_name(ferry_broker_backend(b)));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(4000, st.requests);
+	EXPECT_EQ(4000, st.replies);
+	EXPECT_EQ(0, st.bad_desc);
+	EXPECT_EQ(0, st.bad_reply);
+	ferry_broker_stop(b);
+}
+
+/* The load: 32 children x 4 helpers, >= 100k requests, all checked. */
+TEST_F_TIMEOUT(load, thirty_two_children_four_helpers_100k, 600)
+{
+	struct work w = { .requests = 3200, .max_len = 512, .async = true };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	struct timespec t0, t1;
+	uint64_t served = 0;
+
+	opts_for(&o, 32, 4, &w);
+	o.region_size = 1u << 20;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 500LL * 1000000000));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(32 * (3200 + 8), st.requests);
+	EXPECT_EQ(st.requests, st.replies);
+	for (unsigned int h = 0; h < 4; h++) {
+		uint64_t s = ferry_broker_helper_served(b, h);
+
+		EXPECT_LT(0, s);	/* every helper took a share */
+		served += s;
+	}
+	EXPECT_EQ(st.requests, served);
+	TH_LOG("%llu requests in %.2f s (%.0f/s), %llu wakeups",
+	       (unsigned long long)st.requests,
+	       (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
+	       st.requests / ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9),
+	       (unsigned long long)st.wakeups);
+	ferry_broker_stop(b);
+}
+
+static int hostile_body(struct ferry_child *c, void *arg)
+{
+	uint8_t *blk = ferry_malloc(c, 4096);
+	uint64_t off = ferry_offset(c, blk);
+	struct ferry_desc rep, d;
+	int bad = 0;
+
+	(void)arg;
+	if (!blk)
+		return 20;
+	/* flags must be 0 */
+	d = (struct ferry_desc){ .op = OP_XFORM, .flags = 1, .offset = off, .len = 16, .arg = { off } };
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		bad |= 1;
+	/* offset past the end of the region */
+	d = (struct ferry_desc){ .op = OP_TOUCH, .offset = 1ULL << 40, .len = 1 };
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		bad |= 2;
+	/* length that wraps around */
+	d = (struct ferry_desc){ .op = OP_TOUCH, .offset = off, .len = UINT64_MAX - 8 };
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		bad |= 4;
+	/* our internal op codes are not for children */
+	d = (struct ferry_desc){ .op = 0xff000001u, .offset = off, .len = 1 };
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		bad |= 8;
+	/* in bounds but not a live heap block: the helper refuses */
+	d = (struct ferry_desc){ .op = OP_XFORM, .offset = off, .len = 16, .arg = { off + 8192 } };
+	if (ferry_call(c, &d, &rep) || rep.status != -EFAULT)
+		bad |= 16;
+	/* a lie about our region: the broker overwrites it */
+	memset(blk, 7, 64);
+	d = (struct ferry_desc){ .op = OP_XFORM, .region = 1, .offset = off, .len = 64,
+				 .arg = { off, 0 } };
+	if (ferry_call(c, &d, &rep) || rep.status != 0 || rep.region != ferry_child_index(c))
+		bad |= 32;
+	/* and a good one still works */
+	d = (struct ferry_desc){ .op = OP_WHO };
+	if (ferry_call(c, &d, &rep) || rep.status != 0)
+		bad |= 64;
+	return bad;
+}
+
+TEST(malformed_descriptors_rejected_and_counted)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 2, 1, NULL);
+	o.child_fn = hostile_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(2 * 4, st.bad_desc);
+	EXPECT_EQ(0, st.bad_reply);
+	ferry_broker_stop(b);
+}
+
+/* A child holds nothing of the others: no fds beyond its own, no mappings. */
+static int isolation_body(struct ferry_child *c, void *arg)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0, bad = 0;
+	FILE *maps;
+	char line[512];
+
+	(void)arg;
+	(void)c;
+	if (!d)
+		return 30;
+	while ((e = readdir(d))) {
+		char path[300], target[256];
+		ssize_t len;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len < 0)
+			continue;
+		target[len] = 0;
+		/* another child's region would show up as a memfd here */
+		if (strstr(target, "memfd:"))
+			bad |= 1;
+		n++;
+	}
+	closedir(d);
+	maps = fopen("/proc/self/maps", "r");
+	if (!maps)
+		return 31;
+	while (fgets(line, sizeof(line), maps)) {
+		if (strstr(line, "memfd:ferry-region") || strstr(line, "/dev/ferry"))
+			n += 1000;	/* count region mappings separately */
+	}
+	fclose(maps);
+	/* exactly one region mapping: our own */
+	if (n / 1000 != 1)
+		bad |= 2;
+	return bad;
+}
+
+TEST(child_reaches_only_its_own_region)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+
+	opts_for(&o, 4, 2, NULL);
+	o.child_fn = isolation_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stop(b);
+}
+
+static int sleepy_body(struct ferry_child *c, void *arg)
+{
+	struct ferry_desc d = { .op = OP_SLEEP, .arg = { 60000 } }, rep;
+
+	(void)arg;
+	(void)c;
+	ferry_call(c, &d, &rep);
+	return 0;
+}
+
+TEST_F_TIMEOUT(load, kill_child_mid_request, 120)
+{
+	struct work w = { .requests = 3000, .max_len = 1024, .async = true };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	int fds0;
+
+	opts_for(&o, 3, 2, &w);
+	fds0 = count_fds();
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	/* Kill child 0 while it is busy; 1 and 2 finish their work. */
+	usleep(100 * 1000);
+	ASSERT_EQ(0, kill(ferry_broker_child_pid(b, 0), SIGKILL));
+	EXPECT_EQ(1, ferry_broker_wait(b, 100LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(1, st.child_deaths);
+	EXPECT_EQ(3, st.child_exits);
+	EXPECT_EQ(0, st.helper_deaths);
+	EXPECT_EQ(0, st.bad_reply);
+	ferry_broker_stop(b);
+	EXPECT_EQ(fds0, count_fds());	/* nothing of the broker's left open */
+}
+
+TEST_F_TIMEOUT(load, kill_helper_mid_request_fails_back_and_restarts, 120)
+{
+	struct work w = { .requests = 500, .max_len = 256, .async = false };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	pid_t victim;
+
+	/* One helper, one child stuck in a 60 s request on it. */
+	opts_for(&o, 1, 1, &w);
+	o.child_fn = sleepy_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	victim = ferry_broker_helper_pid(b, 0);
+	for (int i = 0; i < 200; i++) {
+		ferry_broker_stats(b, &st);
+		if (st.in_flight)
+			break;
+		usleep(10 * 1000);
+	}
+	ASSERT_EQ(1, st.in_flight);
+	ASSERT_EQ(0, kill(victim, SIGKILL));
+	/* The child gets -EPIPE back (sleepy_body ignores it) and exits 0. */
+	EXPECT_EQ(0, ferry_broker_wait(b, 30LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(1, st.helper_deaths);
+	EXPECT_EQ(1, st.helper_restarts);
+	EXPECT_EQ(1, st.failed_back);
+	EXPECT_NE(victim, ferry_broker_helper_pid(b, 0));
+	EXPECT_TRUE(alive(ferry_broker_helper_pid(b, 0)));
+	ferry_broker_stop(b);
+}
+
+/* After a helper restart the new helper serves every child again. */
+TEST_F_TIMEOUT(load, restarted_helper_serves, 120)
+{
+	struct work w = { .requests = 4000, .max_len = 256, .async = true, .sleep_first_ms = 300 };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 2, 1, &w);
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	usleep(100 * 1000);	/* both children are inside their 300 ms sleep... */
+	/* ...which the helper runs one at a time: kill it under them. */
+	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 0), SIGKILL));
+	/* Their first call fails back with -EPIPE: child_body returns 12. */
+	EXPECT_EQ(2, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(1, st.helper_restarts);
+	ferry_broker_stop(b);
+
+	/* Under load: children that resubmit what failed back finish every
+	 * request, checked, with the restarted helper taking its share. */
+	w = (struct work){ .requests = 20000, .max_len = 256, .async = true,
+			   .retry_epipe = true };
+	opts_for(&o, 2, 2, &w);
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	usleep(50 * 1000);
+	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 1), SIGKILL));
+	EXPECT_EQ(0, ferry_broker_wait(b, 100LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(1, st.helper_restarts);
+	EXPECT_EQ(st.requests, st.replies);
+	EXPECT_EQ(0, st.dropped);
+	ferry_broker_stop(b);
+}
+
+TEST(stop_leaves_no_process)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	pid_t pids[6];
+
+	opts_for(&o, 4, 2, NULL);
+	o.child_fn = sleepy_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	for (int i = 0; i < 4; i++)
+		pids[i] = ferry_broker_child_pid(b, i);
+	pids[4] = ferry_broker_helper_pid(b, 0);
+	pids[5] = ferry_broker_helper_pid(b, 1);
+	for (int i = 0; i < 6; i++)
+		ASSERT_TRUE(alive(pids[i]));
+	ferry_broker_stop(b);
+	for (int i = 0; i < 6; i++)
+		EXPECT_FALSE(alive(pids[i]));
+}
+
+/* SIGKILL of the broker itself: its processes follow (PDEATHSIG). */
+TEST(broker_death_takes_everything)
+{
+	int pfd[2];
+	pid_t broker, pids[3];
+
+	ASSERT_EQ(0, pipe(pfd));
+	broker = fork();
+	ASSERT_LE(0, broker);
+	if (broker == 0) {
+		struct ferry_broker_opts o;
+		struct ferry_broker *b;
+
+		opts_for(&o, 2, 1, NULL);
+		o.child_fn = sleepy_body;
+		if (ferry_broker_start(&o, &b))
+			_exit(1);
+		pids[0] = ferry_broker_child_pid(b, 0);
+		pids[1] = ferry_broker_child_pid(b, 1);
+		pids[2] = ferry_broker_helper_pid(b, 0);
+		if (write(pfd[1], pids, sizeof(pids)) != sizeof(pids))
+			_exit(1);
+		pause();
+		_exit(0);
+	}
+	ASSERT_EQ(sizeof(pids), read(pfd[0], pids, sizeof(pids)));
+	kill(broker, SIGKILL);
+	waitpid(broker, NULL, 0);
+	for (int t = 0; t < 100; t++) {
+		if (!alive(pids[0]) && !alive(pids[1]) && !alive(pids[2]))
+			break;
+		usleep(20 * 1000);
+	}
+	for (int i = 0; i < 3; i++)
+		EXPECT_FALSE(alive(pids[i]));
+}
+
+TEST(attach_over_socket)
+{
+	char path[64];
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	pid_t svc;
+	int status;
+
+	snprintf(path, sizeof(path), "/tmp/ferry-test-%d.sock", getpid());
+	opts_for(&o, 0, 2, NULL);
+	o.attach_path = path;
+	o.max_attached = 1;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	/* A service that the broker did not fork. */
+	svc = fork();
+	ASSERT_LE(0, svc);
+	if (svc == 0) {
+		struct ferry_child *c, *c2;
+		struct work w = { .requests = 500, .max_len = 2048, .async = true };
+		int ret;
+
+		if (ferry_attach(path, &c))
+			_exit(40);
+		/* the only attach slot is taken: a second one is refused */
+		if (ferry_attach(path, &c2) != -EBUSY)
+			_exit(41);
+		ret = child_body(c, &w);
+		ferry_detach(c);
+		_exit(ret);
+	}
+	ASSERT_EQ(svc, waitpid(svc, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+	for (int t = 0; t < 100; t++) {
+		ferry_broker_stats(b, &st);
+		if (st.child_exits)
+			break;
+		usleep(10 * 1000);
+	}
+	EXPECT_EQ(1, st.attached);
+	EXPECT_EQ(1, st.attach_refused);
+	EXPECT_EQ(1, st.child_exits);	/* the detach */
+	EXPECT_EQ(0, st.child_deaths);
+	EXPECT_EQ(508, st.requests);
+	ferry_broker_stop(b);
+	EXPECT_NE(0, access(path, F_OK));	/* the socket is gone */
+}
+
+TEST(bad_options)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+
+	opts_for(&o, 1, 0, NULL);
+	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
+	opts_for(&o, 1, 1, NULL);
+	o.handler = NULL;
+	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
+	opts_for(&o, 1, 1, NULL);
+	o.window = 0;
+	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
+	opts_for(&o, 1, 1, NULL);
+	o.child_fn = NULL;
+	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
+	EXPECT_EQ(-ENAMETOOLONG, ferry_attach("", &(struct ferry_child *){ NULL }));
+	EXPECT_EQ(-ENOENT, ferry_attach("/tmp/ferry-no-such-socket", &(struct ferry_child *){ NULL }));
+}
+
+TEST_HARNESS_MAIN

@@ -1,0 +1,253 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * libferry: zero-copy transport between the processes of one host.
+ *
+ * A broker forks helpers (which do the work, on a GPU or a CPU) and
+ * children (which produce requests).  Each child owns one shared-memory
+ * region; it allocates tensors inside it with ferry_malloc() and sends
+ * 64-byte descriptors naming (offset, len) in its region, never pointers.
+ * Helpers map every child's region and answer in place.
+ *
+ * Every function that can fail returns 0 (or a non-negative value) on
+ * success and a negative errno on failure; nothing prints unless asked.
+ */
+#ifndef FERRY_H
+#define FERRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Descriptors                                                          */
+
+/*
+ * What travels on a ring.  A child fills op, tag, offset, len and arg[];
+ * the broker overwrites region (children cannot name other regions) and
+ * routes; a helper answers with status (0 or -errno) and whatever it
+ * wants in offset/len/arg[].
+ */
+struct ferry_desc {
+	uint32_t op;		/* user op code; values >= 0xff000000 are ours */
+	uint32_t flags;		/* 0 today */
+	uint64_t tag;		/* chosen by the sender, echoed in the reply */
+	uint32_t region;	/* region index, set by the broker */
+	int32_t status;		/* reply: 0 or -errno */
+	uint64_t offset;	/* bytes from the region's start */
+	uint64_t len;
+	uint64_t arg[3];
+};
+#define FERRY_DESC_SIZE 64
+_Static_assert(sizeof(struct ferry_desc) == FERRY_DESC_SIZE, "descriptor is 64 bytes");
+
+/* ------------------------------------------------------------------ */
+/* Regions and their backends                                           */
+
+enum ferry_backend {
+	FERRY_BACKEND_AUTO = 0,	/* $FERRY_BACKEND, else kmod if usable, else memfd */
+	FERRY_BACKEND_KMOD = 1,	/* /dev/ferry: per-process grants, revoke */
+	FERRY_BACKEND_MEMFD = 2,	/* sealed memfds passed by inheritance/SCM_RIGHTS */
+};
+
+#define FERRY_READ	1U
+#define FERRY_WRITE	2U
+
+/* "kmod", "memfd" or "auto". */
+const char *ferry_backend_name(enum ferry_backend b);
+/* Parse "kmod"/"memfd"/"auto"; -EINVAL for anything else. */
+int ferry_backend_parse(const char *s);
+/*
+ * Which backend @want means here: AUTO looks at $FERRY_BACKEND, then at
+ * whether /dev/ferry opens and speaks our ABI.  Asking for kmod where the
+ * module is not usable is -ENODEV.
+ */
+int ferry_backend_resolve(enum ferry_backend want);
+
+/* A process's handle on its backend (for kmod: its own /dev/ferry session). */
+struct ferry_rctx;
+int ferry_rctx_open(enum ferry_backend want, struct ferry_rctx **out);
+void ferry_rctx_close(struct ferry_rctx *rc);
+enum ferry_backend ferry_rctx_backend(const struct ferry_rctx *rc);
+
+struct ferry_region;
+/*
+ * A new region of @size bytes (rounded up to pages), owned and mapped
+ * read-write by the caller.  @numa_node >= 0 binds its pages to that node
+ * before they are touched; -1 leaves placement to the kernel.
+ */
+int ferry_region_create(struct ferry_rctx *rc, size_t size, int numa_node,
+			struct ferry_region **out);
+/*
+ * What another process needs to map the region.  For kmod the id is all
+ * that matters; for memfd the fd must reach the peer (inherited across
+ * fork or sent with SCM_RIGHTS) and is the access right itself.
+ */
+struct ferry_region_ref {
+	uint32_t id;		/* kmod region id, 0 for memfd */
+	int32_t fd;		/* memfd (in the sender's fd table), -1 for kmod */
+	uint64_t size;
+};
+void ferry_region_ref(const struct ferry_region *r, struct ferry_region_ref *out);
+/*
+ * Let the process behind @pidfd map the region with @rights.  kmod: a
+ * grant checked by the kernel on every mmap.  memfd: nothing to do here
+ * (holding the fd is the right); returns 0.
+ */
+int ferry_region_grant(struct ferry_region *r, int pidfd, unsigned int rights);
+/* kmod: withdraw and zap the peer's mappings.  memfd: -EOPNOTSUPP. */
+int ferry_region_revoke(struct ferry_region *r, int pidfd);
+/* Map a region someone else owns (@ref as they described it). */
+int ferry_region_import(struct ferry_rctx *rc, const struct ferry_region_ref *ref,
+			unsigned int rights, struct ferry_region **out);
+void *ferry_region_base(const struct ferry_region *r);
+size_t ferry_region_size(const struct ferry_region *r);
+/* Unmap; the owner's close also destroys the region (mappings elsewhere live on). */
+void ferry_region_close(struct ferry_region *r);
+
+/* ------------------------------------------------------------------ */
+/* Heap inside a region                                                 */
+
+/*
+ * A heap keeps all its metadata inside [base + heap_off, base + size) and
+ * hands out offsets from @base, 64-byte aligned.  One process mutates a
+ * heap; others may only check ranges against it.  Not thread-safe: callers
+ * that share a heap between threads lock around it (ferry_malloc does).
+ */
+#define FERRY_HEAP_ALIGN 64
+int ferry_heap_format(void *base, uint64_t size, uint64_t heap_off);
+/* Offset of a block of at least @n bytes, or -ENOMEM / -EINVAL. */
+int64_t ferry_heap_alloc(void *base, uint64_t size, uint64_t n);
+/* -EINVAL when @off is not a live block (double free, garbage). */
+int ferry_heap_free(void *base, uint64_t size, uint64_t off);
+/*
+ * 0 when [off, off + len) lies inside one live block, -EINVAL otherwise.
+ * Safe on a heap whose metadata a hostile process rewrote: it reads only
+ * inside [base, base + size) and each metadata word once.
+ */
+int ferry_heap_check(const void *base, uint64_t size, uint64_t off, uint64_t len);
+struct ferry_heap_stats {
+	uint64_t capacity, used, free, largest_free;
+	uint64_t live_blocks, free_blocks;
+};
+int ferry_heap_stats(const void *base, uint64_t size, struct ferry_heap_stats *out);
+
+/* ------------------------------------------------------------------ */
+/* Broker, children, helpers                                            */
+
+struct ferry_broker;
+struct ferry_child;	/* a child's (or attached service's) end */
+struct ferry_helper;	/* a helper's end */
+
+/* A child's body; its return value is the child's exit status. */
+typedef int (*ferry_child_fn)(struct ferry_child *c, void *arg);
+/*
+ * A helper's request handler.  @rep starts as a copy of @req; the handler
+ * may change offset/len/arg[] and returns the reply's status (0 or -errno).
+ * Tensor bytes are reached through ferry_helper_data(), never by trusting
+ * offsets directly.
+ */
+typedef int (*ferry_handler_fn)(struct ferry_helper *h, const struct ferry_desc *req,
+				struct ferry_desc *rep, void *arg);
+/* Optional per-helper setup, run once in each (re)started helper. */
+typedef int (*ferry_helper_init_fn)(struct ferry_helper *h, void *arg);
+
+struct ferry_broker_opts {
+	unsigned int children;		/* forked children, may be 0 */
+	unsigned int helpers;		/* >= 1 */
+	size_t region_size;		/* heap bytes per child region */
+	unsigned int window;		/* outstanding requests per child (K) */
+	unsigned int helper_depth;	/* requests queued at one helper at once */
+	enum ferry_backend backend;
+	uint64_t spin_ns;		/* spin before sleeping; $FERRY_SPIN_NS */
+	ferry_child_fn child_fn;
+	void *child_arg;
+	ferry_handler_fn handler;
+	ferry_helper_init_fn helper_init;
+	void *helper_arg;
+	const char *attach_path;	/* unix socket for services, NULL: none */
+	unsigned int max_attached;	/* services attached at once */
+	int numa_node;			/* region placement, -1: none */
+};
+void ferry_broker_opts_init(struct ferry_broker_opts *o);
+
+/*
+ * Create the regions, fork the helpers then the children, and start the
+ * dispatch thread.  Every process started here dies with the broker
+ * (PR_SET_PDEATHSIG) and no file outlives it.
+ */
+int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **out);
+enum ferry_backend ferry_broker_backend(const struct ferry_broker *b);
+/*
+ * Wait until every forked child has exited (up to @timeout_ns, <0:
+ * forever); -ETIMEDOUT otherwise.  Returns the number of children that
+ * exited non-zero or were killed.
+ */
+int ferry_broker_wait(struct ferry_broker *b, int64_t timeout_ns);
+/* Kill everything still running, free every region, and free @b. */
+void ferry_broker_stop(struct ferry_broker *b);
+pid_t ferry_broker_child_pid(const struct ferry_broker *b, unsigned int i);
+pid_t ferry_broker_helper_pid(const struct ferry_broker *b, unsigned int i);
+
+struct ferry_broker_stats {
+	uint64_t requests;		/* accepted from children */
+	uint64_t replies;		/* delivered to children */
+	uint64_t failed_back;		/* replies made by the broker (-EPIPE...) */
+	uint64_t bad_desc;		/* malformed descriptors from children */
+	uint64_t bad_reply;		/* malformed replies from helpers */
+	uint64_t dropped;		/* requests of dead children */
+	uint64_t child_exits;		/* children and services that ended */
+	uint64_t child_deaths;		/* ... of them killed by a signal */
+	uint64_t helper_deaths, helper_restarts;
+	uint64_t attached, attach_refused;
+	uint64_t queued;		/* requests waiting for a helper now */
+	uint64_t in_flight;		/* at helpers now */
+	uint64_t wakeups;		/* times the dispatch thread woke */
+};
+int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out);
+/* Requests served by helper slot @i since start (all incarnations). */
+uint64_t ferry_broker_helper_served(struct ferry_broker *b, unsigned int i);
+
+/* --- in a child or an attached service --- */
+
+/* Index among children (attached services come after the forked ones). */
+unsigned int ferry_child_index(const struct ferry_child *c);
+/* Allocate inside the child's own region (thread-safe); NULL when full. */
+void *ferry_malloc(struct ferry_child *c, size_t n);
+void ferry_free(struct ferry_child *c, void *p);
+/* Offset of @p in the region (what descriptors carry), or UINT64_MAX. */
+uint64_t ferry_offset(const struct ferry_child *c, const void *p);
+void *ferry_ptr(const struct ferry_child *c, uint64_t off);
+/*
+ * Send @req and wait for its reply.  -EBUSY when asynchronous requests are
+ * outstanding; -EPIPE and friends come back in rep->status.
+ */
+int ferry_call(struct ferry_child *c, const struct ferry_desc *req, struct ferry_desc *rep);
+/* Asynchronous: -EAGAIN when the window is full (collect replies first). */
+int ferry_submit(struct ferry_child *c, const struct ferry_desc *req);
+/* Next reply of a submitted request, waiting up to @timeout_ns (<0: forever). */
+int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns);
+unsigned int ferry_outstanding(const struct ferry_child *c);
+unsigned int ferry_window(const struct ferry_child *c);
+
+/* Attach to a running broker's socket as a service; ferry_detach() ends it. */
+int ferry_attach(const char *path, struct ferry_child **out);
+void ferry_detach(struct ferry_child *c);
+
+/* --- in a helper --- */
+
+unsigned int ferry_helper_index(const struct ferry_helper *h);
+/*
+ * Pointer to [off, off + len) of the region a request came from, checked
+ * against the region's bounds and its heap; NULL (and counted) otherwise.
+ */
+void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
+			uint64_t off, uint64_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FERRY_H */

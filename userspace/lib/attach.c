@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * Services the broker did not fork attach over a unix socket.  The broker
+ * checks who connected (SO_PEERCRED: same user or root), gives it a region
+ * and a channel exactly like a forked child's (fds by SCM_RIGHTS, kmod
+ * grants by pidfd), and treats the connection closing as its death.
+ * The connection itself is the request to attach: the broker never blocks
+ * reading from a client.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "peer.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+static int sun_path(const char *path, struct sockaddr_un *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->sun_family = AF_UNIX;
+	if (!path || !*path || strlen(path) >= sizeof(a->sun_path))
+		return -ENAMETOOLONG;
+	strcpy(a->sun_path, path);
+	return 0;
+}
+
+int ferry_attach_listen(struct ferry_broker *b)
+{
+	struct sockaddr_un a;
+	int fd, err = sun_path(b->o.attach_path, &a);
+
+	if (err)
+		return err;
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	err = bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ? -errno : 0;
+	if (err == -EADDRINUSE) {
+		/* A stale socket from a dead broker may be replaced; a live one not. */
+		int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		bool live = probe >= 0 && connect(probe, (struct sockaddr *)&a, sizeof(a)) == 0;
+
+		if (probe >= 0)
+			close(probe);
+		if (!live) {
+			unlink(a.sun_path);
+			err = bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ? -errno : 0;
+		}
+	}
+	if (!err && listen(fd, 64) < 0)
+		err = -errno;
+	if (err) {
+		close(fd);
+		return err;
+	}
+	b->attach_path = strdup(a.sun_path);
+	b->listen_fd = fd;
+	return b->attach_path ? 0 : -ENOMEM;
+}
+
+static void refuse(int fd, int status)
+{
+	struct ferry_ctl m = {
+		.magic = FERRY_PROTO_MAGIC, .version = FERRY_PROTO_VERSION,
+		.type = FERRY_CTL_REFUSED, .status = status,
+	};
+
+	ferry_ctl_send(fd, &m, NULL, 0);
+	close(fd);
+}
+
+void ferry_attach_accept(struct ferry_broker *b)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	unsigned int i;
+	int fd, pidfd = -1, err;
+
+	for (;;) {
+		fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0)
+			return;	/* EAGAIN: all taken */
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+		    (cred.uid != geteuid() && cred.uid != 0)) {
+			b->st.attach_refused++;
+			refuse(fd, -EACCES);
+			continue;
+		}
+		for (i = b->nchildren; i < b->nslots_total; i++)
+			if (!b->child[i].used)
+				break;
+		if (i >= b->nslots_total) {
+			b->st.attach_refused++;
+			refuse(fd, -EBUSY);
+			continue;
+		}
+		/* The kernel's pidfd of the peer where it has one: no pid reuse race. */
+		len = sizeof(pidfd);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
+			pidfd = ferry_pidfd_open(cred.pid);
+		if (pidfd < 0) {
+			b->st.attach_refused++;
+			refuse(fd, -ESRCH);
+			continue;
+		}
+		err = ferry_child_slot_setup(b, i);
+		if (err) {
+			close(pidfd);
+			b->st.attach_refused++;
+			refuse(fd, err);
+			continue;
+		}
+		b->child[i].attached = true;
+		b->child[i].alive = true;
+		b->child[i].pid = cred.pid;
+		b->child[i].pidfd = pidfd;
+		b->child[i].ctl = fd;
+		err = ferry_child_send_setup(b, i, pidfd);
+		if (err) {
+			b->child[i].alive = false;
+			ferry_child_reclaim(b, i);
+			b->st.attach_refused++;
+			continue;
+		}
+		b->st.attached++;
+	}
+}
+
+int ferry_attach(const char *path, struct ferry_child **out)
+{
+	struct sockaddr_un a;
+	struct ferry_child *c;
+	int fd, err = sun_path(path, &a);
+
+	if (err)
+		return err;
+	if (!out)
+		return -EINVAL;
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	c = malloc(sizeof(*c));
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	err = ferry_child_init(c, fd, true);
+	if (err) {
+		close(fd);
+		free(c);
+		return err;
+	}
+	*out = c;
+	return 0;
+}
+
+void ferry_detach(struct ferry_child *c)
+{
+	if (!c)
+		return;
+	ferry_child_fini(c);
+	free(c);
+}

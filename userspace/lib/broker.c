@@ -1,0 +1,486 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * The broker: owns every region and channel, forks helpers then children,
+ * and runs one dispatch thread (dispatch.c).  This file sets peers up and
+ * tears them down; the order is what keeps isolation:
+ *   1. create the region, format its channel (and heap);
+ *   2. fork: the new process holds only its control socket;
+ *   3. grant the region to the new pid (kmod) and send it what it may map.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "broker.h"
+
+#define DEFAULT_WINDOW 8
+#define DEFAULT_DEPTH 2
+#define DEFAULT_SPIN_NS 20000
+
+void ferry_broker_opts_init(struct ferry_broker_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->children = 1;
+	o->helpers = 1;
+	o->region_size = 16u << 20;
+	o->window = DEFAULT_WINDOW;
+	o->helper_depth = DEFAULT_DEPTH;
+	o->backend = FERRY_BACKEND_AUTO;
+	o->spin_ns = UINT64_MAX;	/* "not set": $FERRY_SPIN_NS or default */
+	o->max_attached = 4;
+	o->numa_node = -1;
+}
+
+static uint32_t pow2_at_least(uint32_t n)
+{
+	uint32_t p = 2;
+
+	while (p < n)
+		p <<= 1;
+	return p;
+}
+
+static size_t page_round(size_t n)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+
+	return (n + pg - 1) & ~(pg - 1);
+}
+
+int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots)
+{
+	size_t cb = ferry_chan_bytes(nslots);
+	int err;
+
+	bc->efd[0] = bc->efd[1] = -1;
+	bc->bell_armed = false;
+	err = ferry_region_create(b->rc, bytes, b->o.numa_node, &bc->region);
+	if (err)
+		return err;
+	err = ferry_chan_format(ferry_region_base(bc->region), cb, nslots);
+	if (err)
+		goto fail;
+	if (b->mode == FERRY_BELL_EVENTFD) {
+		for (int d = 0; d < 2; d++) {
+			bc->efd[d] = eventfd(0, EFD_CLOEXEC);
+			if (bc->efd[d] < 0) {
+				err = -errno;
+				goto fail;
+			}
+		}
+	}
+	err = ferry_chan_attach(&bc->ch, ferry_region_base(bc->region), cb, true,
+				b->mode, bc->efd);
+	if (err)
+		goto fail;
+	bc->ch.spin_ns = 0;	/* the dispatch loop does its own spinning */
+	return 0;
+fail:
+	ferry_bchan_destroy(bc);
+	return err;
+}
+
+void ferry_bchan_destroy(struct bchan *bc)
+{
+	for (int d = 0; d < 2; d++) {
+		if (bc->efd[d] >= 0)
+			close(bc->efd[d]);
+		bc->efd[d] = -1;
+	}
+	ferry_region_close(bc->region);
+	bc->region = NULL;
+}
+
+/* The SETUP message telling a peer what its channel (and region) is. */
+static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
+		      struct bchan *bc, uint32_t nslots, size_t chan_bytes)
+{
+	struct ferry_ctl m = {
+		.magic = FERRY_PROTO_MAGIC, .version = FERRY_PROTO_VERSION,
+		.type = FERRY_CTL_SETUP, .index = index,
+		.backend = ferry_rctx_backend(b->rc), .bell_mode = b->mode,
+		.nslots = nslots, .window = b->o.window, .spin_ns = b->o.spin_ns,
+		.chan_bytes = chan_bytes,
+	};
+	int fds[FERRY_CTL_MAX_FDS];
+	unsigned int n = 0;
+
+	ferry_region_ref(bc->region, &m.region);
+	if (m.region.fd >= 0) {
+		fds[n] = m.region.fd;
+		m.region.fd = (int32_t)n++;
+	}
+	if (b->mode == FERRY_BELL_EVENTFD) {
+		fds[n++] = bc->efd[0];
+		fds[n++] = bc->efd[1];
+	}
+	m.nfds = n;
+	return ferry_ctl_send(sock, &m, fds, n);
+}
+
+/* Region + channel + heap for child slot @i (forked or attached). */
+int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i)
+{
+	struct bchild *c = &b->child[i];
+	size_t total = b->chan_bytes_child + page_round(b->o.region_size);
+	int err;
+
+	memset(c, 0, sizeof(*c));
+	c->pidfd = c->ctl = -1;
+	c->next_ready = UINT32_MAX;
+	err = ferry_bchan_create(b, &c->chan, total, b->nslots_child);
+	if (err)
+		return err;
+	err = ferry_heap_format(ferry_region_base(c->chan.region), total, b->chan_bytes_child);
+	if (err) {
+		ferry_bchan_destroy(&c->chan);
+		return err;
+	}
+	c->used = true;
+	return 0;
+}
+
+/* Grant child @i's region to it and to every helper, then tell them. */
+int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd)
+{
+	struct bchild *c = &b->child[i];
+	int err = ferry_region_grant(c->chan.region, pidfd, FERRY_READ | FERRY_WRITE);
+
+	if (err)
+		return err;
+	for (unsigned int h = 0; h < b->o.helpers; h++)
+		if (b->helper[h].alive)
+			ferry_helper_queue_region(b, h, i, true);
+	return send_setup(b, c->ctl, i, &c->chan, b->nslots_child, b->chan_bytes_child);
+}
+
+/*
+ * Tell helper @h to map or unmap child region @ci: the message goes on
+ * the control socket now, and a FERRY_OP_CTRL descriptor follows on the
+ * channel (dispatch.c queues it before the next request), so the helper
+ * sees the region before any request that names it.
+ */
+void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add)
+{
+	struct bhelper *hp = &b->helper[h];
+	struct bchild *c = &b->child[ci];
+	struct ferry_ctl m = {
+		.magic = FERRY_PROTO_MAGIC, .version = FERRY_PROTO_VERSION,
+		.type = add ? FERRY_CTL_REGION_ADD : FERRY_CTL_REGION_DROP,
+		.index = ci, .backend = ferry_rctx_backend(b->rc),
+		.chan_bytes = b->chan_bytes_child,
+	};
+	int fd = -1;
+
+	if (add) {
+		if (ferry_region_grant(c->chan.region, hp->pidfd, FERRY_READ | FERRY_WRITE))
+			return;	/* the helper is dying; its restart re-adds */
+		ferry_region_ref(c->chan.region, &m.region);
+		if (m.region.fd >= 0) {
+			fd = m.region.fd;
+			m.region.fd = 0;
+			m.nfds = 1;
+		}
+	} else {
+		m.region.fd = -1;
+	}
+	if (ferry_ctl_send(hp->ctl, &m, &fd, m.nfds) == 0)
+		hp->ctl_owed++;
+}
+
+int ferry_helper_start(struct ferry_broker *b, unsigned int h)
+{
+	struct bhelper *hp = &b->helper[h];
+	size_t bytes = ferry_chan_bytes(b->nslots_helper);
+	pid_t pid;
+	int err, ctl;
+
+	memset(hp, 0, sizeof(*hp));
+	hp->pidfd = hp->ctl = -1;
+	err = ferry_bchan_create(b, &hp->chan, bytes, b->nslots_helper);
+	if (err)
+		return err;
+	pid = ferry_spawn(&hp->pidfd, &ctl);
+	if (pid < 0) {
+		ferry_bchan_destroy(&hp->chan);
+		return (int)pid;
+	}
+	if (pid == 0)
+		ferry_helper_main(b, h, ctl);
+	hp->pid = pid;
+	hp->ctl = ctl;
+	hp->alive = true;
+	err = ferry_region_grant(hp->chan.region, hp->pidfd, FERRY_READ | FERRY_WRITE);
+	if (!err)
+		err = send_setup(b, hp->ctl, h, &hp->chan, b->nslots_helper, bytes);
+	if (err)
+		return err;	/* the caller kills what was started */
+	for (unsigned int i = 0; i < b->nslots_total; i++)
+		if (b->child[i].used && b->child[i].alive)
+			ferry_helper_queue_region(b, h, i, true);
+	return 0;
+}
+
+/* Child @i is dead and nothing of it is at a helper: free its region. */
+void ferry_child_reclaim(struct ferry_broker *b, unsigned int i)
+{
+	struct bchild *c = &b->child[i];
+
+	for (unsigned int h = 0; h < b->o.helpers; h++) {
+		if (!b->helper[h].alive)
+			continue;
+		ferry_region_revoke(c->chan.region, b->helper[h].pidfd);
+		ferry_helper_queue_region(b, h, i, false);
+	}
+	if (c->pidfd_armed)
+		ferry_waitset_disarm(b->ws, KEY(KEY_CHILD_PIDFD, i));
+	if (c->conn_armed)
+		ferry_waitset_disarm(b->ws, KEY(KEY_CHILD_CONN, i));
+	if (c->chan.bell_armed)
+		ferry_waitset_disarm(b->ws, KEY(KEY_CHILD_BELL, i));
+	ferry_bchan_destroy(&c->chan);
+	if (c->pidfd >= 0)
+		close(c->pidfd);
+	if (c->ctl >= 0)
+		close(c->ctl);
+	c->pidfd = c->ctl = -1;
+	c->used = false;
+}
+
+static int start_children(struct ferry_broker *b)
+{
+	for (unsigned int i = 0; i < b->nchildren; i++) {
+		struct bchild *c = &b->child[i];
+		int err = ferry_child_slot_setup(b, i);
+		pid_t pid;
+		int ctl;
+
+		if (err)
+			return err;
+		pid = ferry_spawn(&c->pidfd, &ctl);
+		if (pid < 0)
+			return (int)pid;
+		if (pid == 0)
+			ferry_child_main(b, i, ctl);
+		c->pid = pid;
+		c->ctl = ctl;
+		c->alive = true;
+		err = ferry_child_send_setup(b, i, c->pidfd);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **out)
+{
+	struct ferry_broker *b;
+	const char *env;
+	int err;
+
+	if (!o || !out || o->helpers == 0 || !o->handler || (o->children && !o->child_fn) ||
+	    o->window == 0 || o->window > 4096 || o->helper_depth == 0 ||
+	    o->helper_depth > 1024 || o->region_size == 0 || o->children > 65536 ||
+	    o->helpers > 4096 || o->max_attached > 65536)
+		return -EINVAL;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	b->o = *o;
+	b->listen_fd = b->stop_efd = -1;
+	b->ready_head = b->ready_tail = UINT32_MAX;
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_cond_init(&b->cond, NULL);
+	if (b->o.spin_ns == UINT64_MAX) {
+		env = getenv("FERRY_SPIN_NS");
+		b->o.spin_ns = env && *env ? strtoull(env, NULL, 0) : DEFAULT_SPIN_NS;
+	}
+	b->nchildren = o->children;
+	b->nslots_total = o->children + (o->attach_path ? o->max_attached : 0);
+	b->nslots_child = pow2_at_least(o->window);
+	b->nslots_helper = pow2_at_least(o->helper_depth + 2 * b->nslots_total + 8);
+	if (b->nslots_helper > 65536)
+		b->nslots_helper = 65536;
+	b->chan_bytes_child = page_round(ferry_chan_bytes(b->nslots_child));
+	b->nslot = o->helpers * o->helper_depth;
+	b->child = calloc(b->nslots_total ? b->nslots_total : 1, sizeof(*b->child));
+	b->helper = calloc(o->helpers, sizeof(*b->helper));
+	b->slot = calloc(b->nslot, sizeof(*b->slot));
+	b->served = calloc(o->helpers, sizeof(*b->served));
+	if (!b->child || !b->helper || !b->slot || !b->served) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	for (unsigned int i = 0; i < b->nslots_total; i++)
+		b->child[i].pidfd = b->child[i].ctl = -1;
+	for (unsigned int h = 0; h < o->helpers; h++)
+		b->helper[h].pidfd = b->helper[h].ctl = -1;
+	err = ferry_rctx_open(o->backend, &b->rc);
+	if (err)
+		goto fail;
+	/* Sources: a bell + a pidfd/conn per peer, the socket, the stop fd. */
+	err = ferry_waitset_create(2 * (b->nslots_total + o->helpers) + 4, false, &b->ws);
+	if (err)
+		goto fail;
+	b->mode = ferry_waitset_mode(b->ws);
+	b->stop_efd = eventfd(0, EFD_CLOEXEC);
+	if (b->stop_efd < 0) {
+		err = -errno;
+		goto fail;
+	}
+	/* Helpers first: children's regions are then added to running helpers. */
+	for (unsigned int h = 0; h < o->helpers; h++) {
+		err = ferry_helper_start(b, h);
+		if (err)
+			goto fail;
+	}
+	err = start_children(b);
+	if (err)
+		goto fail;
+	if (o->attach_path) {
+		err = ferry_attach_listen(b);
+		if (err)
+			goto fail;
+	}
+	err = pthread_create(&b->thread, NULL, ferry_dispatch_main, b);
+	if (err) {
+		err = -err;
+		goto fail;
+	}
+	b->thread_started = true;
+	*out = b;
+	return 0;
+fail:
+	ferry_broker_stop(b);
+	return err;
+}
+
+enum ferry_backend ferry_broker_backend(const struct ferry_broker *b)
+{
+	return ferry_rctx_backend(b->rc);
+}
+
+pid_t ferry_broker_child_pid(const struct ferry_broker *b, unsigned int i)
+{
+	return i < b->nslots_total && b->child[i].used ? b->child[i].pid : -1;
+}
+
+pid_t ferry_broker_helper_pid(const struct ferry_broker *b, unsigned int i)
+{
+	return i < b->o.helpers && b->helper[i].alive ? b->helper[i].pid : -1;
+}
+
+int ferry_broker_wait(struct ferry_broker *b, int64_t timeout_ns)
+{
+	struct timespec dl;
+	int ret = 0;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	if (timeout_ns >= 0) {
+		dl.tv_sec += timeout_ns / 1000000000;
+		dl.tv_nsec += timeout_ns % 1000000000;
+		if (dl.tv_nsec >= 1000000000) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000;
+		}
+	}
+	pthread_mutex_lock(&b->lock);
+	while (b->exited < b->nchildren && ret == 0) {
+		if (timeout_ns < 0)
+			pthread_cond_wait(&b->cond, &b->lock);
+		else if (pthread_cond_timedwait(&b->cond, &b->lock, &dl) == ETIMEDOUT)
+			ret = -ETIMEDOUT;
+	}
+	if (ret == 0)
+		ret = (int)b->failed;
+	pthread_mutex_unlock(&b->lock);
+	return ret;
+}
+
+int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out)
+{
+	pthread_mutex_lock(&b->lock);
+	*out = b->st;
+	pthread_mutex_unlock(&b->lock);
+	return 0;
+}
+
+uint64_t ferry_broker_helper_served(struct ferry_broker *b, unsigned int i)
+{
+	uint64_t v = 0;
+
+	pthread_mutex_lock(&b->lock);
+	if (i < b->o.helpers)
+		v = b->served[i];
+	pthread_mutex_unlock(&b->lock);
+	return v;
+}
+
+static void kill_reap(pid_t pid, int pidfd, bool ours)
+{
+	if (pidfd >= 0)
+		ferry_pidfd_kill(pidfd, SIGKILL);
+	if (ours && pid > 0)
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+}
+
+void ferry_broker_stop(struct ferry_broker *b)
+{
+	if (!b)
+		return;
+	if (b->thread_started) {
+		uint64_t one = 1;
+
+		if (write(b->stop_efd, &one, sizeof(one)) < 0)
+			abort();	/* an eventfd write of 1 cannot fail */
+		pthread_join(b->thread, NULL);
+	}
+	for (unsigned int h = 0; b->helper && h < b->o.helpers; h++) {
+		struct bhelper *hp = &b->helper[h];
+
+		if (hp->pid > 0 && hp->alive)
+			kill_reap(hp->pid, hp->pidfd, true);
+		if (hp->pidfd >= 0)
+			close(hp->pidfd);
+		if (hp->ctl >= 0)
+			close(hp->ctl);
+		if (hp->chan.region)
+			ferry_bchan_destroy(&hp->chan);
+	}
+	for (unsigned int i = 0; b->child && i < b->nslots_total; i++) {
+		struct bchild *c = &b->child[i];
+
+		if (c->alive && !c->attached)
+			kill_reap(c->pid, c->pidfd, true);
+		if (c->pidfd >= 0)
+			close(c->pidfd);
+		if (c->ctl >= 0)
+			close(c->ctl);
+		if (c->chan.region)
+			ferry_bchan_destroy(&c->chan);
+	}
+	if (b->listen_fd >= 0) {
+		close(b->listen_fd);
+		if (b->attach_path)
+			unlink(b->attach_path);
+	}
+	free(b->attach_path);
+	if (b->stop_efd >= 0)
+		close(b->stop_efd);
+	if (b->ws)
+		ferry_waitset_destroy(b->ws);
+	ferry_rctx_close(b->rc);
+	pthread_mutex_destroy(&b->lock);
+	pthread_cond_destroy(&b->cond);
+	free(b->child);
+	free(b->helper);
+	free(b->slot);
+	free(b->served);
+	free(b);
+}

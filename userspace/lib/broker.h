@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The broker's private state, shared by broker.c, dispatch.c and attach.c. */
+#ifndef FERRY_BROKER_H
+#define FERRY_BROKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "chan.h"
+#include "ferry.h"
+#include "internal.h"
+#include "proto.h"
+#include "waitset.h"
+
+/* waitset keys: kind in the top byte, index below. */
+enum {
+	KEY_CHILD_BELL = 1, KEY_CHILD_PIDFD, KEY_CHILD_CONN,
+	KEY_HELPER_BELL, KEY_HELPER_PIDFD,
+	KEY_LISTEN, KEY_STOP,
+};
+#define KEY(kind, i)	(((uint32_t)(kind) << 24) | (uint32_t)(i))
+#define KEY_KIND(k)	((k) >> 24)
+#define KEY_INDEX(k)	((k) & 0xffffffu)
+
+/* Both ends of one channel as the broker holds it. */
+struct bchan {
+	struct ferry_region *region;	/* channel lives at its offset 0 */
+	struct ferry_chan ch;
+	int efd[2];			/* EVENTFD mode, else -1 */
+	bool bell_armed;
+};
+
+/* A child: forked (index < nchildren) or an attached service. */
+struct bchild {
+	bool used;		/* slot holds a peer (alive or being reclaimed) */
+	bool alive;
+	bool attached;
+	bool ready;		/* on the ready list */
+	bool exited_counted;
+	pid_t pid;
+	int pidfd;		/* forked children */
+	int ctl;		/* control socket / attached connection */
+	int exit_status;	/* waitpid status */
+	struct bchan chan;	/* channel at the start of the child's region */
+	unsigned int in_flight;	/* at helpers */
+	uint32_t next_ready;
+	bool pidfd_armed, conn_armed;
+};
+
+struct bhelper {
+	bool alive;
+	pid_t pid;
+	int pidfd;
+	int ctl;
+	struct bchan chan;
+	unsigned int in_flight;
+	unsigned int ctl_owed;	/* FERRY_OP_CTRL descriptors not yet queued */
+	uint64_t served;
+	bool pidfd_armed;
+};
+
+/* A request at a helper. */
+struct bslot {
+	bool used;
+	uint16_t gen;
+	uint32_t child;
+	uint32_t helper;
+	uint32_t op;
+	uint64_t child_tag;
+};
+
+struct ferry_broker {
+	struct ferry_broker_opts o;
+	struct ferry_rctx *rc;
+	struct ferry_waitset *ws;
+	enum ferry_bell_mode mode;
+	uint32_t nslots_child, nslots_helper;
+	size_t chan_bytes_child;	/* page-rounded channel part of a child region */
+	unsigned int nchildren;		/* forked */
+	unsigned int nslots_total;	/* forked + attachable */
+	struct bchild *child;
+	struct bhelper *helper;
+	struct bslot *slot;
+	unsigned int nslot;
+	uint32_t ready_head, ready_tail;	/* UINT32_MAX: empty */
+	unsigned int rr_helper;
+	int listen_fd;
+	int stop_efd;
+	pthread_t thread;
+	bool thread_started;
+	pthread_mutex_t lock;		/* guards stats + exited for other threads */
+	pthread_cond_t cond;
+	unsigned int exited;		/* forked children that ended */
+	unsigned int failed;		/* ... of them non-zero or killed */
+	struct ferry_broker_stats st;
+	uint64_t *served;		/* per helper slot, all incarnations */
+	char *attach_path;
+};
+
+/* proc.c */
+int ferry_pidfd_open(pid_t pid);
+int ferry_pidfd_kill(int pidfd, int sig);
+pid_t ferry_spawn(int *pidfd_out, int *ctl_out);
+
+/* broker.c */
+int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots);
+void ferry_bchan_destroy(struct bchan *bc);
+int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i);
+int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd);
+void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add);
+int ferry_helper_start(struct ferry_broker *b, unsigned int h);
+void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
+
+/* dispatch.c */
+void *ferry_dispatch_main(void *arg);
+
+/* attach.c */
+int ferry_attach_listen(struct ferry_broker *b);
+void ferry_attach_accept(struct ferry_broker *b);
+
+/* child.c / helper.c: bodies of forked peers; never return */
+_Noreturn void ferry_child_main(struct ferry_broker *b, unsigned int i, int ctl);
+_Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int h, int ctl);
+
+#endif /* FERRY_BROKER_H */

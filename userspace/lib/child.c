@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * A child's end: its own region (channel at the front, heap behind it),
+ * requests out, replies in.  Attached services use the same code; only
+ * how they got their control socket differs (attach.c).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "peer.h"
+
+static bool valid_setup(const struct ferry_ctl *m)
+{
+	return m->type == FERRY_CTL_SETUP &&
+	       (m->backend == FERRY_BACKEND_KMOD || m->backend == FERRY_BACKEND_MEMFD) &&
+	       (m->bell_mode == FERRY_BELL_FUTEX || m->bell_mode == FERRY_BELL_EVENTFD) &&
+	       m->nslots >= 2 && m->nslots <= 65536 && !(m->nslots & (m->nslots - 1)) &&
+	       m->chan_bytes >= ferry_chan_bytes(m->nslots) &&
+	       m->chan_bytes <= m->region.size &&
+	       m->nfds == (m->backend == FERRY_BACKEND_MEMFD) +
+			  2u * (m->bell_mode == FERRY_BELL_EVENTFD);
+}
+
+int ferry_peer_setup(int ctl, struct ferry_ctl *m, struct ferry_rctx **rc,
+		     struct ferry_region **region, struct ferry_chan *ch, int efd[2])
+{
+	int fds[FERRY_CTL_MAX_FDS];
+	unsigned int nfds = 0, next = 0;
+	struct ferry_region_ref ref;
+	int err;
+
+	efd[0] = efd[1] = -1;
+	*rc = NULL;
+	*region = NULL;
+	err = ferry_ctl_recv(ctl, m, fds, &nfds, 0);
+	if (err)
+		return err;
+	if (m->type == FERRY_CTL_REFUSED) {
+		err = m->status < 0 ? m->status : -EPROTO;
+		goto out_fds;
+	}
+	if (!valid_setup(m)) {
+		err = -EPROTO;
+		goto out_fds;
+	}
+	ref = m->region;
+	ref.fd = -1;
+	if (m->backend == FERRY_BACKEND_MEMFD)
+		ref.fd = fds[next++];
+	if (m->bell_mode == FERRY_BELL_EVENTFD) {
+		efd[0] = fds[next++];
+		efd[1] = fds[next++];
+	}
+	err = ferry_rctx_open((enum ferry_backend)m->backend, rc);
+	if (err)
+		goto out_fds;
+	err = ferry_region_import(*rc, &ref, FERRY_READ | FERRY_WRITE, region);
+	if (ref.fd >= 0)
+		close(ref.fd);	/* the mapping is all we keep */
+	if (err)
+		goto out_rc;
+	err = ferry_chan_attach(ch, ferry_region_base(*region), ferry_chan_bytes(m->nslots),
+				false, (enum ferry_bell_mode)m->bell_mode, efd);
+	if (err)
+		goto out_region;
+	ch->spin_ns = m->spin_ns;
+	return 0;
+out_region:
+	ferry_region_close(*region);
+	*region = NULL;
+out_rc:
+	ferry_rctx_close(*rc);
+	*rc = NULL;
+	for (int d = 0; d < 2; d++)
+		if (efd[d] >= 0)
+			close(efd[d]);
+	efd[0] = efd[1] = -1;
+	return err;
+out_fds:
+	for (unsigned int i = 0; i < nfds; i++)
+		close(fds[i]);
+	return err;
+}
+
+int ferry_child_init(struct ferry_child *c, int ctl, bool attached)
+{
+	struct ferry_ctl m;
+	int err;
+
+	memset(c, 0, sizeof(*c));
+	c->ctl = ctl;
+	c->attached = attached;
+	err = ferry_peer_setup(ctl, &m, &c->rc, &c->region, &c->ch, c->efd);
+	if (err)
+		return err;
+	c->index = m.index;
+	c->base = ferry_region_base(c->region);
+	c->size = ferry_region_size(c->region);
+	c->heap_off = m.chan_bytes;
+	c->window = m.window ? m.window : 1;
+	if (c->window > m.nslots)
+		c->window = m.nslots;
+	pthread_mutex_init(&c->heap_lock, NULL);
+	return 0;
+}
+
+void ferry_child_fini(struct ferry_child *c)
+{
+	ferry_region_close(c->region);
+	ferry_rctx_close(c->rc);
+	for (int d = 0; d < 2; d++)
+		if (c->efd[d] >= 0)
+			close(c->efd[d]);
+	if (c->ctl >= 0)
+		close(c->ctl);
+	pthread_mutex_destroy(&c->heap_lock);
+}
+
+_Noreturn void ferry_child_main(struct ferry_broker *b, unsigned int i, int ctl)
+{
+	struct ferry_child c;
+	int ret;
+
+	(void)i;
+	ret = ferry_child_init(&c, ctl, false);
+	if (ret) {
+		fprintf(stderr, "ferry: child %u setup failed: %s\n", i, strerror(-ret));
+		_exit(126);
+	}
+	ret = b->o.child_fn(&c, b->o.child_arg);
+	ferry_child_fini(&c);
+	fflush(NULL);
+	_exit(ret & 0xff);
+}
+
+unsigned int ferry_child_index(const struct ferry_child *c)
+{
+	return c->index;
+}
+
+void *ferry_malloc(struct ferry_child *c, size_t n)
+{
+	int64_t off;
+
+	pthread_mutex_lock(&c->heap_lock);
+	off = ferry_heap_alloc(c->base, c->size, n);
+	pthread_mutex_unlock(&c->heap_lock);
+	if (off < 0) {
+		errno = (int)-off;
+		return NULL;
+	}
+	return (uint8_t *)c->base + off;
+}
+
+void ferry_free(struct ferry_child *c, void *p)
+{
+	uint64_t off = ferry_offset(c, p);
+
+	if (!p || off == UINT64_MAX)
+		return;
+	pthread_mutex_lock(&c->heap_lock);
+	ferry_heap_free(c->base, c->size, off);
+	pthread_mutex_unlock(&c->heap_lock);
+}
+
+uint64_t ferry_offset(const struct ferry_child *c, const void *p)
+{
+	uintptr_t a = (uintptr_t)p, lo = (uintptr_t)c->base;
+
+	if (a < lo + c->heap_off || a >= lo + c->size)
+		return UINT64_MAX;
+	return a - lo;
+}
+
+void *ferry_ptr(const struct ferry_child *c, uint64_t off)
+{
+	if (off < c->heap_off || off >= c->size)
+		return NULL;
+	return (uint8_t *)c->base + off;
+}
+
+unsigned int ferry_outstanding(const struct ferry_child *c)
+{
+	return c->outstanding;
+}
+
+unsigned int ferry_window(const struct ferry_child *c)
+{
+	return c->window;
+}
+
+int ferry_submit(struct ferry_child *c, const struct ferry_desc *req)
+{
+	int err;
+
+	if (c->outstanding >= c->window)
+		return -EAGAIN;
+	err = ferry_chan_send(&c->ch, req);
+	if (err)
+		return err;
+	c->outstanding++;
+	return 0;
+}
+
+/* Attached services have no PDEATHSIG: notice the broker hanging up. */
+static bool broker_gone(const struct ferry_child *c)
+{
+	struct pollfd p = { .fd = c->ctl, .events = POLLIN };
+
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLIN));
+}
+
+int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns)
+{
+	const int64_t slice = 50 * 1000 * 1000;
+	int err;
+
+	if (c->outstanding == 0)
+		return -ENOENT;
+	for (;;) {
+		int64_t t = timeout_ns;
+
+		if (c->attached && (t < 0 || t > slice))
+			t = slice;
+		err = ferry_chan_recv_wait(&c->ch, rep, t, NULL);
+		if (err != -ETIMEDOUT || !c->attached)
+			break;
+		if (broker_gone(c))
+			return -EPIPE;
+		if (timeout_ns >= 0) {
+			timeout_ns -= t;
+			if (timeout_ns <= 0)
+				break;
+		}
+	}
+	if (err == 0)
+		c->outstanding--;
+	return err;
+}
+
+int ferry_call(struct ferry_child *c, const struct ferry_desc *req, struct ferry_desc *rep)
+{
+	int err;
+
+	if (c->outstanding)
+		return -EBUSY;
+	err = ferry_submit(c, req);
+	if (err)
+		return err;
+	return ferry_complete(c, rep, -1);
+}

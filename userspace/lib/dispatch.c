@@ -1,0 +1,479 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * The broker's dispatch thread.  One loop, one place it sleeps:
+ *
+ *   replies:  helper rings -> children (tag mapped back);
+ *   requests: ready children, round-robin, one request per child per turn,
+ *             to the next helper with room (helper_depth); a request waits
+ *             in its child's ring while no helper has room, so queueing
+ *             costs nothing and order within a child is FIFO;
+ *   deaths:   pidfds (and attached connections) in the same io_uring as
+ *             the doorbells.
+ *
+ * Work per message is O(1): fired doorbells put a child on the ready list;
+ * only the spin phase looks at every ring, and only while idle.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "broker.h"
+
+#define NONE UINT32_MAX
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void ready_push(struct ferry_broker *b, uint32_t i)
+{
+	struct bchild *c = &b->child[i];
+
+	if (c->ready || !c->alive)
+		return;
+	c->ready = true;
+	c->next_ready = NONE;
+	if (b->ready_tail == NONE)
+		b->ready_head = i;
+	else
+		b->child[b->ready_tail].next_ready = i;
+	b->ready_tail = i;
+}
+
+static uint32_t ready_pop(struct ferry_broker *b)
+{
+	uint32_t i = b->ready_head;
+
+	if (i == NONE)
+		return NONE;
+	b->ready_head = b->child[i].next_ready;
+	if (b->ready_head == NONE)
+		b->ready_tail = NONE;
+	b->child[i].ready = false;
+	return i;
+}
+
+/* Reply to child @i (if it can still hear it). */
+static void to_child(struct ferry_broker *b, uint32_t i, struct ferry_desc *d)
+{
+	struct bchild *c = &b->child[i];
+
+	if (!c->alive) {
+		b->st.dropped++;
+		return;
+	}
+	if (ferry_chan_send(&c->chan.ch, d) < 0) {
+		/* A child with more outstanding than its ring: its own fault. */
+		b->st.dropped++;
+		return;
+	}
+	b->st.replies++;
+}
+
+static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t tag, int err)
+{
+	struct ferry_desc d = { .op = op, .tag = tag, .region = i, .status = err };
+
+	b->st.failed_back++;
+	to_child(b, i, &d);
+}
+
+/* Queue owed FERRY_OP_CTRL descriptors; false if some remain owed. */
+static bool flush_ctl(struct bhelper *hp)
+{
+	struct ferry_desc d = { .op = FERRY_OP_CTRL };
+
+	while (hp->ctl_owed) {
+		if (ferry_chan_send(&hp->chan.ch, &d) < 0)
+			return false;
+		hp->ctl_owed--;
+	}
+	return true;
+}
+
+static void slot_done(struct ferry_broker *b, uint32_t s)
+{
+	struct bslot *sl = &b->slot[s];
+	struct bchild *c = &b->child[sl->child];
+
+	sl->used = false;
+	sl->gen++;
+	b->helper[sl->helper].in_flight--;
+	c->in_flight--;
+	b->st.in_flight--;
+	if (!c->alive && c->used && c->in_flight == 0)
+		ferry_child_reclaim(b, sl->child);
+	else if (c->alive && ferry_chan_pending(&c->chan.ch, FERRY_TO_BROKER))
+		ready_push(b, sl->child);	/* maybe held back by its window */
+}
+
+/* Drain helper @h's replies. */
+static bool drain_helper(struct ferry_broker *b, uint32_t h)
+{
+	struct bhelper *hp = &b->helper[h];
+	struct ferry_desc d;
+	bool any = false;
+
+	while (hp->alive && ferry_chan_recv(&hp->chan.ch, &d) == 0) {
+		uint32_t s = (uint32_t)(d.tag & 0xffffffffu);
+		uint16_t gen = (uint16_t)(d.tag >> 32);
+		struct bslot *sl = s < b->nslot ? &b->slot[s] : NULL;
+
+		any = true;
+		if (!sl || !sl->used || sl->gen != gen || sl->helper != h) {
+			b->st.bad_reply++;
+			continue;
+		}
+		d.tag = sl->child_tag;
+		d.region = sl->child;
+		d.op = sl->op;
+		hp->served++;
+		b->served[h]++;
+		to_child(b, sl->child, &d);
+		slot_done(b, s);
+	}
+	return any;
+}
+
+static int32_t pick_helper(struct ferry_broker *b)
+{
+	for (unsigned int n = 0; n < b->o.helpers; n++) {
+		uint32_t h = (b->rr_helper + n) % b->o.helpers;
+		struct bhelper *hp = &b->helper[h];
+
+		if (hp->alive && hp->in_flight < b->o.helper_depth && flush_ctl(hp)) {
+			b->rr_helper = (h + 1) % b->o.helpers;
+			return (int32_t)h;
+		}
+	}
+	return -1;
+}
+
+static uint32_t free_slot(struct ferry_broker *b)
+{
+	for (uint32_t s = 0; s < b->nslot; s++)
+		if (!b->slot[s].used)
+			return s;
+	return NONE;
+}
+
+/* Hand ready children's requests to helpers while both exist. */
+static bool dispatch(struct ferry_broker *b)
+{
+	bool any = false;
+
+	while (b->ready_head != NONE) {
+		int32_t h = pick_helper(b);
+		uint32_t i, s;
+		struct bchild *c;
+		struct ferry_desc d;
+		size_t rsize;
+
+		if (h < 0)
+			break;
+		i = ready_pop(b);
+		c = &b->child[i];
+		if (!c->alive)
+			continue;
+		if (c->in_flight >= b->o.window)
+			continue;	/* back on the list when a reply frees room */
+		if (ferry_chan_recv(&c->chan.ch, &d) < 0)
+			continue;	/* empty (or corrupt: its bell re-arms) */
+		any = true;
+		rsize = ferry_region_size(c->chan.region);
+		/* A range, when there is one, must lie in the child's heap part. */
+		if (d.flags || d.op >= FERRY_OP_FIRST_INTERNAL ||
+		    (d.len && (d.offset < b->chan_bytes_child || d.offset > rsize ||
+			       d.len > rsize - d.offset))) {
+			b->st.bad_desc++;
+			fail_back(b, i, d.op, d.tag, -EINVAL);
+		} else {
+			s = free_slot(b);	/* there is one: in_flight < depth */
+			b->slot[s] = (struct bslot){
+				.used = true, .gen = b->slot[s].gen, .child = i,
+				.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag,
+			};
+			d.region = i;
+			d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
+			if (ferry_chan_send(&b->helper[h].chan.ch, &d) < 0) {
+				b->slot[s].used = false;
+				fail_back(b, i, d.op, b->slot[s].child_tag, -EAGAIN);
+			} else {
+				b->helper[h].in_flight++;
+				c->in_flight++;
+				b->st.requests++;
+				b->st.in_flight++;
+			}
+		}
+		if (ferry_chan_pending(&c->chan.ch, FERRY_TO_BROKER))
+			ready_push(b, i);
+	}
+	return any;
+}
+
+static void publish(struct ferry_broker *b, struct ferry_broker_stats *pub)
+{
+	uint64_t queued = 0;
+
+	for (uint32_t i = b->ready_head; i != NONE; i = b->child[i].next_ready)
+		queued += ferry_chan_pending(&b->child[i].chan.ch, FERRY_TO_BROKER);
+	b->st.queued = queued;
+	if (memcmp(pub, &b->st, sizeof(*pub)) == 0)
+		return;
+	pthread_mutex_lock(&b->lock);
+	b->st.queued = queued;
+	*pub = b->st;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Take @i off the ready list (rare: deaths only, so O(n) is fine). */
+static void ready_remove(struct ferry_broker *b, uint32_t i)
+{
+	uint32_t head = b->ready_head;
+
+	b->ready_head = b->ready_tail = NONE;
+	for (uint32_t j = head, next; j != NONE; j = next) {
+		next = b->child[j].next_ready;
+		b->child[j].ready = false;
+		if (j != i)
+			ready_push(b, j);
+	}
+	b->child[i].ready = false;
+}
+
+static void child_died(struct ferry_broker *b, uint32_t i)
+{
+	struct bchild *c = &b->child[i];
+	int status = 0;
+
+	if (!c->alive)
+		return;
+	ready_remove(b, i);
+	c->alive = false;
+	b->st.child_exits++;
+	b->st.dropped += ferry_chan_pending(&c->chan.ch, FERRY_TO_BROKER);
+	if (!c->attached) {
+		while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR)
+			;
+		if (WIFSIGNALED(status))
+			b->st.child_deaths++;
+		pthread_mutex_lock(&b->lock);
+		b->exited++;
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			b->failed++;
+		pthread_cond_broadcast(&b->cond);
+		pthread_mutex_unlock(&b->lock);
+	}
+	if (c->in_flight == 0)
+		ferry_child_reclaim(b, i);
+	/* else: reclaimed by slot_done() when its last request comes back */
+}
+
+static void helper_died(struct ferry_broker *b, uint32_t h)
+{
+	struct bhelper *hp = &b->helper[h];
+
+	if (!hp->alive)
+		return;
+	hp->alive = false;
+	b->st.helper_deaths++;
+	while (waitpid(hp->pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	/* Everything it held fails back: a clear error, never a hang. */
+	for (uint32_t s = 0; s < b->nslot; s++) {
+		struct bslot *sl = &b->slot[s];
+
+		if (sl->used && sl->helper == h) {
+			fail_back(b, sl->child, sl->op, sl->child_tag, -EPIPE);
+			slot_done(b, s);
+		}
+	}
+	if (hp->chan.bell_armed)
+		ferry_waitset_disarm(b->ws, KEY(KEY_HELPER_BELL, h));
+	if (hp->pidfd_armed)
+		ferry_waitset_disarm(b->ws, KEY(KEY_HELPER_PIDFD, h));
+	close(hp->pidfd);
+	close(hp->ctl);
+	ferry_bchan_destroy(&hp->chan);
+	if (ferry_helper_start(b, h) == 0) {
+		b->st.helper_restarts++;
+	} else if (b->helper[h].pid > 0) {
+		/* Half-started: kill it; its pidfd fires and we try again. */
+		ferry_pidfd_kill(b->helper[h].pidfd, SIGKILL);
+	}
+}
+
+/* Arm whatever is not armed; false if something arrived meanwhile. */
+static bool arm_all(struct ferry_broker *b)
+{
+	bool quiet = true;
+
+	for (uint32_t i = 0; i < b->nslots_total; i++) {
+		struct bchild *c = &b->child[i];
+		uint32_t seq;
+
+		if (!c->used || !c->alive)
+			continue;
+		if (!c->attached && !c->pidfd_armed &&
+		    ferry_waitset_arm_poll(b->ws, KEY(KEY_CHILD_PIDFD, i), c->pidfd) == 0)
+			c->pidfd_armed = true;
+		if (c->attached && !c->conn_armed &&
+		    ferry_waitset_arm_poll(b->ws, KEY(KEY_CHILD_CONN, i), c->ctl) == 0)
+			c->conn_armed = true;
+		if (c->chan.bell_armed || c->ready)
+			continue;
+		if (!ferry_chan_prepare_sleep(&c->chan.ch, &seq)) {
+			ready_push(b, i);
+			quiet = false;
+			continue;
+		}
+		if (b->mode == FERRY_BELL_FUTEX)
+			ferry_waitset_arm_futex(b->ws, KEY(KEY_CHILD_BELL, i),
+				ferry_chan_bell_word(&c->chan.ch, FERRY_TO_BROKER), seq);
+		else
+			ferry_waitset_arm_eventfd(b->ws, KEY(KEY_CHILD_BELL, i),
+						  c->chan.efd[FERRY_TO_BROKER]);
+		c->chan.bell_armed = true;
+	}
+	for (uint32_t h = 0; h < b->o.helpers; h++) {
+		struct bhelper *hp = &b->helper[h];
+		uint32_t seq;
+
+		if (!hp->alive)
+			continue;
+		if (!hp->pidfd_armed &&
+		    ferry_waitset_arm_poll(b->ws, KEY(KEY_HELPER_PIDFD, h), hp->pidfd) == 0)
+			hp->pidfd_armed = true;
+		if (hp->chan.bell_armed)
+			continue;
+		if (!ferry_chan_prepare_sleep(&hp->chan.ch, &seq)) {
+			quiet = false;
+			continue;
+		}
+		if (b->mode == FERRY_BELL_FUTEX)
+			ferry_waitset_arm_futex(b->ws, KEY(KEY_HELPER_BELL, h),
+				ferry_chan_bell_word(&hp->chan.ch, FERRY_TO_BROKER), seq);
+		else
+			ferry_waitset_arm_eventfd(b->ws, KEY(KEY_HELPER_BELL, h),
+						  hp->chan.efd[FERRY_TO_BROKER]);
+		hp->chan.bell_armed = true;
+	}
+	return quiet;
+}
+
+/* One pass over replies and requests; true if anything moved. */
+static bool service(struct ferry_broker *b)
+{
+	bool any = false;
+
+	for (uint32_t h = 0; h < b->o.helpers; h++)
+		any |= drain_helper(b, h);
+	any |= dispatch(b);
+	return any;
+}
+
+/* Idle: look at every ring for up to spin_ns before sleeping. */
+static bool spin(struct ferry_broker *b)
+{
+	uint64_t end;
+
+	if (!b->o.spin_ns)
+		return false;
+	end = now_ns() + b->o.spin_ns;
+	do {
+		for (uint32_t h = 0; h < b->o.helpers; h++)
+			if (b->helper[h].alive &&
+			    ferry_chan_pending(&b->helper[h].chan.ch, FERRY_TO_BROKER))
+				return true;
+		for (uint32_t i = 0; i < b->nslots_total; i++) {
+			struct bchild *c = &b->child[i];
+
+			if (c->alive && !c->ready && c->in_flight < b->o.window &&
+			    ferry_chan_pending(&c->chan.ch, FERRY_TO_BROKER)) {
+				ready_push(b, i);
+				return true;
+			}
+		}
+		__builtin_ia32_pause();
+	} while (now_ns() < end);
+	return false;
+}
+
+void *ferry_dispatch_main(void *arg)
+{
+	struct ferry_broker *b = arg;
+	struct ferry_broker_stats pub = { 0 };
+	uint32_t keys[256];
+	bool stop = false;
+
+	ferry_waitset_arm_eventfd(b->ws, KEY(KEY_STOP, 0), b->stop_efd);
+	if (b->listen_fd >= 0)
+		ferry_waitset_arm_poll(b->ws, KEY(KEY_LISTEN, 0), b->listen_fd);
+	/* Everything starts ready: requests may already be waiting. */
+	for (uint32_t i = 0; i < b->nslots_total; i++)
+		if (b->child[i].used && b->child[i].alive)
+			ready_push(b, i);
+
+	while (!stop) {
+		int64_t timeout = -1;
+		int n;
+
+		if (service(b) || spin(b)) {
+			timeout = 0;	/* still poll for deaths, don't sleep */
+		} else if (!arm_all(b)) {
+			timeout = 0;
+		}
+		publish(b, &pub);
+		n = ferry_waitset_wait(b->ws, keys, sizeof(keys) / sizeof(keys[0]), timeout);
+		if (n < 0 && n != -EINTR && n != -ETIME && n != -ETIMEDOUT)
+			break;
+		if (n > 0)
+			b->st.wakeups++;
+		for (int k = 0; k < n; k++) {
+			uint32_t idx = KEY_INDEX(keys[k]);
+
+			switch (KEY_KIND(keys[k])) {
+			case KEY_CHILD_BELL:
+				b->child[idx].chan.bell_armed = false;
+				if (b->child[idx].used) {
+					ferry_chan_end_sleep(&b->child[idx].chan.ch);
+					ready_push(b, idx);
+				}
+				break;
+			case KEY_HELPER_BELL:
+				b->helper[idx].chan.bell_armed = false;
+				if (b->helper[idx].alive)
+					ferry_chan_end_sleep(&b->helper[idx].chan.ch);
+				break;
+			case KEY_CHILD_PIDFD:
+				b->child[idx].pidfd_armed = false;
+				child_died(b, idx);
+				break;
+			case KEY_CHILD_CONN:
+				b->child[idx].conn_armed = false;
+				child_died(b, idx);
+				break;
+			case KEY_HELPER_PIDFD:
+				b->helper[idx].pidfd_armed = false;
+				helper_died(b, idx);
+				break;
+			case KEY_LISTEN:
+				ferry_attach_accept(b);
+				ferry_waitset_arm_poll(b->ws, KEY(KEY_LISTEN, 0), b->listen_fd);
+				break;
+			case KEY_STOP:
+				stop = true;
+				break;
+			}
+		}
+	}
+	publish(b, &pub);
+	return NULL;
+}

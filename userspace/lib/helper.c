@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * A helper's end: one channel to the broker, every child region mapped
+ * (told by REGION_ADD/REGION_DROP on the control socket, announced in order
+ * on the channel by FERRY_OP_CTRL), and the user's handler in a loop.
+ * Children's memory is untrusted: requests reach tensor bytes only through
+ * ferry_helper_data(), which checks bounds and the child's heap.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "peer.h"
+
+static void region_drop(struct ferry_helper *h, uint32_t i)
+{
+	if (i < h->nregions && h->regions[i].r) {
+		ferry_region_close(h->regions[i].r);
+		memset(&h->regions[i], 0, sizeof(h->regions[i]));
+	}
+}
+
+static int region_add(struct ferry_helper *h, const struct ferry_ctl *m, int fd)
+{
+	struct ferry_region_ref ref = m->region;
+	struct ferry_region *r;
+	int err;
+
+	if (m->index >= (1u << 24) || m->chan_bytes >= ref.size)
+		return -EPROTO;
+	if (m->index >= h->nregions) {
+		unsigned int n = m->index + 16;
+		struct hregion *t = realloc(h->regions, n * sizeof(*t));
+
+		if (!t)
+			return -ENOMEM;
+		memset(t + h->nregions, 0, (n - h->nregions) * sizeof(*t));
+		h->regions = t;
+		h->nregions = n;
+	}
+	region_drop(h, m->index);
+	ref.fd = fd;
+	err = ferry_region_import(h->rc, &ref, FERRY_READ | FERRY_WRITE, &r);
+	if (err)
+		return err;
+	h->regions[m->index] = (struct hregion){
+		.r = r, .base = ferry_region_base(r), .size = ferry_region_size(r),
+		.heap_off = m->chan_bytes,
+	};
+	return 0;
+}
+
+/* Apply one control message; errors are the broker's bug, reported. */
+static void read_ctl(struct ferry_helper *h)
+{
+	struct ferry_ctl m;
+	int fds[FERRY_CTL_MAX_FDS];
+	unsigned int nfds = 0;
+	int err = ferry_ctl_recv(h->ctl, &m, fds, &nfds, 0);
+
+	if (err == -ECONNRESET)
+		_exit(0);	/* the broker is gone */
+	if (err)
+		goto out;
+	if (m.type == FERRY_CTL_REGION_ADD)
+		err = region_add(h, &m, nfds ? fds[0] : -1);
+	else if (m.type == FERRY_CTL_REGION_DROP)
+		region_drop(h, m.index);
+	else
+		err = -EPROTO;
+out:
+	for (unsigned int i = 0; i < nfds; i++)
+		close(fds[i]);
+	if (err)
+		fprintf(stderr, "ferry: helper %u: control message: %s\n", h->index,
+			strerror(-err));
+}
+
+_Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int ctl)
+{
+	struct ferry_helper h = { .index = idx, .ctl = ctl };
+	struct ferry_ctl m;
+	struct ferry_desc req, rep;
+	int err;
+
+	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd);
+	if (!err && b->o.helper_init)
+		err = b->o.helper_init(&h, b->o.helper_arg);
+	if (err) {
+		fprintf(stderr, "ferry: helper %u setup failed: %s\n", idx, strerror(-err));
+		_exit(126);
+	}
+	for (;;) {
+		err = ferry_chan_recv_wait(&h.ch, &req, -1, NULL);
+		if (err == -EINTR)
+			continue;
+		if (err) {
+			fprintf(stderr, "ferry: helper %u: channel: %s\n", idx, strerror(-err));
+			_exit(1);
+		}
+		if (req.op == FERRY_OP_CTRL) {
+			read_ctl(&h);
+			continue;
+		}
+		rep = req;
+		rep.status = b->o.handler(&h, &req, &rep, b->o.helper_arg);
+		rep.tag = req.tag;
+		rep.region = req.region;
+		/* Room is guaranteed by helper_depth; wait if the broker lags. */
+		while (ferry_chan_send(&h.ch, &rep) == -EAGAIN)
+			sched_yield();
+	}
+}
+
+unsigned int ferry_helper_index(const struct ferry_helper *h)
+{
+	return h->index;
+}
+
+void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
+			uint64_t off, uint64_t len)
+{
+	const struct hregion *r;
+
+	if (req->region >= h->nregions || !h->regions[req->region].r)
+		goto bad;
+	r = &h->regions[req->region];
+	if (len == 0 || off < r->heap_off || off > r->size || len > r->size - off)
+		goto bad;
+	if (ferry_heap_check(r->base, r->size, off, len))
+		goto bad;
+	return r->base + off;
+bad:
+	h->rejected++;
+	return NULL;
+}

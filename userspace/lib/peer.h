@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The non-broker ends: children, attached services, helpers. */
+#ifndef FERRY_PEER_H
+#define FERRY_PEER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chan.h"
+#include "ferry.h"
+#include "proto.h"
+
+struct ferry_child {
+	unsigned int index;
+	bool attached;
+	int ctl;			/* control socket to the broker */
+	struct ferry_rctx *rc;
+	struct ferry_region *region;	/* [channel | heap] */
+	void *base;
+	size_t size;
+	uint64_t heap_off;
+	struct ferry_chan ch;
+	int efd[2];
+	unsigned int window, outstanding;
+	pthread_mutex_t heap_lock;
+};
+
+struct hregion {
+	struct ferry_region *r;
+	uint8_t *base;
+	size_t size;
+	uint64_t heap_off;
+};
+
+struct ferry_helper {
+	unsigned int index;
+	int ctl;
+	struct ferry_rctx *rc;
+	struct ferry_region *chanreg;
+	struct ferry_chan ch;
+	int efd[2];
+	struct hregion *regions;
+	unsigned int nregions;
+	uint64_t rejected;		/* ferry_helper_data() refusals */
+};
+
+/*
+ * Receive and apply a SETUP message on @ctl: open the backend it names,
+ * map the region, attach the channel.  Fills *@region, *@ch, @efd.
+ */
+int ferry_peer_setup(int ctl, struct ferry_ctl *m, struct ferry_rctx **rc,
+		     struct ferry_region **region, struct ferry_chan *ch, int efd[2]);
+
+#endif /* FERRY_PEER_H */

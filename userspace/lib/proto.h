@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The broker's control protocol: small fixed-size messages on a
+ * SOCK_SEQPACKET socket per peer (a socketpair for forked peers, the
+ * accepted connection for attached services), carrying the fds a peer
+ * needs through SCM_RIGHTS.  Everything received is validated before use.
+ */
+#ifndef FERRY_PROTO_H
+#define FERRY_PROTO_H
+
+#include <stdint.h>
+
+#include "ferry.h"
+
+/* Internal descriptor ops (users' ops stay below FERRY_OP_FIRST_INTERNAL). */
+#define FERRY_OP_FIRST_INTERNAL	0xff000000u
+#define FERRY_OP_CTRL		0xff000001u	/* helper: read one control message */
+
+enum ferry_ctl_type {
+	FERRY_CTL_HELLO = 1,		/* service -> broker: please attach me */
+	FERRY_CTL_SETUP = 2,		/* broker -> peer: your channel (+region) */
+	FERRY_CTL_REGION_ADD = 3,	/* broker -> helper: map region @index */
+	FERRY_CTL_REGION_DROP = 4,	/* broker -> helper: unmap region @index */
+	FERRY_CTL_REFUSED = 5,		/* broker -> service: -errno in @status */
+};
+
+#define FERRY_PROTO_MAGIC 0x46525259u	/* "FRRY" */
+#define FERRY_PROTO_VERSION 1
+#define FERRY_CTL_MAX_FDS 3
+
+struct ferry_ctl {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;
+	uint32_t index;		/* child index / helper index / region index */
+	int32_t status;
+	uint32_t backend;	/* enum ferry_backend */
+	uint32_t bell_mode;	/* enum ferry_bell_mode */
+	uint32_t nslots;	/* channel ring slots */
+	uint32_t window;	/* child: outstanding requests allowed */
+	uint64_t spin_ns;
+	uint64_t chan_bytes;	/* channel occupies [0, chan_bytes) of its region */
+	struct ferry_region_ref region;	/* fd field: index into the fds sent, or -1 */
+	uint32_t nfds;		/* fds attached: [region memfd?] [efd0 efd1]? */
+	uint32_t pad;
+};
+
+/* Send @m with @nfds fds; 0 or -errno. */
+int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds);
+/*
+ * Receive one message and its fds (up to FERRY_CTL_MAX_FDS, the rest are
+ * closed); -EPROTO on a malformed message, -ECONNRESET on EOF.  Received
+ * fds are close-on-exec.  *@nfds_out says how many landed in @fds.
+ */
+int ferry_ctl_recv(int sock, struct ferry_ctl *m, int *fds, unsigned int *nfds_out, int flags);
+
+#endif /* FERRY_PROTO_H */
