@@ -118,6 +118,12 @@ void ferry_region_close(struct ferry_region *r);
  * that share a heap between threads lock around it (ferry_malloc does).
  */
 #define FERRY_HEAP_ALIGN 64
+/*
+ * Lay a heap over [heap_off, size).  Every later call must pass the same
+ * @size (the heap finds its header from it).  -ENOSPC when too small.
+ * Calls that detect corrupted metadata return -EUCLEAN and never write
+ * outside [heap_off, size).
+ */
 int ferry_heap_format(void *base, uint64_t size, uint64_t heap_off);
 /* Offset of a block of at least @n bytes, or -ENOMEM / -EINVAL. */
 int64_t ferry_heap_alloc(void *base, uint64_t size, uint64_t n);
@@ -129,6 +135,8 @@ int ferry_heap_free(void *base, uint64_t size, uint64_t off);
  * inside [base, base + size) and each metadata word once.
  */
 int ferry_heap_check(const void *base, uint64_t size, uint64_t off, uint64_t len);
+/* Sizes include block headers: used + free == capacity.  largest_free is
+ * the largest n one ferry_heap_alloc() can satisfy now. */
 struct ferry_heap_stats {
 	uint64_t capacity, used, free, largest_free;
 	uint64_t live_blocks, free_blocks;

@@ -358,6 +358,9 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 		uint32_t seq;
 		int slept;
 
+		now = now_ns();
+		if (now >= deadline)
+			return -ETIMEDOUT;
 		if (!ferry_chan_prepare_sleep(c, &seq)) {
 			r = ferry_chan_recv(c, out);
 			if (r != -EAGAIN)
@@ -369,11 +372,6 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 			ferry_chan_end_sleep(c);
 			return -EPIPE;
 		}
-		now = now_ns();
-		if (now >= deadline) {
-			ferry_chan_end_sleep(c);
-			return -ETIMEDOUT;
-		}
 		slept = bell_sleep(c, seq, deadline == UINT64_MAX ? -1 : (int64_t)(deadline - now));
 		ferry_chan_end_sleep(c);
 		r = ferry_chan_recv(c, out);
@@ -381,6 +379,6 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 			return r;
 		if (slept == -EINTR || slept == -EBADF)
 			return slept;
-		/* -ETIMEDOUT: the deadline check above returns on the next turn. */
+		/* -ETIMEDOUT: the deadline check returns on the next turn. */
 	}
 }

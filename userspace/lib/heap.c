@@ -9,7 +9,8 @@
  *   a relaxed atomic load (the compiler may not read it again), and
  *   validates each value before using it as an offset.  It finds the
  *   metadata from (base, size) alone and reads only inside [base, base +
- *   size); it costs O(levels) <= 7 bitmap words plus 3 header words.
+ *   size); it reads 6 heap-header words, at most 2 * levels <= 14 bitmap
+ *   words and 3 block-header words.
  * - ferry_heap_stats() walks, but every step moves forward by at least 64
  *   bytes and every list walk is bounded by the block count, so it ends.
  * - alloc and free validate each block they touch (check value, bounds,
@@ -220,16 +221,27 @@ static void map_update(const struct fh *h, unsigned int fl, unsigned int sl, boo
 	wr(h, HEAD(h, fl_map), flm);
 }
 
+/*
+ * List neighbours are checked by bounds and back links only: reading their
+ * headers too would cost two more cache misses per call, and a link that
+ * passes is 64-aligned inside [first, end), so writes through it stay in
+ * the heap whatever it points at.
+ */
+static bool link_ok(const struct fh *h, uint64_t p)
+{
+	return p % FH_GRAN == 0 && p >= h->first && p < h->end;
+}
+
 static int list_insert(const struct fh *h, uint64_t p, uint64_t size)
 {
 	unsigned int fl, sl;
 	uint64_t next;
-	struct blk nb;
 
 	fh_class(size, &fl, &sl);
 	next = rd(h, list_head_off(h, fl, sl));
 	if (next) {
-		if (next == p || blk_get(h, next, &nb) || !nb.free)
+		if (next == p || !link_ok(h, next) ||
+		    rd(h, next + offsetof(struct fh_links, prev)) != 0)
 			return -EUCLEAN;
 		wr(h, next + offsetof(struct fh_links, prev), p);
 	}
@@ -247,18 +259,15 @@ static int list_remove(const struct fh *h, const struct blk *b)
 	uint64_t next = rd(h, b->p + offsetof(struct fh_links, next));
 	uint64_t prev = rd(h, b->p + offsetof(struct fh_links, prev));
 	unsigned int fl, sl;
-	struct blk nb;
 
 	fh_class(b->size, &fl, &sl);
 	if (prev) {
-		if (blk_get(h, prev, &nb) || !nb.free ||
-		    rd(h, prev + offsetof(struct fh_links, next)) != b->p)
+		if (!link_ok(h, prev) || rd(h, prev + offsetof(struct fh_links, next)) != b->p)
 			return -EUCLEAN;
 	} else if (rd(h, list_head_off(h, fl, sl)) != b->p) {
 		return -EUCLEAN;
 	}
-	if (next && (blk_get(h, next, &nb) || !nb.free ||
-		     rd(h, next + offsetof(struct fh_links, prev)) != b->p))
+	if (next && (!link_ok(h, next) || rd(h, next + offsetof(struct fh_links, prev)) != b->p))
 		return -EUCLEAN;
 
 	if (prev) {

@@ -96,9 +96,10 @@ static inline uint64_t fh_mix(uint64_t x)
 	return x;
 }
 
+/* One mix: p and size_flags are < 2^48, so they barely overlap here. */
 static inline uint64_t fh_block_check(uint64_t key, uint64_t p, uint64_t size_flags)
 {
-	return fh_mix(fh_mix(key ^ p) ^ size_flags);
+	return fh_mix(key ^ p ^ (size_flags << 16 | size_flags >> 48));
 }
 
 static inline uint64_t fh_head_check(uint64_t size, uint64_t heap_off, uint64_t key)
