@@ -73,6 +73,15 @@ struct ferry_region {
 	u32 id;
 	u64 size;
 	struct file *file;		/* the memfd; our own reference */
+	/*
+	 * What ferry VMAs point at instead of the memfd: a file of our own
+	 * whose mmap refuses and whose address_space holds exactly this
+	 * region's VMAs, so remap_file_pages() cannot turn a ferry mapping
+	 * into an unchecked shmem one, and a zap reaches only our mappings.
+	 * @r is freed by that file's release, when the last VMA let go.
+	 */
+	struct file *vfile;
+	struct address_space vmap;
 	struct pid *owner;
 	struct ferry_session *session;	/* charged; holds a reference */
 	/*

@@ -92,7 +92,12 @@ static int ferry_flush(struct file *file, fl_owner_t id)
 {
 	struct ferry_session *s = file->private_data;
 
-	if (ferry_caller_is(s->owner) && (current->flags & PF_EXITING))
+	/*
+	 * A thread with a private fd table (unshare(CLONE_FILES)) exiting is
+	 * not the owner leaving: wait for the last thread of the group.
+	 */
+	if (ferry_caller_is(s->owner) && (current->flags & PF_EXITING) &&
+	    atomic_read(&current->signal->live) == 0)
 		ferry_session_destroy_regions(s);
 	return 0;
 }

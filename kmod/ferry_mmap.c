@@ -3,14 +3,17 @@
  * ferry_mmap.c - mapping regions: the mmap check, and the fault handler
  * that re-checks rights before every page it installs.
  *
- * The VMA is re-pointed at the memfd itself (as dma-buf does), so the
- * mapping sits in the memfd's rmap tree: reclaim, migration and
- * get_user_pages treat the pages as the ordinary shmem pages they are,
- * and one unmap_mapping_range() on the memfd reaches every mapping of the
- * region.  Faults stay ours (VM_MIXEDMAP + vm_insert_page) so that a page
- * is installed only under the region lock, after the rights check; a
- * revoke that takes the lock for writing and then zaps therefore leaves no
- * page behind.
+ * The VMA is re-pointed at the region's own pseudo file (ferry.h: vfile),
+ * not at the memfd: that file cannot be mmapped, so remap_file_pages() or
+ * a mapping re-created from vm_file cannot escape these checks, and its
+ * address_space holds exactly the region's VMAs, so one
+ * unmap_mapping_range() reaches every mapping of the region and nothing
+ * else.  Pages are the memfd's own shmem pages, inserted with
+ * vm_insert_page (VM_MIXEDMAP), so get_user_pages works on them; the price
+ * is that reclaim cannot unmap them from our VMAs while they are mapped.
+ * A page is installed only under the region lock, after the rights check;
+ * a revoke that takes the lock for writing and then zaps therefore leaves
+ * no page behind.
  */
 #include <linux/fs.h>
 #include <linux/mm.h>
@@ -21,6 +24,7 @@
 #include <linux/shmem_fs.h>
 #include <linux/slab.h>
 #include <linux/version.h>
+#include <uapi/linux/fcntl.h>
 
 #include "ferry.h"
 
@@ -173,6 +177,19 @@ int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 		goto put_region;
 	}
 
+	/*
+	 * Write seals added after create bind us as they bind shmem's own
+	 * mmap: no new writable mapping, no mprotect to writable later.
+	 */
+	if (READ_ONCE(SHMEM_I(file_inode(r->file))->seals) &
+	    (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) {
+		if (vma->vm_flags & VM_WRITE) {
+			ret = -EPERM;
+			goto free_map;
+		}
+		clear |= VM_MAYWRITE;
+	}
+
 	if (!ferry_caller_is(r->owner)) {
 		down_read(&r->lock);
 		a = ferry_access_find_locked(r, task_tgid(current));
@@ -201,7 +218,7 @@ int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 	ferry_vma_mod_flags(vma, VM_MIXEDMAP | VM_DONTEXPAND | VM_DONTCOPY,
 			    clear);
 	vma->vm_pgoff = start >> PAGE_SHIFT;
-	vma_set_file(vma, r->file);
+	vma_set_file(vma, r->vfile);
 	vma->vm_ops = &ferry_vm_ops;
 	vma->vm_private_data = map;
 	atomic_inc(&r->nr_maps);

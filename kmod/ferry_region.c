@@ -10,6 +10,7 @@
  * front so nobody can truncate pages out from under a mapping (and SIGBUS a
  * peer that trusted the region's size).
  */
+#include <linux/anon_inodes.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
@@ -67,10 +68,28 @@ static int ferry_memfd_claim(struct file *file, u64 *size)
 	return ret;
 }
 
+/* The last VMA of the region is gone (or there never was one). */
+static int ferry_vfile_release(struct inode *inode, struct file *file)
+{
+	kfree(file->private_data);
+	return 0;
+}
+
+static const struct file_operations ferry_vfile_fops = {
+	.owner		= THIS_MODULE,
+	.release	= ferry_vfile_release,
+	/* no .mmap: remap_file_pages() and friends get -ENODEV */
+};
+
 static void ferry_region_release(struct kref *ref)
 {
 	struct ferry_region *r = container_of(ref, struct ferry_region, ref);
 	struct ferry_session *s = r->session;
+
+	/* Off the debugfs list before the grants it walks are freed. */
+	mutex_lock(&ferry_global_lock);
+	list_del(&r->all_node);
+	mutex_unlock(&ferry_global_lock);
 
 	ferry_region_drop_grants(r);
 	mapping_unmap_writable(r->file->f_mapping);
@@ -82,12 +101,8 @@ static void ferry_region_release(struct kref *ref)
 	s->bytes -= r->size;
 	mutex_unlock(&s->lock);
 
-	mutex_lock(&ferry_global_lock);
-	list_del(&r->all_node);
-	mutex_unlock(&ferry_global_lock);
-
 	ferry_session_put(s);
-	kfree(r);
+	fput(r->vfile);		/* frees @r once VMAs dropped theirs too */
 }
 
 void ferry_region_put(struct ferry_region *r)
@@ -146,6 +161,19 @@ int ferry_region_create(struct ferry_session *s, struct ferry_create *arg)
 	if (ret)
 		goto free_region;
 
+	address_space_init_once(&r->vmap);
+	r->vfile = anon_inode_getfile("[ferry-region]", &ferry_vfile_fops, r, O_RDWR);
+	if (IS_ERR(r->vfile)) {
+		ret = PTR_ERR(r->vfile);
+		mapping_unmap_writable(file->f_mapping);
+		goto free_region;
+	}
+	/* Borrow what the mm looks up through a mapping from the anon inode. */
+	r->vmap.host = file_inode(r->vfile);
+	r->vmap.a_ops = r->vmap.host->i_mapping->a_ops;
+	r->vmap.flags = r->vmap.host->i_mapping->flags;
+	r->vfile->f_mapping = &r->vmap;
+
 	kref_init(&r->ref);		/* the id table's reference */
 	r->size = size;
 	r->file = file;
@@ -184,6 +212,8 @@ unlock:
 	mutex_unlock(&s->lock);
 	put_pid(r->owner);
 	mapping_unmap_writable(file->f_mapping);
+	fput(r->vfile);		/* its release frees @r */
+	goto put_file;
 free_region:
 	kfree(r);
 put_file:
@@ -272,5 +302,5 @@ int ferry_region_info(struct ferry_region *r, struct ferry_info *arg)
  */
 void ferry_region_zap(struct ferry_region *r)
 {
-	unmap_mapping_range(r->file->f_mapping, 0, r->size, 1);
+	unmap_mapping_range(&r->vmap, 0, r->size, 0);
 }

@@ -357,7 +357,7 @@ static int isolation_body(struct ferry_child *c, void *arg)
 	if (!maps)
 		return 31;
 	while (fgets(line, sizeof(line), maps)) {
-		if (strstr(line, "memfd:ferry-region") || strstr(line, "/dev/ferry"))
+		if (strstr(line, "ferry-region") || strstr(line, "/dev/ferry"))
 			n += 1000;	/* count region mappings separately */
 	}
 	fclose(maps);

@@ -214,6 +214,7 @@ struct ferry_broker_stats {
 	uint64_t queued;		/* requests waiting for a helper now */
 	uint64_t in_flight;		/* at helpers now */
 	uint64_t wakeups;		/* times the dispatch thread woke */
+	uint64_t dispatch_cpu_ns;	/* CPU time the dispatch thread used */
 };
 int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out);
 /* Requests served by helper slot @i since start (all incarnations). */

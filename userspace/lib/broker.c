@@ -67,7 +67,7 @@ int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, u
 		goto fail;
 	if (b->mode == FERRY_BELL_EVENTFD) {
 		for (int d = 0; d < 2; d++) {
-			bc->efd[d] = eventfd(0, EFD_CLOEXEC);
+			bc->efd[d] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 			if (bc->efd[d] < 0) {
 				err = -errno;
 				goto fail;

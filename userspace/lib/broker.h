@@ -47,6 +47,7 @@ struct bchild {
 	unsigned int in_flight;	/* at helpers */
 	uint32_t next_ready;
 	bool pidfd_armed, conn_armed;
+	bool corrupt;		/* broke its ring: killed, waiting for its pidfd */
 };
 
 struct bhelper {
@@ -59,6 +60,7 @@ struct bhelper {
 	unsigned int ctl_owed;	/* FERRY_OP_CTRL descriptors not yet queued */
 	uint64_t served;
 	bool pidfd_armed;
+	bool corrupt;
 };
 
 /* A request at a helper. */

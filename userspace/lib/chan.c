@@ -27,8 +27,10 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,6 +39,8 @@ _Static_assert(sizeof(struct ferry_chan_ctl) == 3 * FERRY_CHAN_LINE, "ctl is thr
 _Static_assert(sizeof(_Atomic uint32_t) == 4, "futex words are 32 bits");
 
 #define CHAN_ROUND 4096u
+/* Spin with pause this long, then spin with sched_yield() up to spin_ns. */
+#define SPIN_PURE_NS 5000u
 
 static uint64_t now_ns(void)
 {
@@ -306,6 +310,7 @@ static int bell_sleep(struct ferry_chan *c, uint32_t seq, int64_t rem_ns)
 	} else {
 		struct pollfd p = { .fd = c->efd[c->rx_dir], .events = POLLIN };
 		uint64_t v;
+		struct iovec iov = { .iov_base = &v, .iov_len = sizeof(v) };
 
 		r = ppoll(&p, 1, tsp, NULL);
 		if (r < 0)
@@ -314,9 +319,12 @@ static int bell_sleep(struct ferry_chan *c, uint32_t seq, int64_t rem_ns)
 			return -ETIMEDOUT;
 		if (p.revents & POLLNVAL)
 			return -EBADF;
-		/* Consume the count; EAGAIN (nothing there) is harmless. */
-		if (read(p.fd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR)
-			return -errno;
+		/*
+		 * Consume the count without ever blocking, even on an eventfd
+		 * made without EFD_NONBLOCK; EAGAIN (nothing there) is harmless.
+		 */
+		if (preadv2(p.fd, &iov, 1, -1, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP)
+			r = (int)read(p.fd, &v, sizeof(v));
 		return 0;
 	}
 }
@@ -336,19 +344,31 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 	if (timeout_ns == 0)
 		return -ETIMEDOUT;
 
-	start = now_ns();
+	start = now = now_ns();
 	deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
 	spin_end = c->spin_ns > deadline - start ? deadline : start + c->spin_ns;
 
-	/* Spin: a reply that comes within spin_ns costs no system call. */
+	/*
+	 * Spin: a reply that comes within spin_ns costs no system call.  After
+	 * the first SPIN_PURE_NS, yield between looks: on an idle machine
+	 * sched_yield() returns at once, on a busy one it lets the peer (who
+	 * may be waiting for this very CPU) run instead of burning its slice.
+	 */
 	for (i = 0;; i++) {
-		if ((i & 15) == 0) {
-			if (now_ns() >= spin_end)
+		bool yielding = now - start >= SPIN_PURE_NS;
+
+		/* A yield may last a time slice: look at the clock after each. */
+		if (yielding || (i & 15) == 0) {
+			now = now_ns();
+			if (now >= spin_end)
 				break;
 			if (dead && atomic_load_explicit(dead, memory_order_relaxed))
 				return -EPIPE;
 		}
-		cpu_relax();
+		if (yielding)
+			sched_yield();
+		else
+			cpu_relax();
 		r = ferry_chan_recv(c, out);
 		if (r != -EAGAIN)
 			return r;

@@ -14,6 +14,8 @@
  * only the spin phase looks at every ring, and only while idle.
  */
 #include <errno.h>
+#include <stddef.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -32,11 +34,19 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Descriptors waiting from child @i; a corrupt ring counts as none. */
+static uint32_t child_pending(struct ferry_broker *b, uint32_t i)
+{
+	uint32_t n = ferry_chan_pending(&b->child[i].chan.ch, FERRY_TO_BROKER);
+
+	return n > b->nslots_child ? 0 : n;
+}
+
 static void ready_push(struct ferry_broker *b, uint32_t i)
 {
 	struct bchild *c = &b->child[i];
 
-	if (c->ready || !c->alive)
+	if (c->ready || !c->alive || c->corrupt)
 		return;
 	c->ready = true;
 	c->next_ready = NONE;
@@ -110,7 +120,7 @@ static void slot_done(struct ferry_broker *b, uint32_t s)
 	b->st.in_flight--;
 	if (!c->alive && c->used && c->in_flight == 0)
 		ferry_child_reclaim(b, sl->child);
-	else if (c->alive && ferry_chan_pending(&c->chan.ch, FERRY_TO_BROKER))
+	else if (c->alive && child_pending(b, sl->child))
 		ready_push(b, sl->child);	/* maybe held back by its window */
 }
 
@@ -121,7 +131,18 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 	struct ferry_desc d;
 	bool any = false;
 
-	while (hp->alive && ferry_chan_recv(&hp->chan.ch, &d) == 0) {
+	while (hp->alive && !hp->corrupt) {
+		int err = ferry_chan_recv(&hp->chan.ch, &d);
+
+		if (err == -EAGAIN)
+			break;
+		if (err) {
+			/* Our own helper broke its ring: restart it. */
+			b->st.bad_reply++;
+			hp->corrupt = true;
+			ferry_pidfd_kill(hp->pidfd, SIGKILL);
+			break;
+		}
 		uint32_t s = (uint32_t)(d.tag & 0xffffffffu);
 		uint16_t gen = (uint16_t)(d.tag >> 32);
 		struct bslot *sl = s < b->nslot ? &b->slot[s] : NULL;
@@ -164,6 +185,8 @@ static uint32_t free_slot(struct ferry_broker *b)
 	return NONE;
 }
 
+static void child_died(struct ferry_broker *b, uint32_t i);
+
 /* Hand ready children's requests to helpers while both exist. */
 static bool dispatch(struct ferry_broker *b)
 {
@@ -184,8 +207,21 @@ static bool dispatch(struct ferry_broker *b)
 			continue;
 		if (c->in_flight >= b->o.window)
 			continue;	/* back on the list when a reply frees room */
-		if (ferry_chan_recv(&c->chan.ch, &d) < 0)
-			continue;	/* empty (or corrupt: its bell re-arms) */
+		switch (ferry_chan_recv(&c->chan.ch, &d)) {
+		case 0:
+			break;
+		case -EAGAIN:
+			continue;	/* empty: its bell re-arms */
+		default:
+			/* It scribbled over its ring's indices: it goes. */
+			b->st.bad_desc++;
+			c->corrupt = true;
+			if (c->attached)
+				child_died(b, i);
+			else
+				ferry_pidfd_kill(c->pidfd, SIGKILL);
+			continue;
+		}
 		any = true;
 		rsize = ferry_region_size(c->chan.region);
 		/* A range, when there is one, must lie in the child's heap part. */
@@ -212,7 +248,7 @@ static bool dispatch(struct ferry_broker *b)
 				b->st.in_flight++;
 			}
 		}
-		if (ferry_chan_pending(&c->chan.ch, FERRY_TO_BROKER))
+		if (child_pending(b, i))
 			ready_push(b, i);
 	}
 	return any;
@@ -221,11 +257,17 @@ static bool dispatch(struct ferry_broker *b)
 static void publish(struct ferry_broker *b, struct ferry_broker_stats *pub)
 {
 	uint64_t queued = 0;
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	b->st.dispatch_cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 
 	for (uint32_t i = b->ready_head; i != NONE; i = b->child[i].next_ready)
-		queued += ferry_chan_pending(&b->child[i].chan.ch, FERRY_TO_BROKER);
+		queued += child_pending(b, i);
 	b->st.queued = queued;
-	if (memcmp(pub, &b->st, sizeof(*pub)) == 0)
+	/* Only CPU time moved: not worth the lock on every idle turn. */
+	if (memcmp(pub, &b->st, offsetof(struct ferry_broker_stats, dispatch_cpu_ns)) == 0 &&
+	    b->st.dispatch_cpu_ns - pub->dispatch_cpu_ns < 1000000)
 		return;
 	pthread_mutex_lock(&b->lock);
 	b->st.queued = queued;
@@ -258,7 +300,7 @@ static void child_died(struct ferry_broker *b, uint32_t i)
 	ready_remove(b, i);
 	c->alive = false;
 	b->st.child_exits++;
-	b->st.dropped += ferry_chan_pending(&c->chan.ch, FERRY_TO_BROKER);
+	b->st.dropped += child_pending(b, i);
 	if (!c->attached) {
 		while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR)
 			;
@@ -327,7 +369,8 @@ static bool arm_all(struct ferry_broker *b)
 		if (c->attached && !c->conn_armed &&
 		    ferry_waitset_arm_poll(b->ws, KEY(KEY_CHILD_CONN, i), c->ctl) == 0)
 			c->conn_armed = true;
-		if (c->chan.bell_armed || c->ready)
+		/* Full window: slot_done() puts it back when a reply frees room. */
+		if (c->chan.bell_armed || c->ready || c->corrupt || c->in_flight >= b->o.window)
 			continue;
 		if (!ferry_chan_prepare_sleep(&c->chan.ch, &seq)) {
 			ready_push(b, i);
@@ -351,7 +394,7 @@ static bool arm_all(struct ferry_broker *b)
 		if (!hp->pidfd_armed &&
 		    ferry_waitset_arm_poll(b->ws, KEY(KEY_HELPER_PIDFD, h), hp->pidfd) == 0)
 			hp->pidfd_armed = true;
-		if (hp->chan.bell_armed)
+		if (hp->chan.bell_armed || hp->corrupt)
 			continue;
 		if (!ferry_chan_prepare_sleep(&hp->chan.ch, &seq)) {
 			quiet = false;
@@ -389,19 +432,23 @@ static bool spin(struct ferry_broker *b)
 	end = now_ns() + b->o.spin_ns;
 	do {
 		for (uint32_t h = 0; h < b->o.helpers; h++)
-			if (b->helper[h].alive &&
+			if (b->helper[h].alive && !b->helper[h].corrupt &&
 			    ferry_chan_pending(&b->helper[h].chan.ch, FERRY_TO_BROKER))
 				return true;
 		for (uint32_t i = 0; i < b->nslots_total; i++) {
 			struct bchild *c = &b->child[i];
 
 			if (c->alive && !c->ready && c->in_flight < b->o.window &&
-			    ferry_chan_pending(&c->chan.ch, FERRY_TO_BROKER)) {
+			    child_pending(b, i)) {
 				ready_push(b, i);
 				return true;
 			}
 		}
-		__builtin_ia32_pause();
+		/* Past a few µs, let peers on the same cores run. */
+		if (now_ns() + b->o.spin_ns - end > 5000)
+			sched_yield();
+		else
+			__builtin_ia32_pause();
 	} while (now_ns() < end);
 	return false;
 }
@@ -432,7 +479,7 @@ void *ferry_dispatch_main(void *arg)
 		}
 		publish(b, &pub);
 		n = ferry_waitset_wait(b->ws, keys, sizeof(keys) / sizeof(keys[0]), timeout);
-		if (n < 0 && n != -EINTR && n != -ETIME && n != -ETIMEDOUT)
+		if (n < 0 && n != -EINTR)
 			break;
 		if (n > 0)
 			b->st.wakeups++;
