@@ -37,11 +37,17 @@ KMOD_TESTS := $(patsubst tests/kmod/%.c,$(BUILD)/tests/kmod/%,$(wildcard tests/k
 UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/uapi/*.c))
 LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 
-.PHONY: all lib module module-if-possible build-tests deps check clean
+.PHONY: all lib tools module module-if-possible build-tests deps check clean
 
-all: lib module-if-possible
+all: lib tools module-if-possible
 
 lib: $(LIB_A) $(LIB_SO)
+
+tools: $(BUILD)/ferry-bench
+
+# Static, so the same binary runs on the GPU machine (no liburing there).
+$(BUILD)/ferry-bench: $(wildcard userspace/tools/*.c userspace/tools/*.h) $(LIB_A)
+	$(CC) $(LIB_CFLAGS) -static -Iuserspace/tools -o $@ $(filter %.c,$^) $(LIB_A) $(LIB_LDLIBS)
 
 $(BUILD)/lib/%.o: userspace/lib/%.c $(LIB_HDRS)
 	@mkdir -p $(@D)

@@ -468,11 +468,21 @@ void *ferry_dispatch_main(void *arg)
 		if (b->child[i].used && b->child[i].alive)
 			ready_push(b, i);
 
+	unsigned int busy = 0;
+
 	while (!stop) {
 		int64_t timeout = -1;
+		bool moved = service(b);
 		int n;
 
-		if (service(b) || spin(b)) {
+		/*
+		 * While requests flow, stay off system calls: deaths, attaches
+		 * and stop are looked at every 64 busy turns, not every turn.
+		 */
+		if (moved && ++busy < 64)
+			continue;
+		busy = 0;
+		if (moved || spin(b)) {
 			timeout = 0;	/* still poll for deaths, don't sleep */
 		} else if (!arm_all(b)) {
 			timeout = 0;

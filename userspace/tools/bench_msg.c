@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * ferry-bench msg: message round trips, each next to its baseline measured
+ * in the same run.
+ *   pipe    two processes, 16 bytes each way over pipes, poll() then read()
+ *   pair    the same two processes over one ferry channel (spin, then sleep)
+ *   broker  a child's ferry_call() through the broker to a helper and back
+ *   agg     C children x H helpers, asynchronous windows: round trips/s
+ *   scale   broker CPU per request with 4 and with 256 children
+ * Medians of per-round-trip times; the last line is key=value pairs.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "chan.h"
+#include "ferry.h"
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median_us(uint64_t *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_u64);
+	return n ? v[n / 2] / 1000.0 : 0;
+}
+
+static double pipe_rt(unsigned int n)
+{
+	int a[2], b[2];
+	char msg[16] = "ping";
+	uint64_t *t = calloc(n, sizeof(*t));
+	pid_t pid;
+	double med;
+
+	if (!t || pipe(a) || pipe(b))
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		struct pollfd p = { .fd = a[0], .events = POLLIN };
+
+		for (unsigned int i = 0; i < n; i++) {
+			if (poll(&p, 1, -1) != 1 || read(a[0], msg, 16) != 16 ||
+			    write(b[1], msg, 16) != 16)
+				_exit(1);
+		}
+		_exit(0);
+	}
+	for (unsigned int i = 0; i < n; i++) {
+		struct pollfd p = { .fd = b[0], .events = POLLIN };
+		uint64_t t0 = now_ns();
+
+		if (write(a[1], msg, 16) != 16 || poll(&p, 1, -1) != 1 || read(b[0], msg, 16) != 16)
+			return -1;
+		t[i] = now_ns() - t0;
+	}
+	waitpid(pid, NULL, 0);
+	close(a[0]); close(a[1]); close(b[0]); close(b[1]);
+	med = median_us(t, n);
+	free(t);
+	return med;
+}
+
+static double pair_rt(unsigned int n, uint64_t spin_ns)
+{
+	size_t bytes = ferry_chan_bytes(64);
+	void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	uint64_t *t = calloc(n, sizeof(*t));
+	struct ferry_chan c;
+	struct ferry_desc d = { .op = 1 };
+	pid_t pid;
+	double med;
+
+	if (mem == MAP_FAILED || !t || ferry_chan_format(mem, bytes, 64))
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		if (ferry_chan_attach(&c, mem, bytes, false, FERRY_BELL_FUTEX, NULL))
+			_exit(1);
+		c.spin_ns = spin_ns;
+		for (unsigned int i = 0; i < n; i++)
+			if (ferry_chan_recv_wait(&c, &d, -1, NULL) || ferry_chan_send(&c, &d))
+				_exit(1);
+		_exit(0);
+	}
+	if (ferry_chan_attach(&c, mem, bytes, true, FERRY_BELL_FUTEX, NULL))
+		return -1;
+	c.spin_ns = spin_ns;
+	for (unsigned int i = 0; i < n; i++) {
+		uint64_t t0 = now_ns();
+
+		d.tag = i;
+		if (ferry_chan_send(&c, &d) || ferry_chan_recv_wait(&c, &d, -1, NULL) || d.tag != i)
+			return -1;
+		t[i] = now_ns() - t0;
+	}
+	waitpid(pid, NULL, 0);
+	munmap(mem, bytes);
+	med = median_us(t, n);
+	free(t);
+	return med;
+}
+
+static int echo(struct ferry_helper *h, const struct ferry_desc *req,
+		struct ferry_desc *rep, void *arg)
+{
+	(void)h; (void)req; (void)rep; (void)arg;
+	return 0;
+}
+
+/* Shared with the children (MAP_SHARED before fork). */
+struct results {
+	unsigned int n, async;
+	uint64_t t[];	/* sync: per-call ns of child 0 */
+};
+
+static int rt_child(struct ferry_child *c, void *arg)
+{
+	struct results *r = arg;
+	struct ferry_desc d = { .op = 1 }, rep;
+
+	if (!r->async) {
+		for (unsigned int i = 0; i < r->n; i++) {
+			uint64_t t0 = now_ns();
+
+			if (ferry_call(c, &d, &rep) || rep.status)
+				return 1;
+			if (ferry_child_index(c) == 0)
+				r->t[i] = now_ns() - t0;
+		}
+		return 0;
+	}
+	for (unsigned int sent = 0, done = 0; done < r->n;) {
+		while (sent < r->n && ferry_outstanding(c) < ferry_window(c)) {
+			if (ferry_submit(c, &d))
+				return 1;
+			sent++;
+		}
+		if (ferry_complete(c, &rep, -1) || rep.status)
+			return 1;
+		done++;
+	}
+	return 0;
+}
+
+struct run {
+	double med_us, rps, cpu_ns_per_req;
+};
+
+static int broker_run(unsigned int children, unsigned int helpers, unsigned int n,
+		      bool async, uint64_t spin_ns, struct run *out)
+{
+	size_t bytes = sizeof(struct results) + n * sizeof(uint64_t);
+	struct results *r = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	uint64_t t0, t1;
+	int err;
+
+	if (r == MAP_FAILED)
+		return -ENOMEM;
+	r->n = n;
+	r->async = async;
+	ferry_broker_opts_init(&o);
+	o.children = children;
+	o.helpers = helpers;
+	o.region_size = 64 << 10;
+	o.handler = echo;
+	o.child_fn = rt_child;
+	o.child_arg = r;
+	if (spin_ns != UINT64_MAX)
+		o.spin_ns = spin_ns;
+	t0 = now_ns();
+	err = ferry_broker_start(&o, &b);
+	if (err)
+		return err;
+	err = ferry_broker_wait(b, -1);
+	t1 = now_ns();
+	ferry_broker_stats(b, &st);
+	ferry_broker_stop(b);
+	if (err)
+		return -EIO;
+	out->med_us = async ? 0 : median_us(r->t, n);
+	out->rps = st.replies / ((t1 - t0) / 1e9);
+	out->cpu_ns_per_req = st.replies ? (double)st.dispatch_cpu_ns / st.replies : 0;
+	munmap(r, bytes);
+	return 0;
+}
+
+int ferry_bench_msg(int argc, char **argv)
+{
+	unsigned int n = 20000, agg_children = 32, agg_helpers = 4;
+	struct run br, agg, s4, s256;
+	double pipe_us, pair_us;
+	int opt;
+
+	while ((opt = getopt(argc, argv, "n:c:h:")) != -1) {
+		switch (opt) {
+		case 'n': n = (unsigned int)strtoul(optarg, NULL, 0); break;
+		case 'c': agg_children = (unsigned int)strtoul(optarg, NULL, 0); break;
+		case 'h': agg_helpers = (unsigned int)strtoul(optarg, NULL, 0); break;
+		default:
+			fprintf(stderr, "usage: ferry-bench msg [-n round_trips] [-c children] [-h helpers]\n");
+			return 2;
+		}
+	}
+	if (n < 100) {
+		fprintf(stderr, "ferry-bench msg: -n must be at least 100\n");
+		return 2;
+	}
+	printf("# ferry-bench msg: %u round trips per measurement, %ld CPUs\n", n,
+	       sysconf(_SC_NPROCESSORS_ONLN));
+	pipe_us = pipe_rt(n);
+	printf("pipe+poll round trip (baseline)      median %8.2f us\n", pipe_us);
+	pair_us = pair_rt(n, FERRY_CHAN_SPIN_NS_DEFAULT);
+	printf("ferry channel pair, default spin     median %8.2f us  (%.1fx pipe)\n",
+	       pair_us, pipe_us / pair_us);
+	if (broker_run(1, 1, n, false, UINT64_MAX, &br))
+		return 1;
+	printf("ferry_call via broker, 1 child 1 helper median %5.2f us  (%.1fx pipe)\n",
+	       br.med_us, pipe_us / br.med_us);
+	if (broker_run(agg_children, agg_helpers, n / 4 > 2000 ? n / 4 : 2000, true,
+		       UINT64_MAX, &agg))
+		return 1;
+	printf("aggregate, %u children x %u helpers    %10.0f round trips/s\n",
+	       agg_children, agg_helpers, agg.rps);
+	/* Broker cost per request must not grow with the number of peers. */
+	if (broker_run(4, 4, 2000, true, 0, &s4) || broker_run(256, 4, 32, true, 0, &s256))
+		return 1;
+	printf("broker CPU per request: 4 children %.0f ns, 256 children %.0f ns (%.2fx)\n",
+	       s4.cpu_ns_per_req, s256.cpu_ns_per_req, s256.cpu_ns_per_req / s4.cpu_ns_per_req);
+	printf("bench=msg pipe_rt_us=%.2f pair_rt_us=%.2f pair_speedup=%.2f rt_us=%.2f "
+	       "speedup=%.2f agg_rps=%.0f agg_children=%u agg_helpers=%u cost4_ns=%.0f "
+	       "cost256_ns=%.0f cost_ratio=%.2f\n",
+	       pipe_us, pair_us, pipe_us / pair_us, br.med_us, pipe_us / br.med_us, agg.rps,
+	       agg_children, agg_helpers, s4.cpu_ns_per_req, s256.cpu_ns_per_req,
+	       s256.cpu_ns_per_req / s4.cpu_ns_per_req);
+	return 0;
+}

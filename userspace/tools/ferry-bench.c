@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/* ferry-bench: benchmarks, each printing its same-run baseline. */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+
+static const struct {
+	const char *name, *what;
+	int (*run)(int argc, char **argv);
+} cmds[] = {
+	{ "msg", "message round trips: pipe+poll vs ferry channel/broker", ferry_bench_msg },
+};
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2) {
+		for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+			if (strcmp(argv[1], cmds[i].name) == 0)
+				return cmds[i].run(argc - 1, argv + 1);
+	}
+	fprintf(stderr, "usage: ferry-bench COMMAND [options]\n");
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		fprintf(stderr, "  %-6s %s\n", cmds[i].name, cmds[i].what);
+	return 2;
+}
