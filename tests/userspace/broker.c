@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chan.h"
 #include "ferry.h"
 #include "kselftest_harness.h"
 
@@ -604,6 +605,58 @@ TEST(bad_options)
 	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
 	EXPECT_EQ(-ENAMETOOLONG, ferry_attach("", &(struct ferry_child *){ NULL }));
 	EXPECT_EQ(-ENOENT, ferry_attach("/tmp/ferry-no-such-socket", &(struct ferry_child *){ NULL }));
+}
+
+/* A child that scribbles impossible indices over its own ring. */
+static int scribbler_body(struct ferry_child *c, void *arg)
+{
+	uint8_t *blk = ferry_malloc(c, 64);
+	uint8_t *base = blk - ferry_offset(c, blk);
+	const struct ferry_chan_hdr *hdr = (const void *)base;
+	struct ferry_chan_ctl *req = (void *)(base + ferry_chan_ring_off(hdr->nslots, FERRY_TO_BROKER));
+	struct ferry_chan_ctl *rep = (void *)(base + ferry_chan_ring_off(hdr->nslots, FERRY_TO_PEER));
+	struct ferry_desc d = { .op = OP_WHO }, r;
+
+	(void)arg;
+	/* one honest call first, so the broker knows us */
+	if (ferry_call(c, &d, &r) || r.status)
+		return 1;
+	for (int i = 0; i < 200; i++) {
+		atomic_store(&req->tail, atomic_load(&req->head) + 1000 + i);
+		atomic_store(&rep->head, 0xdeadbeef);
+		atomic_fetch_add(&req->seq, 1);
+		usleep(1000);
+	}
+	return 0;
+}
+
+static int mixed_body(struct ferry_child *c, void *arg)
+{
+	return ferry_child_index(c) == 2 ? scribbler_body(c, arg) : child_body(c, arg);
+}
+
+/* Children 0 and 1 do checked work next to child 2 breaking its ring. */
+TEST_F_TIMEOUT(load, corrupt_ring_harms_no_one, 120)
+{
+	struct work w = { .requests = 3000, .max_len = 512, .async = true };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	int failed;
+
+	opts_for(&o, 3, 2, &w);
+	o.child_fn = mixed_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	failed = ferry_broker_wait(b, 100LL * 1000000000);
+	ferry_broker_stats(b, &st);
+	/* The scribbler may be killed for it; nobody else may fail. */
+	EXPECT_GE(1, failed);
+	EXPECT_EQ((uint64_t)failed, st.child_deaths);
+	EXPECT_EQ(0, st.bad_reply);
+	EXPECT_EQ(st.requests, st.replies);
+	TH_LOG("scribbler %s, bad_desc %llu", failed ? "killed" : "ignored",
+	       (unsigned long long)st.bad_desc);
+	ferry_broker_stop(b);	/* and the broker still stops */
 }
 
 TEST_HARNESS_MAIN
