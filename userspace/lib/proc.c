@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -61,6 +62,8 @@ pid_t ferry_spawn(int *pidfd_out, int *ctl_out)
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -errno;
+	/* Else the child inherits unwritten stdio buffers and writes them twice. */
+	fflush(NULL);
 	pid = fork();
 	if (pid < 0) {
 		int err = -errno;
