@@ -70,7 +70,6 @@ int ferry_attach_listen(struct ferry_broker *b)
 static void refuse(int fd, int status)
 {
 	struct ferry_ctl m = {
-		.magic = FERRY_PROTO_MAGIC, .version = FERRY_PROTO_VERSION,
 		.type = FERRY_CTL_REFUSED, .status = status,
 	};
 

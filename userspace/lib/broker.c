@@ -45,13 +45,6 @@ static uint32_t pow2_at_least(uint32_t n)
 	return p;
 }
 
-static size_t page_round(size_t n)
-{
-	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-
-	return (n + pg - 1) & ~(pg - 1);
-}
-
 int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots)
 {
 	size_t cb = ferry_chan_bytes(nslots);
@@ -101,7 +94,6 @@ static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
 		      struct bchan *bc, uint32_t nslots, size_t chan_bytes)
 {
 	struct ferry_ctl m = {
-		.magic = FERRY_PROTO_MAGIC, .version = FERRY_PROTO_VERSION,
 		.type = FERRY_CTL_SETUP, .index = index,
 		.backend = ferry_rctx_backend(b->rc), .bell_mode = b->mode,
 		.nslots = nslots, .window = b->o.window, .spin_ns = b->o.spin_ns,
@@ -119,7 +111,6 @@ static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
 		fds[n++] = bc->efd[0];
 		fds[n++] = bc->efd[1];
 	}
-	m.nfds = n;
 	return ferry_ctl_send(sock, &m, fds, n);
 }
 
@@ -127,7 +118,7 @@ static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
 int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i)
 {
 	struct bchild *c = &b->child[i];
-	size_t total = b->chan_bytes_child + page_round(b->o.region_size);
+	size_t total = b->chan_bytes_child + ferry_page_round(b->o.region_size);
 	int err;
 
 	memset(c, 0, sizeof(*c));
@@ -170,11 +161,11 @@ void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned 
 	struct bhelper *hp = &b->helper[h];
 	struct bchild *c = &b->child[ci];
 	struct ferry_ctl m = {
-		.magic = FERRY_PROTO_MAGIC, .version = FERRY_PROTO_VERSION,
 		.type = add ? FERRY_CTL_REGION_ADD : FERRY_CTL_REGION_DROP,
 		.index = ci, .backend = ferry_rctx_backend(b->rc),
 		.chan_bytes = b->chan_bytes_child,
 	};
+	unsigned int nfds = 0;
 	int fd = -1;
 
 	if (add) {
@@ -184,12 +175,12 @@ void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned 
 		if (m.region.fd >= 0) {
 			fd = m.region.fd;
 			m.region.fd = 0;
-			m.nfds = 1;
+			nfds = 1;
 		}
 	} else {
 		m.region.fd = -1;
 	}
-	if (ferry_ctl_send(hp->ctl, &m, &fd, m.nfds) == 0)
+	if (ferry_ctl_send(hp->ctl, &m, &fd, nfds) == 0)
 		hp->ctl_owed++;
 }
 
@@ -306,13 +297,14 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	b->nslots_helper = pow2_at_least(o->helper_depth + 2 * b->nslots_total + 8);
 	if (b->nslots_helper > 65536)
 		b->nslots_helper = 65536;
-	b->chan_bytes_child = page_round(ferry_chan_bytes(b->nslots_child));
+	b->chan_bytes_child = ferry_page_round(ferry_chan_bytes(b->nslots_child));
 	b->nslot = o->helpers * o->helper_depth;
 	b->child = calloc(b->nslots_total ? b->nslots_total : 1, sizeof(*b->child));
 	b->helper = calloc(o->helpers, sizeof(*b->helper));
 	b->slot = calloc(b->nslot, sizeof(*b->slot));
 	b->served = calloc(o->helpers, sizeof(*b->served));
-	if (!b->child || !b->helper || !b->slot || !b->served) {
+	b->served_snap = calloc(o->helpers, sizeof(*b->served_snap));
+	if (!b->child || !b->helper || !b->slot || !b->served || !b->served_snap) {
 		err = -ENOMEM;
 		goto fail;
 	}
@@ -405,7 +397,7 @@ int ferry_broker_wait(struct ferry_broker *b, int64_t timeout_ns)
 int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out)
 {
 	pthread_mutex_lock(&b->lock);
-	*out = b->st;
+	*out = b->snap;
 	pthread_mutex_unlock(&b->lock);
 	return 0;
 }
@@ -416,7 +408,7 @@ uint64_t ferry_broker_helper_served(struct ferry_broker *b, unsigned int i)
 
 	pthread_mutex_lock(&b->lock);
 	if (i < b->o.helpers)
-		v = b->served[i];
+		v = b->served_snap[i];
 	pthread_mutex_unlock(&b->lock);
 	return v;
 }
@@ -482,5 +474,6 @@ void ferry_broker_stop(struct ferry_broker *b)
 	free(b->helper);
 	free(b->slot);
 	free(b->served);
+	free(b->served_snap);
 	free(b);
 }

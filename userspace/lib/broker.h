@@ -96,8 +96,11 @@ struct ferry_broker {
 	pthread_cond_t cond;
 	unsigned int exited;		/* forked children that ended */
 	unsigned int failed;		/* ... of them non-zero or killed */
-	struct ferry_broker_stats st;
+	struct ferry_broker_stats st;	/* dispatch thread's own, unlocked */
 	uint64_t *served;		/* per helper slot, all incarnations */
+	/* What other threads read: copies of the two above, under lock. */
+	struct ferry_broker_stats snap;
+	uint64_t *served_snap;
 	char *attach_path;
 };
 

@@ -254,24 +254,30 @@ static bool dispatch(struct ferry_broker *b)
 	return any;
 }
 
-static void publish(struct ferry_broker *b, struct ferry_broker_stats *pub)
+/* Copy the counters for other threads to read; caller holds b->lock. */
+static void snapshot_locked(struct ferry_broker *b)
+{
+	b->snap = b->st;
+	memcpy(b->served_snap, b->served, b->o.helpers * sizeof(*b->served));
+}
+
+/* Refresh the readers' snapshot when counters moved (or 1 ms of CPU did). */
+static void publish(struct ferry_broker *b)
 {
 	uint64_t queued = 0;
 	struct timespec ts;
 
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
 	b->st.dispatch_cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-
 	for (uint32_t i = b->ready_head; i != NONE; i = b->child[i].next_ready)
 		queued += child_pending(b, i);
 	b->st.queued = queued;
-	/* Only CPU time moved: not worth the lock on every idle turn. */
-	if (memcmp(pub, &b->st, offsetof(struct ferry_broker_stats, dispatch_cpu_ns)) == 0 &&
-	    b->st.dispatch_cpu_ns - pub->dispatch_cpu_ns < 1000000)
+	/* Only this thread writes snap: reading it unlocked here is fine. */
+	if (memcmp(&b->snap, &b->st, offsetof(struct ferry_broker_stats, dispatch_cpu_ns)) == 0 &&
+	    b->st.dispatch_cpu_ns - b->snap.dispatch_cpu_ns < 1000000)
 		return;
 	pthread_mutex_lock(&b->lock);
-	b->st.queued = queued;
-	*pub = b->st;
+	snapshot_locked(b);
 	pthread_mutex_unlock(&b->lock);
 }
 
@@ -310,6 +316,8 @@ static void child_died(struct ferry_broker *b, uint32_t i)
 		b->exited++;
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 			b->failed++;
+		/* Whoever ferry_broker_wait() wakes sees counters up to here. */
+		snapshot_locked(b);
 		pthread_cond_broadcast(&b->cond);
 		pthread_mutex_unlock(&b->lock);
 	}
@@ -352,6 +360,31 @@ static void helper_died(struct ferry_broker *b, uint32_t h)
 	}
 }
 
+/*
+ * Announce sleep on @bc's to-broker bell and arm it under @key.  False
+ * when descriptors arrived meanwhile or the wait could not be armed: then
+ * the caller must not sleep on it.
+ */
+static bool arm_bell(struct ferry_broker *b, struct bchan *bc, uint32_t key)
+{
+	uint32_t seq;
+	int err;
+
+	if (!ferry_chan_prepare_sleep(&bc->ch, &seq))
+		return false;
+	if (b->mode == FERRY_BELL_FUTEX)
+		err = ferry_waitset_arm_futex(b->ws, key,
+					      ferry_chan_bell_word(&bc->ch, FERRY_TO_BROKER), seq);
+	else
+		err = ferry_waitset_arm_eventfd(b->ws, key, bc->efd[FERRY_TO_BROKER]);
+	if (err) {
+		ferry_chan_end_sleep(&bc->ch);
+		return false;
+	}
+	bc->bell_armed = true;
+	return true;
+}
+
 /* Arm whatever is not armed; false if something arrived meanwhile. */
 static bool arm_all(struct ferry_broker *b)
 {
@@ -359,7 +392,6 @@ static bool arm_all(struct ferry_broker *b)
 
 	for (uint32_t i = 0; i < b->nslots_total; i++) {
 		struct bchild *c = &b->child[i];
-		uint32_t seq;
 
 		if (!c->used || !c->alive)
 			continue;
@@ -372,22 +404,13 @@ static bool arm_all(struct ferry_broker *b)
 		/* Full window: slot_done() puts it back when a reply frees room. */
 		if (c->chan.bell_armed || c->ready || c->corrupt || c->in_flight >= b->o.window)
 			continue;
-		if (!ferry_chan_prepare_sleep(&c->chan.ch, &seq)) {
+		if (!arm_bell(b, &c->chan, KEY(KEY_CHILD_BELL, i))) {
 			ready_push(b, i);
 			quiet = false;
-			continue;
 		}
-		if (b->mode == FERRY_BELL_FUTEX)
-			ferry_waitset_arm_futex(b->ws, KEY(KEY_CHILD_BELL, i),
-				ferry_chan_bell_word(&c->chan.ch, FERRY_TO_BROKER), seq);
-		else
-			ferry_waitset_arm_eventfd(b->ws, KEY(KEY_CHILD_BELL, i),
-						  c->chan.efd[FERRY_TO_BROKER]);
-		c->chan.bell_armed = true;
 	}
 	for (uint32_t h = 0; h < b->o.helpers; h++) {
 		struct bhelper *hp = &b->helper[h];
-		uint32_t seq;
 
 		if (!hp->alive)
 			continue;
@@ -396,17 +419,8 @@ static bool arm_all(struct ferry_broker *b)
 			hp->pidfd_armed = true;
 		if (hp->chan.bell_armed || hp->corrupt)
 			continue;
-		if (!ferry_chan_prepare_sleep(&hp->chan.ch, &seq)) {
+		if (!arm_bell(b, &hp->chan, KEY(KEY_HELPER_BELL, h)))
 			quiet = false;
-			continue;
-		}
-		if (b->mode == FERRY_BELL_FUTEX)
-			ferry_waitset_arm_futex(b->ws, KEY(KEY_HELPER_BELL, h),
-				ferry_chan_bell_word(&hp->chan.ch, FERRY_TO_BROKER), seq);
-		else
-			ferry_waitset_arm_eventfd(b->ws, KEY(KEY_HELPER_BELL, h),
-						  hp->chan.efd[FERRY_TO_BROKER]);
-		hp->chan.bell_armed = true;
 	}
 	return quiet;
 }
@@ -456,7 +470,6 @@ static bool spin(struct ferry_broker *b)
 void *ferry_dispatch_main(void *arg)
 {
 	struct ferry_broker *b = arg;
-	struct ferry_broker_stats pub = { 0 };
 	uint32_t keys[256];
 	bool stop = false;
 
@@ -487,7 +500,7 @@ void *ferry_dispatch_main(void *arg)
 		} else if (!arm_all(b)) {
 			timeout = 0;
 		}
-		publish(b, &pub);
+		publish(b);
 		n = ferry_waitset_wait(b->ws, keys, sizeof(keys) / sizeof(keys[0]), timeout);
 		if (n < 0 && n != -EINTR)
 			break;
@@ -531,6 +544,6 @@ void *ferry_dispatch_main(void *arg)
 			}
 		}
 	}
-	publish(b, &pub);
+	publish(b);
 	return NULL;
 }

@@ -4,9 +4,19 @@
 #define FERRY_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <unistd.h>
 
 #include "ferry.h"
+
+/* @n rounded up to the page size: regions and mappings come in pages. */
+static inline size_t ferry_page_round(size_t n)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+
+	return (n + pg - 1) & ~(pg - 1);
+}
 
 /* region.c */
 int ferry_rctx_devfd(const struct ferry_rctx *rc);

@@ -13,12 +13,17 @@ int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned
 		char buf[CMSG_SPACE(sizeof(int) * FERRY_CTL_MAX_FDS)];
 		struct cmsghdr align;
 	} u;
-	struct iovec iov = { .iov_base = (void *)m, .iov_len = sizeof(*m) };
+	struct ferry_ctl out = *m;
+	struct iovec iov = { .iov_base = &out, .iov_len = sizeof(out) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	ssize_t n;
 
 	if (nfds > FERRY_CTL_MAX_FDS)
 		return -EINVAL;
+	/* Every message carries them; senders only fill in what they mean. */
+	out.magic = FERRY_PROTO_MAGIC;
+	out.version = FERRY_PROTO_VERSION;
+	out.nfds = nfds;
 	if (nfds) {
 		struct cmsghdr *c;
 
@@ -36,7 +41,7 @@ int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned
 	} while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
-	return n == (ssize_t)sizeof(*m) ? 0 : -EIO;
+	return n == (ssize_t)sizeof(out) ? 0 : -EIO;
 }
 
 int ferry_ctl_recv(int sock, struct ferry_ctl *m, int *fds, unsigned int *nfds_out, int flags)

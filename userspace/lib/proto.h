@@ -45,7 +45,7 @@ struct ferry_ctl {
 	uint32_t pad;
 };
 
-/* Send @m with @nfds fds; 0 or -errno. */
+/* Send @m with @nfds fds (magic, version and nfds are filled in); 0 or -errno. */
 int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds);
 /*
  * Receive one message and its fds (up to FERRY_CTL_MAX_FDS, the rest are

@@ -156,13 +156,6 @@ int ferry_rctx_devfd(const struct ferry_rctx *rc)
 	return rc->devfd;
 }
 
-static size_t page_round(size_t n)
-{
-	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-
-	return (n + pg - 1) & ~(pg - 1);
-}
-
 /* Bind [base, base+len) to @node before the first touch. */
 static int bind_node(void *base, size_t len, int node)
 {
@@ -191,7 +184,7 @@ int ferry_region_create(struct ferry_rctx *rc, size_t size, int numa_node,
 		return -ENOMEM;
 	r->rc = rc;
 	r->owner = true;
-	r->size = page_round(size);
+	r->size = ferry_page_round(size);
 	r->base = MAP_FAILED;
 	r->fd = memfd_create("ferry-region", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (r->fd < 0) {
@@ -283,7 +276,7 @@ int ferry_region_import(struct ferry_rctx *rc, const struct ferry_region_ref *re
 
 	if (!rc || !ref || !out || !(rights & FERRY_READ) ||
 	    (rights & ~(FERRY_READ | FERRY_WRITE)) || ref->size == 0 ||
-	    ref->size != page_round(ref->size) || ref->size > FERRY_REGION_MAX_SIZE)
+	    ref->size != ferry_page_round(ref->size) || ref->size > FERRY_REGION_MAX_SIZE)
 		return -EINVAL;
 	if (rc->backend == FERRY_BACKEND_KMOD) {
 		if (ref->id == 0)
