@@ -131,6 +131,7 @@ void ferry_attach_accept(struct ferry_broker *b)
 			continue;
 		}
 		b->st.attached++;
+		ferry_dispatch_adopt(b, i);
 	}
 }
 

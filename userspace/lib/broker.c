@@ -8,6 +8,7 @@
  *   3. grant the region to the new pid (kmod) and send it what it may map.
  */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,7 @@
 #include "broker.h"
 
 #define DEFAULT_WINDOW 8
-#define DEFAULT_DEPTH 2
+#define DEFAULT_DEPTH 8
 #define DEFAULT_SPIN_NS 20000
 
 void ferry_broker_opts_init(struct ferry_broker_opts *o)
@@ -34,6 +35,16 @@ void ferry_broker_opts_init(struct ferry_broker_opts *o)
 	o->spin_ns = UINT64_MAX;	/* "not set": $FERRY_SPIN_NS or default */
 	o->max_attached = 4;
 	o->numa_node = -1;
+}
+
+/* CPUs this process may run on (its peers inherit the mask). */
+static unsigned int ferry_cpus_usable(void)
+{
+	cpu_set_t set;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return (unsigned int)CPU_COUNT(&set);
+	return 1;
 }
 
 static uint32_t pow2_at_least(uint32_t n)
@@ -72,6 +83,11 @@ int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, u
 	if (err)
 		goto fail;
 	bc->ch.spin_ns = 0;	/* the dispatch loop does its own spinning */
+	if (b->mode == FERRY_BELL_FUTEX) {
+		/* Wakes of sleeping peers go out batched through the io_uring. */
+		bc->ch.wake_hook = ferry_dispatch_queue_wake;
+		bc->ch.wake_arg = b;
+	}
 	return 0;
 fail:
 	ferry_bchan_destroy(bc);
@@ -97,7 +113,7 @@ static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
 		.type = FERRY_CTL_SETUP, .index = index,
 		.backend = ferry_rctx_backend(b->rc), .bell_mode = b->mode,
 		.nslots = nslots, .window = b->o.window, .spin_ns = b->o.spin_ns,
-		.chan_bytes = chan_bytes,
+		.chan_bytes = chan_bytes, .pause_ns = b->oversub ? 0 : FERRY_CHAN_PAUSE_NS_DEFAULT,
 	};
 	int fds[FERRY_CTL_MAX_FDS];
 	unsigned int n = 0;
@@ -291,6 +307,7 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		env = getenv("FERRY_SPIN_NS");
 		b->o.spin_ns = env && *env ? strtoull(env, NULL, 0) : DEFAULT_SPIN_NS;
 	}
+	b->oversub = o->children + o->helpers + 1 > ferry_cpus_usable();
 	b->nchildren = o->children;
 	b->nslots_total = o->children + (o->attach_path ? o->max_attached : 0);
 	b->nslots_child = pow2_at_least(o->window);
@@ -302,12 +319,17 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	b->child = calloc(b->nslots_total ? b->nslots_total : 1, sizeof(*b->child));
 	b->helper = calloc(o->helpers, sizeof(*b->helper));
 	b->slot = calloc(b->nslot, sizeof(*b->slot));
+	b->slot_free = calloc(b->nslot, sizeof(*b->slot_free));
+	b->arm = calloc(b->nslots_total ? b->nslots_total : 1, sizeof(*b->arm));
 	b->served = calloc(o->helpers, sizeof(*b->served));
 	b->served_snap = calloc(o->helpers, sizeof(*b->served_snap));
-	if (!b->child || !b->helper || !b->slot || !b->served || !b->served_snap) {
+	if (!b->child || !b->helper || !b->slot || !b->slot_free || !b->arm || !b->served ||
+	    !b->served_snap) {
 		err = -ENOMEM;
 		goto fail;
 	}
+	for (unsigned int s = b->nslot; s-- > 0;)
+		b->slot_free[b->nslot_free++] = s;
 	for (unsigned int i = 0; i < b->nslots_total; i++)
 		b->child[i].pidfd = b->child[i].ctl = -1;
 	for (unsigned int h = 0; h < o->helpers; h++)
@@ -345,6 +367,8 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		goto fail;
 	}
 	b->thread_started = true;
+	if (pthread_getcpuclockid(b->thread, &b->cpu_clock))
+		b->cpu_clock = (clockid_t)-1;
 	*out = b;
 	return 0;
 fail:
@@ -396,8 +420,18 @@ int ferry_broker_wait(struct ferry_broker *b, int64_t timeout_ns)
 
 int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out)
 {
+	struct timespec ts;
+
 	pthread_mutex_lock(&b->lock);
 	*out = b->snap;
+	/*
+	 * The dispatch thread's CPU time is read here, from its clock, rather
+	 * than by the thread itself (a system call per turn).  While we hold
+	 * the lock it cannot finish: it takes the lock to set thread_done.
+	 */
+	if (b->thread_started && !b->thread_done && b->cpu_clock != (clockid_t)-1 &&
+	    clock_gettime(b->cpu_clock, &ts) == 0)
+		out->dispatch_cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 	pthread_mutex_unlock(&b->lock);
 	return 0;
 }
@@ -473,6 +507,8 @@ void ferry_broker_stop(struct ferry_broker *b)
 	free(b->child);
 	free(b->helper);
 	free(b->slot);
+	free(b->slot_free);
+	free(b->arm);
 	free(b->served);
 	free(b->served_snap);
 	free(b);

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "chan.h"
 #include "ferry.h"
@@ -46,6 +47,7 @@ struct bchild {
 	struct bchan chan;	/* channel at the start of the child's region */
 	unsigned int in_flight;	/* at helpers */
 	uint32_t next_ready;
+	bool on_arm;		/* on the arm list */
 	bool pidfd_armed, conn_armed;
 	bool corrupt;		/* broke its ring: killed, waiting for its pidfd */
 };
@@ -86,12 +88,26 @@ struct ferry_broker {
 	struct bhelper *helper;
 	struct bslot *slot;
 	unsigned int nslot;
+	uint32_t *slot_free;		/* stack of unused slot numbers */
+	unsigned int nslot_free;
 	uint32_t ready_head, ready_tail;	/* UINT32_MAX: empty */
+	uint32_t *arm;			/* children whose waits need arming */
+	unsigned int narm;
 	unsigned int rr_helper;
 	int listen_fd;
 	int stop_efd;
 	pthread_t thread;
 	bool thread_started;
+	bool thread_done;		/* under lock: snap has its final CPU time */
+	clockid_t cpu_clock;		/* the dispatch thread's CPU clock */
+	uint64_t snap_ns;		/* when snap was last refreshed */
+	bool wakes_queued;		/* futex wakes wait in the io_uring's SQ */
+	/*
+	 * More busy processes than CPUs (children + helpers + the dispatch
+	 * thread): whoever waits yields at once instead of spinning with
+	 * pause, so that the peer it waits for can have the CPU.
+	 */
+	bool oversub;
 	pthread_mutex_t lock;		/* guards stats + exited for other threads */
 	pthread_cond_t cond;
 	unsigned int exited;		/* forked children that ended */
@@ -120,6 +136,10 @@ void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
 
 /* dispatch.c */
 void *ferry_dispatch_main(void *arg);
+/* chan wake_hook: queue a peer's wake for the dispatch loop's next flush. */
+int ferry_dispatch_queue_wake(void *broker, _Atomic uint32_t *word, int n);
+/* A newly attached child slot @i: watch its connection and its bell. */
+void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i);
 
 /* attach.c */
 int ferry_attach_listen(struct ferry_broker *b);

@@ -9,7 +9,7 @@
  *   producer                          consumer (about to sleep)
  *   slot = d; tail = t+1 (release)    waiting = 1
  *   fence                             fence
- *   if (waiting)                      s = seq (acquire)
+ *   if (xchg(waiting, 0))             s = seq (acquire)
  *           seq++; wake(seq)          if (ring not empty) don't sleep
  *                                     else sleep while seq == s
  *
@@ -20,6 +20,8 @@
  * -EAGAIN) or is already queued when the wake arrives; a consumer that read
  * s after the bump also sees the tail (the bump is a release after it).  An
  * eventfd keeps its count until read, so it cannot lose a wake either.
+ * The producer clears "waiting" as it rings: the next sends of a burst see
+ * 0 and skip the system call, since one wake is already on its way.
  */
 #include "chan.h"
 
@@ -39,8 +41,6 @@ _Static_assert(sizeof(struct ferry_chan_ctl) == 3 * FERRY_CHAN_LINE, "ctl is thr
 _Static_assert(sizeof(_Atomic uint32_t) == 4, "futex words are 32 bits");
 
 #define CHAN_ROUND 4096u
-/* Spin with pause this long, then spin with sched_yield() up to spin_ns. */
-#define SPIN_PURE_NS 5000u
 
 static uint64_t now_ns(void)
 {
@@ -151,6 +151,7 @@ int ferry_chan_attach(struct ferry_chan *c, void *mem, size_t bytes, bool is_bro
 	c->efd[0] = mode == FERRY_BELL_EVENTFD ? efd[0] : -1;
 	c->efd[1] = mode == FERRY_BELL_EVENTFD ? efd[1] : -1;
 	c->spin_ns = FERRY_CHAN_SPIN_NS_DEFAULT;
+	c->pause_ns = FERRY_CHAN_PAUSE_NS_DEFAULT;
 	c->ctl[FERRY_TO_BROKER] = ring_ctl(mem, n, FERRY_TO_BROKER);
 	c->ctl[FERRY_TO_PEER] = ring_ctl(mem, n, FERRY_TO_PEER);
 	c->slot[FERRY_TO_BROKER] = (struct ferry_desc *)(c->ctl[FERRY_TO_BROKER] + 1);
@@ -174,7 +175,8 @@ static void ring_bell(struct ferry_chan *c, enum ferry_chan_dir dir, int nwake)
 
 	atomic_fetch_add_explicit(&k->seq, 1, memory_order_seq_cst);
 	if (c->mode == FERRY_BELL_FUTEX) {
-		futex_wake(&k->seq, nwake);
+		if (!c->wake_hook || c->wake_hook(c->wake_arg, &k->seq, nwake))
+			futex_wake(&k->seq, nwake);
 	} else {
 		uint64_t one = 1;
 		ssize_t r = write(c->efd[dir], &one, sizeof(one));
@@ -209,7 +211,9 @@ int ferry_chan_send(struct ferry_chan *c, const struct ferry_desc *d)
 	c->sent++;
 
 	atomic_thread_fence(memory_order_seq_cst);
-	if (atomic_load_explicit(&k->waiting, memory_order_relaxed))
+	/* Look before the locked exchange: the sleeper is the rare case. */
+	if (atomic_load_explicit(&k->waiting, memory_order_relaxed) &&
+	    atomic_exchange_explicit(&k->waiting, 0, memory_order_relaxed))
 		ring_bell(c, dir, 1);
 	return 0;
 }
@@ -350,12 +354,12 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 
 	/*
 	 * Spin: a reply that comes within spin_ns costs no system call.  After
-	 * the first SPIN_PURE_NS, yield between looks: on an idle machine
+	 * the first pause_ns, yield between looks: on an idle machine
 	 * sched_yield() returns at once, on a busy one it lets the peer (who
 	 * may be waiting for this very CPU) run instead of burning its slice.
 	 */
 	for (i = 0;; i++) {
-		bool yielding = now - start >= SPIN_PURE_NS;
+		bool yielding = now - start >= c->pause_ns;
 
 		/* A yield may last a time slice: look at the clock after each. */
 		if (yielding || (i & 15) == 0) {

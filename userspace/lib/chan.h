@@ -15,8 +15,9 @@
  * that is the broker's and the helper's job.
  *
  * Doorbells: the producer publishes, then (after a full fence) looks at the
- * consumer's "waiting" flag; only if it is set does it bump the 32-bit
- * sequence word and wake the consumer.  The consumer sets "waiting", fences,
+ * consumer's "waiting" flag; only if it is set does it take it (so a burst
+ * of sends rings once per sleep), bump the 32-bit sequence word and wake
+ * the consumer.  The consumer sets "waiting", fences,
  * reads the sequence word, re-checks the ring, and only then sleeps on that
  * sequence value: a futex wait on the word (shared futex: the word lives in
  * MAP_SHARED memory), or (FERRY_BELL_EVENTFD) a read of an eventfd the
@@ -51,6 +52,8 @@ enum ferry_chan_dir {
 #define FERRY_CHAN_MAX_SLOTS 65536u
 /* Spin this long before sleeping unless told otherwise (c->spin_ns). */
 #define FERRY_CHAN_SPIN_NS_DEFAULT 30000u
+/* Of that, spin with pause this long, then yield between looks (c->pause_ns). */
+#define FERRY_CHAN_PAUSE_NS_DEFAULT 5000u
 
 /*
  * Shared layout, version 1 (everything little-endian, one host):
@@ -105,6 +108,15 @@ struct ferry_chan {
 	enum ferry_bell_mode mode;
 	int efd[2];			/* eventfd per direction (EVENTFD mode), else -1 */
 	uint64_t spin_ns;		/* adaptive wait: spin this long first (tunable) */
+	uint64_t pause_ns;		/* ... the first pause_ns without yielding */
+	/*
+	 * FUTEX mode, optional: called to wake up to @n sleepers on @word
+	 * instead of a FUTEX_WAKE system call (the broker queues the wake on
+	 * its io_uring and submits a pass's wakes at once).  Returns 0 if it
+	 * took the wake; otherwise the system call is made.
+	 */
+	int (*wake_hook)(void *arg, _Atomic uint32_t *word, int n);
+	void *wake_arg;
 	/* counters, private */
 	uint64_t sent, received;
 	uint64_t wakes;			/* bells rung by this end (futex wakes, eventfd writes) */
@@ -127,7 +139,7 @@ struct ferry_chan {
  * attaching to a channel in use (a restarted peer) continues where it was.
  * @efd: eventfds for EVENTFD mode (indexed by enum ferry_chan_dir), may be
  * NULL in FUTEX mode.  The struct does not own the fds.  Eventfds should be
- * EFD_NONBLOCK.  spin_ns starts at FERRY_CHAN_SPIN_NS_DEFAULT.
+ * EFD_NONBLOCK.  spin_ns and pause_ns start at their defaults.
  */
 int ferry_chan_attach(struct ferry_chan *c, void *mem, size_t bytes, bool is_broker,
 		      enum ferry_bell_mode mode, const int efd[2]);

@@ -69,6 +69,7 @@ int ferry_peer_setup(int ctl, struct ferry_ctl *m, struct ferry_rctx **rc,
 	if (err)
 		goto out_region;
 	ch->spin_ns = m->spin_ns;
+	ch->pause_ns = m->pause_ns;
 	return 0;
 out_region:
 	ferry_region_close(*region);

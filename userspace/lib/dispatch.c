@@ -10,8 +10,15 @@
  *   deaths:   pidfds (and attached connections) in the same io_uring as
  *             the doorbells.
  *
- * Work per message is O(1): fired doorbells put a child on the ready list;
- * only the spin phase looks at every ring, and only while idle.
+ * Work per message is O(1): fired doorbells put a child on the ready list,
+ * a child whose ring ran dry goes on the arm list, and only those get their
+ * waits armed before a sleep; slots come off a free stack.  Only the spin
+ * phase looks at every ring, and only while idle.
+ *
+ * An alive child is always in one of these states, so none is forgotten:
+ * ready (on the ready list), armed (its bell is in the io_uring), parked
+ * (window full: slot_done() settles it when a reply frees room), or on the
+ * arm list.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -55,6 +62,44 @@ static void ready_push(struct ferry_broker *b, uint32_t i)
 	else
 		b->child[b->ready_tail].next_ready = i;
 	b->ready_tail = i;
+}
+
+/* Needs its waits (bell, pidfd, connection) armed before the next sleep. */
+static void arm_push(struct ferry_broker *b, uint32_t i)
+{
+	struct bchild *c = &b->child[i];
+
+	if (c->on_arm)
+		return;
+	c->on_arm = true;
+	b->arm[b->narm++] = i;	/* at most one entry per child: it fits */
+}
+
+/* Take @i off the arm list (deaths only, so O(n) is fine). */
+static void arm_remove(struct ferry_broker *b, uint32_t i)
+{
+	for (unsigned int k = 0; k < b->narm; k++) {
+		if (b->arm[k] == i) {
+			b->arm[k] = b->arm[--b->narm];
+			break;
+		}
+	}
+	b->child[i].on_arm = false;
+}
+
+/* Where child @i goes after it was looked at and is not on the ready list. */
+static void settle(struct ferry_broker *b, uint32_t i)
+{
+	struct bchild *c = &b->child[i];
+
+	if (!c->alive || c->corrupt || c->ready)
+		return;
+	if (c->in_flight >= b->o.window)
+		return;			/* parked: slot_done() settles it */
+	if (child_pending(b, i))
+		ready_push(b, i);
+	else if (!c->chan.bell_armed)
+		arm_push(b, i);
 }
 
 static uint32_t ready_pop(struct ferry_broker *b)
@@ -115,13 +160,14 @@ static void slot_done(struct ferry_broker *b, uint32_t s)
 
 	sl->used = false;
 	sl->gen++;
+	b->slot_free[b->nslot_free++] = s;
 	b->helper[sl->helper].in_flight--;
 	c->in_flight--;
 	b->st.in_flight--;
 	if (!c->alive && c->used && c->in_flight == 0)
 		ferry_child_reclaim(b, sl->child);
-	else if (c->alive && child_pending(b, sl->child))
-		ready_push(b, sl->child);	/* maybe held back by its window */
+	else
+		settle(b, sl->child);	/* maybe held back by its window */
 }
 
 /* Drain helper @h's replies. */
@@ -179,10 +225,7 @@ static int32_t pick_helper(struct ferry_broker *b)
 
 static uint32_t free_slot(struct ferry_broker *b)
 {
-	for (uint32_t s = 0; s < b->nslot; s++)
-		if (!b->slot[s].used)
-			return s;
-	return NONE;
+	return b->nslot_free ? b->slot_free[--b->nslot_free] : NONE;
 }
 
 static void child_died(struct ferry_broker *b, uint32_t i);
@@ -206,12 +249,13 @@ static bool dispatch(struct ferry_broker *b)
 		if (!c->alive)
 			continue;
 		if (c->in_flight >= b->o.window)
-			continue;	/* back on the list when a reply frees room */
+			continue;	/* parked: back on the list when a reply frees room */
 		switch (ferry_chan_recv(&c->chan.ch, &d)) {
 		case 0:
 			break;
 		case -EAGAIN:
-			continue;	/* empty: its bell re-arms */
+			settle(b, i);	/* empty: its bell gets armed */
+			continue;
 		default:
 			/* It scribbled over its ring's indices: it goes. */
 			b->st.bad_desc++;
@@ -240,6 +284,7 @@ static bool dispatch(struct ferry_broker *b)
 			d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
 			if (ferry_chan_send(&b->helper[h].chan.ch, &d) < 0) {
 				b->slot[s].used = false;
+				b->slot_free[b->nslot_free++] = s;
 				fail_back(b, i, d.op, b->slot[s].child_tag, -EAGAIN);
 			} else {
 				b->helper[h].in_flight++;
@@ -248,8 +293,7 @@ static bool dispatch(struct ferry_broker *b)
 				b->st.in_flight++;
 			}
 		}
-		if (child_pending(b, i))
-			ready_push(b, i);
+		settle(b, i);
 	}
 	return any;
 }
@@ -261,20 +305,23 @@ static void snapshot_locked(struct ferry_broker *b)
 	memcpy(b->served_snap, b->served, b->o.helpers * sizeof(*b->served));
 }
 
-/* Refresh the readers' snapshot when counters moved (or 1 ms of CPU did). */
-static void publish(struct ferry_broker *b)
+/*
+ * Refresh the readers' snapshot if counters moved: before each sleep, and
+ * at most once a millisecond while busy.  (The CPU time is read by the
+ * readers themselves, from this thread's clock.)
+ */
+static void publish(struct ferry_broker *b, bool sleeping)
 {
-	uint64_t queued = 0;
-	struct timespec ts;
+	uint64_t queued = 0, now = now_ns();
 
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	b->st.dispatch_cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	if (!sleeping && now - b->snap_ns < 1000000)
+		return;
+	b->snap_ns = now;
 	for (uint32_t i = b->ready_head; i != NONE; i = b->child[i].next_ready)
 		queued += child_pending(b, i);
 	b->st.queued = queued;
 	/* Only this thread writes snap: reading it unlocked here is fine. */
-	if (memcmp(&b->snap, &b->st, offsetof(struct ferry_broker_stats, dispatch_cpu_ns)) == 0 &&
-	    b->st.dispatch_cpu_ns - b->snap.dispatch_cpu_ns < 1000000)
+	if (memcmp(&b->snap, &b->st, offsetof(struct ferry_broker_stats, wakeups)) == 0)
 		return;
 	pthread_mutex_lock(&b->lock);
 	snapshot_locked(b);
@@ -304,6 +351,7 @@ static void child_died(struct ferry_broker *b, uint32_t i)
 	if (!c->alive)
 		return;
 	ready_remove(b, i);
+	arm_remove(b, i);
 	c->alive = false;
 	b->st.child_exits++;
 	b->st.dropped += child_pending(b, i);
@@ -385,23 +433,42 @@ static bool arm_bell(struct ferry_broker *b, struct bchan *bc, uint32_t key)
 	return true;
 }
 
-/* Arm whatever is not armed; false if something arrived meanwhile. */
+/*
+ * Arm what the arm list names, and the helpers' waits; false if something
+ * arrived meanwhile or could not be armed (then do not sleep).  Cost: the
+ * children that changed state since the last sleep, not all of them.
+ */
 static bool arm_all(struct ferry_broker *b)
 {
+	unsigned int n = b->narm;
 	bool quiet = true;
 
-	for (uint32_t i = 0; i < b->nslots_total; i++) {
+	/* Re-pushes land at or below the entry being read: safe in place. */
+	b->narm = 0;
+	for (unsigned int k = 0; k < n; k++) {
+		uint32_t i = b->arm[k];
 		struct bchild *c = &b->child[i];
 
+		c->on_arm = false;
 		if (!c->used || !c->alive)
 			continue;
-		if (!c->attached && !c->pidfd_armed &&
-		    ferry_waitset_arm_poll(b->ws, KEY(KEY_CHILD_PIDFD, i), c->pidfd) == 0)
+		if (!c->attached && !c->pidfd_armed) {
+			if (ferry_waitset_arm_poll(b->ws, KEY(KEY_CHILD_PIDFD, i), c->pidfd)) {
+				arm_push(b, i);
+				quiet = false;
+				continue;
+			}
 			c->pidfd_armed = true;
-		if (c->attached && !c->conn_armed &&
-		    ferry_waitset_arm_poll(b->ws, KEY(KEY_CHILD_CONN, i), c->ctl) == 0)
+		}
+		if (c->attached && !c->conn_armed) {
+			if (ferry_waitset_arm_poll(b->ws, KEY(KEY_CHILD_CONN, i), c->ctl)) {
+				arm_push(b, i);
+				quiet = false;
+				continue;
+			}
 			c->conn_armed = true;
-		/* Full window: slot_done() puts it back when a reply frees room. */
+		}
+		/* Full window: slot_done() settles it when a reply frees room. */
 		if (c->chan.bell_armed || c->ready || c->corrupt || c->in_flight >= b->o.window)
 			continue;
 		if (!arm_bell(b, &c->chan, KEY(KEY_CHILD_BELL, i))) {
@@ -436,14 +503,22 @@ static bool service(struct ferry_broker *b)
 	return any;
 }
 
-/* Idle: look at every ring for up to spin_ns before sleeping. */
+/*
+ * Idle: look at every ring for up to spin_ns before sleeping.  Spin with
+ * pause for a few µs first, then yield between looks.  On an oversubscribed
+ * machine, pause only while replies are due (a helper on another CPU
+ * answers within µs) and yield at once otherwise: the child that is to
+ * send the next request may be waiting for this very CPU.
+ */
 static bool spin(struct ferry_broker *b)
 {
-	uint64_t end;
+	uint64_t start, end, pause_ns;
 
 	if (!b->o.spin_ns)
 		return false;
-	end = now_ns() + b->o.spin_ns;
+	pause_ns = !b->oversub ? FERRY_CHAN_PAUSE_NS_DEFAULT : b->st.in_flight ? 3000 : 0;
+	start = now_ns();
+	end = start + b->o.spin_ns;
 	do {
 		for (uint32_t h = 0; h < b->o.helpers; h++)
 			if (b->helper[h].alive && !b->helper[h].corrupt &&
@@ -458,14 +533,16 @@ static bool spin(struct ferry_broker *b)
 				return true;
 			}
 		}
-		/* Past a few µs, let peers on the same cores run. */
-		if (now_ns() + b->o.spin_ns - end > 5000)
+		/* Past pause_ns, let peers on the same cores run. */
+		if (now_ns() - start >= pause_ns)
 			sched_yield();
 		else
 			__builtin_ia32_pause();
 	} while (now_ns() < end);
 	return false;
 }
+
+static void flush_wakes(struct ferry_broker *b);
 
 void *ferry_dispatch_main(void *arg)
 {
@@ -476,10 +553,11 @@ void *ferry_dispatch_main(void *arg)
 	ferry_waitset_arm_eventfd(b->ws, KEY(KEY_STOP, 0), b->stop_efd);
 	if (b->listen_fd >= 0)
 		ferry_waitset_arm_poll(b->ws, KEY(KEY_LISTEN, 0), b->listen_fd);
-	/* Everything starts ready: requests may already be waiting. */
+	/* Everything starts ready (requests may already be waiting) and
+	 * needs its pidfd watched. */
 	for (uint32_t i = 0; i < b->nslots_total; i++)
 		if (b->child[i].used && b->child[i].alive)
-			ready_push(b, i);
+			ferry_dispatch_adopt(b, i);
 
 	unsigned int busy = 0;
 
@@ -488,6 +566,7 @@ void *ferry_dispatch_main(void *arg)
 		bool moved = service(b);
 		int n;
 
+		flush_wakes(b);
 		/*
 		 * While requests flow, stay off system calls: deaths, attaches
 		 * and stop are looked at every 64 busy turns, not every turn.
@@ -500,7 +579,7 @@ void *ferry_dispatch_main(void *arg)
 		} else if (!arm_all(b)) {
 			timeout = 0;
 		}
-		publish(b);
+		publish(b, timeout != 0);
 		n = ferry_waitset_wait(b->ws, keys, sizeof(keys) / sizeof(keys[0]), timeout);
 		if (n < 0 && n != -EINTR)
 			break;
@@ -544,6 +623,41 @@ void *ferry_dispatch_main(void *arg)
 			}
 		}
 	}
-	publish(b);
+	{
+		struct timespec ts;
+
+		publish(b, true);
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+		pthread_mutex_lock(&b->lock);
+		b->st.dispatch_cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+		snapshot_locked(b);
+		b->thread_done = true;
+		pthread_mutex_unlock(&b->lock);
+	}
 	return NULL;
+}
+
+int ferry_dispatch_queue_wake(void *broker, _Atomic uint32_t *word, int n)
+{
+	struct ferry_broker *b = broker;
+	int err = ferry_waitset_wake_futex(b->ws, word, n);
+
+	if (!err)
+		b->wakes_queued = true;
+	return err;
+}
+
+/* Send the wakes a pass queued: one system call for all of them. */
+static void flush_wakes(struct ferry_broker *b)
+{
+	if (b->wakes_queued) {
+		b->wakes_queued = false;
+		ferry_waitset_flush(b->ws);
+	}
+}
+
+void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i)
+{
+	ready_push(b, i);
+	arm_push(b, i);
 }

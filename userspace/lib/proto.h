@@ -42,7 +42,7 @@ struct ferry_ctl {
 	uint64_t chan_bytes;	/* channel occupies [0, chan_bytes) of its region */
 	struct ferry_region_ref region;	/* fd field: index into the fds sent, or -1 */
 	uint32_t nfds;		/* fds attached: [region memfd?] [efd0 efd1]? */
-	uint32_t pad;
+	uint32_t pause_ns;	/* of spin_ns, spin this long before yielding */
 };
 
 /* Send @m with @nfds fds (magic, version and nfds are filled in); 0 or -errno. */

@@ -64,6 +64,12 @@ struct ferry_waitset {
 	struct ws_src *src;
 };
 
+static bool submit_error_fatal(int r)
+{
+	/* -EBUSY/-EAGAIN: CQ backlog or memory; reaping makes room. */
+	return r < 0 && r != -EBUSY && r != -EAGAIN && r != -EINTR;
+}
+
 static uint64_t now_ns(void)
 {
 	struct timespec ts;
@@ -179,6 +185,39 @@ static int arm_begin(struct ferry_waitset *ws, uint32_t key, enum src_kind kind,
 static uint64_t src_udata(const struct ferry_waitset *ws, const struct ws_src *s)
 {
 	return (uint64_t)s->gen << 32 | (uint64_t)(s - ws->src);
+}
+
+int ferry_waitset_wake_futex(struct ferry_waitset *ws, _Atomic uint32_t *word, int n)
+{
+	struct io_uring_sqe *sqe;
+
+	if (ws->mode != FERRY_BELL_FUTEX)
+		return -EOPNOTSUPP;
+	if (!word || ((uintptr_t)word & 3) || n <= 0)
+		return -EINVAL;
+	sqe = io_uring_get_sqe(&ws->ring);
+	if (!sqe)
+		return -EAGAIN;
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->opcode = FERRY_IORING_OP_FUTEX_WAKE;
+	sqe->fd = FUTEX2_SIZE_U32;		/* shared futex */
+	sqe->addr = (uint64_t)(uintptr_t)word;
+	sqe->off = (uint64_t)n;			/* addr2: how many to wake */
+	sqe->addr3 = FUTEX_BITSET_MATCH_ANY;
+	/* user_data 0: reap() ignores it; a failure's completion is harmless. */
+	sqe->user_data = 0;
+	sqe->flags = IOSQE_CQE_SKIP_SUCCESS;
+	return 0;
+}
+
+int ferry_waitset_flush(struct ferry_waitset *ws)
+{
+	int r;
+
+	if (!io_uring_sq_ready(&ws->ring))
+		return 0;
+	r = io_uring_submit(&ws->ring);
+	return submit_error_fatal(r) ? r : 0;
 }
 
 static void prep_futex_wait(struct io_uring_sqe *sqe, _Atomic uint32_t *word, uint32_t val)
@@ -308,11 +347,6 @@ static unsigned int reap(struct ferry_waitset *ws, uint32_t *keys, unsigned int 
 	return n;
 }
 
-static bool submit_error_fatal(int r)
-{
-	/* -EBUSY/-EAGAIN: CQ backlog or memory; reaping makes room. */
-	return r < 0 && r != -EBUSY && r != -EAGAIN && r != -EINTR;
-}
 
 int ferry_waitset_wait(struct ferry_waitset *ws, uint32_t *keys, unsigned int max,
 		       int64_t timeout_ns)

@@ -80,6 +80,17 @@ int ferry_waitset_disarm(struct ferry_waitset *ws, uint32_t key);
 bool ferry_waitset_armed(const struct ferry_waitset *ws, uint32_t key);
 
 /*
+ * Queue a wake of up to @n sleepers on a shared futex @word (FUTEX mode
+ * only: IORING_OP_FUTEX_WAKE, no completion on success).  It goes out with
+ * the next ferry_waitset_flush() or ferry_waitset_wait(), so many wakes
+ * cost one system call.  -EOPNOTSUPP in EVENTFD mode, -EAGAIN when no
+ * submission slot is free: wake directly then.
+ */
+int ferry_waitset_wake_futex(struct ferry_waitset *ws, _Atomic uint32_t *word, int n);
+/* Submit whatever is queued (wakes, arms) without waiting; 0 or -errno. */
+int ferry_waitset_flush(struct ferry_waitset *ws);
+
+/*
  * Submit what was armed and wait until at least one key fires or
  * @timeout_ns passes (<0: forever, 0: don't wait).  Writes up to @max
  * (>= 1) fired keys to @keys and returns how many (0 on timeout), or
