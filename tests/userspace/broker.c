@@ -592,6 +592,52 @@ TEST(attach_over_socket)
 	EXPECT_NE(0, access(path, F_OK));	/* the socket is gone */
 }
 
+static int quiet_body(struct ferry_child *c, void *arg)
+{
+	(void)c;
+	(void)arg;
+	return 0;	/* exits through the library, which flushes stdio */
+}
+
+/*
+ * Output the parent buffered but had not written yet must appear once,
+ * not once more per forked helper and child.
+ */
+TEST(buffered_output_not_repeated_by_forks)
+{
+	char path[] = "/tmp/ferry-stdout-XXXXXX", buf[4096];
+	int fd = mkstemp(path), saved = dup(STDOUT_FILENO), count = 0;
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	ssize_t n;
+
+	ASSERT_LE(0, fd);
+	ASSERT_LE(0, saved);
+	unlink(path);
+	fflush(stdout);
+	ASSERT_LE(0, dup2(fd, STDOUT_FILENO));
+	/* A file: stdout is fully buffered, so the line sits in the buffer. */
+	setvbuf(stdout, NULL, _IOFBF, BUFSIZ);
+	printf("ferry-marker\n");
+	opts_for(&o, 3, 2, NULL);
+	o.child_fn = quiet_body;
+	if (ferry_broker_start(&o, &b) == 0) {
+		ferry_broker_wait(b, 60LL * 1000000000);
+		ferry_broker_stop(b);
+	}
+	fflush(stdout);
+	dup2(saved, STDOUT_FILENO);
+	close(saved);
+	setvbuf(stdout, NULL, _IOLBF, BUFSIZ);
+	n = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	ASSERT_LT(0, n);
+	buf[n] = 0;
+	for (char *p = buf; (p = strstr(p, "ferry-marker")); p++)
+		count++;
+	EXPECT_EQ(1, count);
+}
+
 TEST(bad_options)
 {
 	struct ferry_broker_opts o;
