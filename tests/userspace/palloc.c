@@ -209,6 +209,7 @@ TEST(random_workload_against_reference)
 	if (!seed)
 		seed = 1;
 	ksft_print_msg("FERRY_PALLOC_SEED=%llu\n", (unsigned long long)seed);
+	fflush(stdout);	/* the case runs in a child that leaves by _exit() */
 	ASSERT_NE(NULL, owner);
 	ASSERT_EQ(0, ferry_palloc_create(UNITS * 64ull, 64, NULL, NULL, &a));
 	for (int op = 0; op < OPS; op++) {
@@ -258,6 +259,7 @@ TEST(random_workload_against_reference)
 	/* Everything merged back into one block. */
 	ASSERT_EQ(0, ferry_palloc_alloc(a, UNITS * 64ull, NULL, &off));
 	ksft_print_msg("%d ops, %u allocations refused for room\n", OPS, fails);
+	fflush(stdout);
 	ferry_palloc_destroy(a);
 	free(owner);
 }
