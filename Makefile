@@ -21,10 +21,16 @@ KSFT_DIR = $(shell scripts/ksft.sh)
 TEST_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
 	-Wno-sign-compare -static -pthread -Iinclude/uapi
 
+# CUDA's headers (types and prototypes only: libcuda is dlopened at run time).
+CUDA_INC ?= /usr/local/cuda/include
+ifeq ($(wildcard $(CUDA_INC)/cuda.h),)
+$(error CUDA headers not found at $(CUDA_INC)/cuda.h; install CUDA or set CUDA_INC=)
+endif
+
 # libferry: C11, warnings are errors.
 CFLAGS ?= -O2 -g
 LIB_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -pthread \
-	-Iuserspace/include -Iuserspace/lib -Iinclude/uapi $(CFLAGS)
+	-Iuserspace/include -Iuserspace/lib -Iinclude/uapi -isystem $(CUDA_INC) $(CFLAGS)
 LIB_SRCS := $(wildcard userspace/lib/*.c)
 LIB_OBJS := $(patsubst userspace/lib/%.c,$(BUILD)/lib/%.o,$(LIB_SRCS))
 LIB_HDRS := $(wildcard userspace/include/*.h userspace/lib/*.h) include/uapi/linux/ferry.h
@@ -36,6 +42,7 @@ LIB_LDLIBS := -l:liburing.a -l:libnuma.a -pthread
 KMOD_TESTS := $(patsubst tests/kmod/%.c,$(BUILD)/tests/kmod/%,$(wildcard tests/kmod/*.c))
 UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/uapi/*.c))
 LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
+GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/*.c))
 
 .PHONY: all lib tools module module-if-possible build-tests deps check clean
 
@@ -45,9 +52,10 @@ lib: $(LIB_A) $(LIB_SO)
 
 tools: $(BUILD)/ferry-bench
 
-# Static, so the same binary runs on the GPU machine (no liburing there).
+# liburing and libnuma linked in (the GPU machine has no liburing); glibc
+# stays dynamic, because libcuda is dlopened and needs the system's libc.
 $(BUILD)/ferry-bench: $(wildcard userspace/tools/*.c userspace/tools/*.h) $(LIB_A)
-	$(CC) $(LIB_CFLAGS) -static -Iuserspace/tools -o $@ $(filter %.c,$^) $(LIB_A) $(LIB_LDLIBS)
+	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(filter %.c,$^) $(LIB_A) $(LIB_LDLIBS)
 
 $(BUILD)/lib/%.o: userspace/lib/%.c $(LIB_HDRS)
 	@mkdir -p $(@D)
@@ -76,7 +84,13 @@ module-if-possible:
 deps:
 	@scripts/deps.sh
 
-build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS)
+build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS) $(GPU_TESTS)
+
+# GPU tests: glibc dynamic (libcuda is dlopened), the rest linked in.
+$(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_A) $(wildcard tests/gpu/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(filter-out -static,$(TEST_CFLAGS)) -D_GNU_SOURCE -Iuserspace/include -Iuserspace/lib \
+		-isystem $(CUDA_INC) -I$(KSFT_DIR) -o $@ $< $(LIB_A) $(LIB_LDLIBS)
 
 $(BUILD)/tests/userspace/%: tests/userspace/%.c $(LIB_A) $(wildcard tests/userspace/*.h)
 	@mkdir -p $(@D)

@@ -220,6 +220,63 @@ int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out);
 /* Requests served by helper slot @i since start (all incarnations). */
 uint64_t ferry_broker_helper_served(struct ferry_broker *b, unsigned int i);
 
+/* --- pools: tensors travel as (pool, offset, len) --- */
+
+/*
+ * A pool is one large allocation made once by its owner and imported once
+ * by every other participant; descriptors then name tensors by offset.
+ *   FERRY_POOL_CUDA: device memory on GPU @device, made with cuMemCreate
+ *     and exported as a POSIX fd (legacy cuIpc handles where the driver
+ *     cannot); addresses are CUdeviceptrs.  CUDA is loaded at run time:
+ *     without a driver or GPU this kind returns -ENODEV.
+ *   FERRY_POOL_CPU: a sealed memfd with the same protocol, so hosts
+ *     without a GPU (and CI) run it end to end; addresses are pointers.
+ * Only the creating process allocates (ferry_pool_alloc); its allocator
+ * is stream-safe: a block other streams used (ferry_pool_record_stream)
+ * is reused only after their work completes.  Streams are CUstreams (CPU
+ * pools: NULL).  The allocator's lock is a spinlock held for non-blocking
+ * bookkeeping and event record/query calls only.
+ */
+enum ferry_pool_kind {
+	FERRY_POOL_CPU = 1,
+	FERRY_POOL_CUDA = 2,
+};
+
+struct ferry_pool;
+struct ferry_pool_ref {
+	uint32_t kind;		/* enum ferry_pool_kind */
+	int32_t device;		/* CUDA device ordinal, -1 for CPU */
+	uint64_t size;
+	int32_t fd;		/* memfd / VMM fd, -1 for legacy IPC */
+	uint32_t legacy;	/* 1: ipc[] holds a cuIpcMemHandle */
+	uint8_t ipc[64];
+};
+
+/* GPUs usable by this process, or -ENODEV; ferry_gpu_status() says why. */
+int ferry_gpu_count(void);
+const char *ferry_gpu_status(void);
+
+/* Create a pool of at least @size bytes (rounded up to the granularity). */
+int ferry_pool_create(enum ferry_pool_kind kind, int device, size_t size,
+		      struct ferry_pool **out);
+/* Describe @p for another process; ref->fd is a new fd the caller sends
+ * (SCM_RIGHTS or inheritance) and then closes. */
+int ferry_pool_export(const struct ferry_pool *p, struct ferry_pool_ref *ref);
+/* Map a pool described by @ref (once per process); ref->fd stays the caller's. */
+int ferry_pool_import(const struct ferry_pool_ref *ref, struct ferry_pool **out);
+void ferry_pool_close(struct ferry_pool *p);
+enum ferry_pool_kind ferry_pool_kind(const struct ferry_pool *p);
+size_t ferry_pool_size(const struct ferry_pool *p);
+/* Address of [off, off + len) in this process (CUdeviceptr or pointer),
+ * or 0 when the range is not inside the pool. */
+uint64_t ferry_pool_addr(const struct ferry_pool *p, uint64_t off, uint64_t len);
+/* Owner only (-EPERM elsewhere): @n bytes for work on @stream. */
+int ferry_pool_alloc(struct ferry_pool *p, size_t n, void *stream, uint64_t *off);
+int ferry_pool_record_stream(struct ferry_pool *p, uint64_t off, void *stream);
+int ferry_pool_free(struct ferry_pool *p, uint64_t off);
+/* Bytes in live blocks and in frees still waiting for streams. */
+int ferry_pool_usage(struct ferry_pool *p, uint64_t *live, uint64_t *deferred);
+
 /* --- in a child or an attached service --- */
 
 /* Index among children (attached services come after the forked ones). */
