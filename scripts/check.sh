@@ -71,6 +71,10 @@ tally "uapi header (host)" tap build/tests/uapi/*
 if ls build/tests/userspace/* >/dev/null 2>&1; then
 	tally "libferry (host, memfd backend)" tap build/tests/userspace/*
 fi
+# GPU cases skip, each with its reason, where there is no GPU.
+if ls build/tests/gpu/* >/dev/null 2>&1; then
+	tally "GPU pools (host)" tap build/tests/gpu/*
+fi
 # In the VM the module is loaded, so libferry's tests run on kmod there.
 vm_dirs=(build/tests/kmod)
 [ -d build/tests/userspace ] && vm_dirs+=(build/tests/userspace)
