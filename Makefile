@@ -87,7 +87,7 @@ deps:
 build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS) $(GPU_TESTS)
 
 # GPU tests: glibc dynamic (libcuda is dlopened), the rest linked in.
-$(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_A) $(wildcard tests/gpu/*.h)
+$(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_A) $(wildcard tests/gpu/*.h) tests/userspace/scm.h
 	@mkdir -p $(@D)
 	$(CC) $(filter-out -static,$(TEST_CFLAGS)) -D_GNU_SOURCE -Iuserspace/include -Iuserspace/lib \
 		-isystem $(CUDA_INC) -I$(KSFT_DIR) -o $@ $< $(LIB_A) $(LIB_LDLIBS)
