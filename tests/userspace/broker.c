@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,7 @@
 #include "ferry.h"
 #include "kselftest_harness.h"
 
-enum { OP_XFORM = 1, OP_SLEEP = 2, OP_WHO = 3, OP_TOUCH = 4 };
+enum { OP_XFORM = 1, OP_SLEEP = 2, OP_WHO = 3, OP_TOUCH = 4, OP_ONCPU = 5 };
 
 /* out[i] = in[i] ^ key, and a checksum of the input in arg[2]. */
 static int handler(struct ferry_helper *h, const struct ferry_desc *req,
@@ -51,6 +52,14 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 		rep->arg[0] = (uint64_t)getpid();
 		rep->arg[1] = ferry_helper_index(h);
 		return 0;
+	case OP_ONCPU: {	/* may this helper run on CPU arg[0]? */
+		cpu_set_t set;
+
+		if (sched_getaffinity(0, sizeof(set), &set))
+			return -errno;
+		rep->arg[1] = CPU_ISSET((int)req->arg[0], &set);
+		return 0;
+	}
 	case OP_TOUCH:	/* offset only checked by the broker, not the heap */
 		return ferry_helper_data(h, req, req->offset, req->len ? req->len : 1) ?
 		       0 : -EFAULT;
@@ -656,6 +665,65 @@ TEST(bad_options)
 	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
 	EXPECT_EQ(-ENAMETOOLONG, ferry_attach("", &(struct ferry_child *){ NULL }));
 	EXPECT_EQ(-ENOENT, ferry_attach("/tmp/ferry-no-such-socket", &(struct ferry_child *){ NULL }));
+}
+
+/* Exit 0 if neither this child nor the helper may run on CPU *arg. */
+static int offcpu_body(struct ferry_child *c, void *arg)
+{
+	int cpu = *(int *)arg;
+	struct ferry_desc d = { .op = OP_ONCPU, .arg = { (uint64_t)cpu } }, rep;
+	cpu_set_t set;
+
+	if (sched_getaffinity(0, sizeof(set), &set) || CPU_ISSET(cpu, &set))
+		return 1;
+	if (ferry_call(c, &d, &rep) || rep.status || rep.arg[1] != 0)
+		return 2;
+	return 0;
+}
+
+/*
+ * The dispatch thread can have a CPU to itself: children and helpers are
+ * kept off it.  Bad settings are refused, not ignored.
+ */
+TEST(dispatch_cpu_kept_off_for_peers)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	cpu_set_t mine;
+	int last = -1;
+
+	ASSERT_EQ(0, sched_getaffinity(0, sizeof(mine), &mine));
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &mine))
+			last = c;
+	if (CPU_COUNT(&mine) < 2)
+		SKIP(return, "one usable CPU: nothing to reserve");
+
+	opts_for(&o, 2, 1, NULL);
+	o.child_fn = offcpu_body;
+	o.child_arg = &last;
+	o.dispatch_cpu = last;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(last, ferry_broker_dispatch_cpu(b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stop(b);
+
+	/* Not asked for: nothing reserved, peers keep the whole mask. */
+	opts_for(&o, 1, 1, NULL);
+	o.dispatch_cpu = FERRY_CPU_NONE;
+	o.child_fn = quiet_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(-1, ferry_broker_dispatch_cpu(b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stop(b);
+
+	opts_for(&o, 1, 1, NULL);
+	o.dispatch_cpu = CPU_SETSIZE;
+	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
+	setenv("FERRY_DISPATCH_CPU", "sometimes", 1);
+	opts_for(&o, 1, 1, NULL);
+	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
+	unsetenv("FERRY_DISPATCH_CPU");
 }
 
 /* A child that scribbles impossible indices over its own ring. */

@@ -179,7 +179,17 @@ struct ferry_broker_opts {
 	const char *attach_path;	/* unix socket for services, NULL: none */
 	unsigned int max_attached;	/* services attached at once */
 	int numa_node;			/* region placement, -1: none */
+	/*
+	 * A CPU kept for the dispatch thread alone (children and helpers are
+	 * kept off it): FERRY_CPU_AUTO picks the last usable CPU when there
+	 * are more peers than CPUs and at least 4 CPUs, FERRY_CPU_NONE never
+	 * reserves, >= 0 names the CPU.  $FERRY_DISPATCH_CPU ("auto", "none"
+	 * or a number) overrides.
+	 */
+	int dispatch_cpu;
 };
+#define FERRY_CPU_AUTO (-1)
+#define FERRY_CPU_NONE (-2)
 void ferry_broker_opts_init(struct ferry_broker_opts *o);
 
 /*
@@ -199,6 +209,8 @@ int ferry_broker_wait(struct ferry_broker *b, int64_t timeout_ns);
 void ferry_broker_stop(struct ferry_broker *b);
 pid_t ferry_broker_child_pid(const struct ferry_broker *b, unsigned int i);
 pid_t ferry_broker_helper_pid(const struct ferry_broker *b, unsigned int i);
+/* The CPU the dispatch thread has to itself, or -1 (see dispatch_cpu). */
+int ferry_broker_dispatch_cpu(const struct ferry_broker *b);
 
 struct ferry_broker_stats {
 	uint64_t requests;		/* accepted from children */
@@ -214,6 +226,7 @@ struct ferry_broker_stats {
 	uint64_t queued;		/* requests waiting for a helper now */
 	uint64_t in_flight;		/* at helpers now */
 	uint64_t wakeups;		/* times the dispatch thread woke */
+	uint64_t bells;			/* peers woken by the dispatch thread */
 	uint64_t dispatch_cpu_ns;	/* CPU time the dispatch thread used */
 };
 int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out);

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -35,6 +36,7 @@ void ferry_broker_opts_init(struct ferry_broker_opts *o)
 	o->spin_ns = UINT64_MAX;	/* "not set": $FERRY_SPIN_NS or default */
 	o->max_attached = 4;
 	o->numa_node = -1;
+	o->dispatch_cpu = FERRY_CPU_AUTO;
 }
 
 /* CPUs this process may run on (its peers inherit the mask). */
@@ -45,6 +47,71 @@ static unsigned int ferry_cpus_usable(void)
 	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
 		return (unsigned int)CPU_COUNT(&set);
 	return 1;
+}
+
+/*
+ * Decide which CPU the dispatch thread gets to itself.  Auto: only when
+ * the peers would otherwise crowd it (oversubscribed) and enough CPUs are
+ * left for them (4 or more in the mask); the last CPU of the mask, which
+ * is the one least likely to be a housekeeping CPU.
+ */
+static int pick_dispatch_cpu(struct ferry_broker *b)
+{
+	const char *env = getenv("FERRY_DISPATCH_CPU");
+	int want = b->o.dispatch_cpu, last = -1;
+	cpu_set_t mine;
+
+	b->dispatch_cpu = -1;
+	if (env && *env) {
+		char *end;
+		long v;
+
+		if (strcmp(env, "auto") == 0) {
+			want = FERRY_CPU_AUTO;
+		} else if (strcmp(env, "none") == 0) {
+			want = FERRY_CPU_NONE;
+		} else {
+			v = strtol(env, &end, 10);
+			if (*end || v < 0 || v >= CPU_SETSIZE) {
+				fprintf(stderr, "ferry: FERRY_DISPATCH_CPU=%s: want auto, none "
+					"or a CPU number\n", env);
+				return -EINVAL;
+			}
+			want = (int)v;
+		}
+	}
+	if (want == FERRY_CPU_NONE)
+		return 0;
+	if (want < FERRY_CPU_NONE || want >= CPU_SETSIZE)
+		return -EINVAL;
+	if (sched_getaffinity(0, sizeof(mine), &mine))
+		return want == FERRY_CPU_AUTO ? 0 : -errno;
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &mine))
+			last = c;
+	if (want == FERRY_CPU_AUTO) {
+		if (!b->oversub || CPU_COUNT(&mine) < 4)
+			return 0;
+		want = last;
+	} else if (!CPU_ISSET(want, &mine) || CPU_COUNT(&mine) < 2) {
+		/* Asked for by number: say so rather than run somewhere else. */
+		return -EINVAL;
+	}
+	b->dispatch_cpu = want;
+	b->peer_cpus = mine;
+	CPU_CLR(want, &b->peer_cpus);
+	return 0;
+}
+
+int ferry_broker_dispatch_cpu(const struct ferry_broker *b)
+{
+	return b ? b->dispatch_cpu : -1;
+}
+
+void ferry_peer_affinity(const struct ferry_broker *b)
+{
+	if (b->dispatch_cpu >= 0)
+		sched_setaffinity(0, sizeof(b->peer_cpus), &b->peer_cpus);
 }
 
 static uint32_t pow2_at_least(uint32_t n)
@@ -217,8 +284,10 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 		ferry_bchan_destroy(&hp->chan);
 		return (int)pid;
 	}
-	if (pid == 0)
+	if (pid == 0) {
+		ferry_peer_affinity(b);
 		ferry_helper_main(b, h, ctl);
+	}
 	hp->pid = pid;
 	hp->ctl = ctl;
 	hp->alive = true;
@@ -272,8 +341,10 @@ static int start_children(struct ferry_broker *b)
 		pid = ferry_spawn(&c->pidfd, &ctl);
 		if (pid < 0)
 			return (int)pid;
-		if (pid == 0)
+		if (pid == 0) {
+			ferry_peer_affinity(b);
 			ferry_child_main(b, i, ctl);
+		}
 		c->pid = pid;
 		c->ctl = ctl;
 		c->alive = true;
@@ -308,6 +379,9 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		b->o.spin_ns = env && *env ? strtoull(env, NULL, 0) : DEFAULT_SPIN_NS;
 	}
 	b->oversub = o->children + o->helpers + 1 > ferry_cpus_usable();
+	err = pick_dispatch_cpu(b);
+	if (err)
+		goto fail;
 	b->nchildren = o->children;
 	b->nslots_total = o->children + (o->attach_path ? o->max_attached : 0);
 	b->nslots_child = pow2_at_least(o->window);

@@ -4,6 +4,7 @@
 #define FERRY_BROKER_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -108,6 +109,15 @@ struct ferry_broker {
 	 * pause, so that the peer it waits for can have the CPU.
 	 */
 	bool oversub;
+	/*
+	 * The CPU reserved for the dispatch thread (-1: none) and the mask its
+	 * peers run on (the broker's own mask without it): a single dispatch
+	 * thread is what every message goes through, and on a machine with
+	 * more runnable peers than CPUs the scheduler would give it only its
+	 * fair share of one.
+	 */
+	int dispatch_cpu;
+	cpu_set_t peer_cpus;
 	pthread_mutex_t lock;		/* guards stats + exited for other threads */
 	pthread_cond_t cond;
 	unsigned int exited;		/* forked children that ended */
@@ -124,6 +134,8 @@ struct ferry_broker {
 int ferry_pidfd_open(pid_t pid);
 int ferry_pidfd_kill(int pidfd, int sig);
 pid_t ferry_spawn(int *pidfd_out, int *ctl_out);
+/* In a forked peer: keep off the dispatch thread's CPU, if one is reserved. */
+void ferry_peer_affinity(const struct ferry_broker *b);
 
 /* broker.c */
 int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots);

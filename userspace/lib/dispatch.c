@@ -3,7 +3,7 @@
  * The broker's dispatch thread.  One loop, one place it sleeps:
  *
  *   replies:  helper rings -> children (tag mapped back);
- *   requests: ready children, round-robin, one request per child per turn,
+ *   requests: ready children, round-robin, a window of requests per child per turn,
  *             to the next helper with room (helper_depth); a request waits
  *             in its child's ring while no helper has room, so queueing
  *             costs nothing and order within a child is FIFO;
@@ -124,12 +124,15 @@ static void to_child(struct ferry_broker *b, uint32_t i, struct ferry_desc *d)
 		b->st.dropped++;
 		return;
 	}
+	uint64_t rung = c->chan.ch.wakes;
+
 	if (ferry_chan_send(&c->chan.ch, d) < 0) {
 		/* A child with more outstanding than its ring: its own fault. */
 		b->st.dropped++;
 		return;
 	}
 	b->st.replies++;
+	b->st.bells += c->chan.ch.wakes - rung;
 }
 
 static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t tag, int err)
@@ -230,70 +233,105 @@ static uint32_t free_slot(struct ferry_broker *b)
 
 static void child_died(struct ferry_broker *b, uint32_t i);
 
+/*
+ * A child's turn takes up to its whole window (at most this many requests).
+ * Round robin stays fair; a child's requests then go out (and come back)
+ * together, so a child that sleeps is woken once for a window of replies
+ * instead of once for each.  Measured on the 16-core host with 32 children
+ * x 4 helpers, window 8: one request per turn woke a child for 0.3 of the
+ * replies (about 1M round trips/s), a whole window per turn for almost
+ * none (about 3M/s).
+ */
+#ifndef DISPATCH_QUANTUM_MAX
+#define DISPATCH_QUANTUM_MAX 16
+#endif
+
+/*
+ * Take one request from child @i and hand it to helper @h.  1 if a request
+ * was taken (dispatched or failed back), 0 if the ring is empty, -1 if the
+ * child broke its ring (it is being killed).
+ */
+static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
+{
+	struct bchild *c = &b->child[i];
+	struct ferry_desc d;
+	uint64_t rung;
+	size_t rsize;
+	uint32_t s;
+
+	switch (ferry_chan_recv(&c->chan.ch, &d)) {
+	case 0:
+		break;
+	case -EAGAIN:
+		return 0;
+	default:
+		/* It scribbled over its ring's indices: it goes. */
+		b->st.bad_desc++;
+		c->corrupt = true;
+		if (c->attached)
+			child_died(b, i);
+		else
+			ferry_pidfd_kill(c->pidfd, SIGKILL);
+		return -1;
+	}
+	rsize = ferry_region_size(c->chan.region);
+	/* A range, when there is one, must lie in the child's heap part. */
+	if (d.flags || d.op >= FERRY_OP_FIRST_INTERNAL ||
+	    (d.len && (d.offset < b->chan_bytes_child || d.offset > rsize ||
+		       d.len > rsize - d.offset))) {
+		b->st.bad_desc++;
+		fail_back(b, i, d.op, d.tag, -EINVAL);
+		return 1;
+	}
+	s = free_slot(b);	/* there is one: in_flight < depth */
+	b->slot[s] = (struct bslot){
+		.used = true, .gen = b->slot[s].gen, .child = i,
+		.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag,
+	};
+	d.region = i;
+	d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
+	rung = b->helper[h].chan.ch.wakes;
+	if (ferry_chan_send(&b->helper[h].chan.ch, &d) < 0) {
+		b->slot[s].used = false;
+		b->slot_free[b->nslot_free++] = s;
+		fail_back(b, i, d.op, b->slot[s].child_tag, -EAGAIN);
+		return 1;
+	}
+	b->st.bells += b->helper[h].chan.ch.wakes - rung;
+	b->helper[h].in_flight++;
+	c->in_flight++;
+	b->st.requests++;
+	b->st.in_flight++;
+	return 1;
+}
+
 /* Hand ready children's requests to helpers while both exist. */
 static bool dispatch(struct ferry_broker *b)
 {
+	unsigned int quantum = b->o.window < DISPATCH_QUANTUM_MAX ? b->o.window :
+				DISPATCH_QUANTUM_MAX;
 	bool any = false;
 
 	while (b->ready_head != NONE) {
 		int32_t h = pick_helper(b);
-		uint32_t i, s;
-		struct bchild *c;
-		struct ferry_desc d;
-		size_t rsize;
+		uint32_t i;
+		int r = 0;
 
 		if (h < 0)
 			break;
 		i = ready_pop(b);
-		c = &b->child[i];
-		if (!c->alive)
-			continue;
-		if (c->in_flight >= b->o.window)
-			continue;	/* parked: back on the list when a reply frees room */
-		switch (ferry_chan_recv(&c->chan.ch, &d)) {
-		case 0:
-			break;
-		case -EAGAIN:
-			settle(b, i);	/* empty: its bell gets armed */
-			continue;
-		default:
-			/* It scribbled over its ring's indices: it goes. */
-			b->st.bad_desc++;
-			c->corrupt = true;
-			if (c->attached)
-				child_died(b, i);
-			else
-				ferry_pidfd_kill(c->pidfd, SIGKILL);
-			continue;
+		for (unsigned int q = 0; q < quantum; q++) {
+			if (q && (h = pick_helper(b)) < 0)
+				break;
+			if (!b->child[i].alive || b->child[i].in_flight >= b->o.window)
+				break;	/* parked: back on the list when a reply frees room */
+			r = dispatch_one(b, i, h);
+			if (r <= 0)
+				break;
+			any = true;
 		}
-		any = true;
-		rsize = ferry_region_size(c->chan.region);
-		/* A range, when there is one, must lie in the child's heap part. */
-		if (d.flags || d.op >= FERRY_OP_FIRST_INTERNAL ||
-		    (d.len && (d.offset < b->chan_bytes_child || d.offset > rsize ||
-			       d.len > rsize - d.offset))) {
-			b->st.bad_desc++;
-			fail_back(b, i, d.op, d.tag, -EINVAL);
-		} else {
-			s = free_slot(b);	/* there is one: in_flight < depth */
-			b->slot[s] = (struct bslot){
-				.used = true, .gen = b->slot[s].gen, .child = i,
-				.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag,
-			};
-			d.region = i;
-			d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
-			if (ferry_chan_send(&b->helper[h].chan.ch, &d) < 0) {
-				b->slot[s].used = false;
-				b->slot_free[b->nslot_free++] = s;
-				fail_back(b, i, d.op, b->slot[s].child_tag, -EAGAIN);
-			} else {
-				b->helper[h].in_flight++;
-				c->in_flight++;
-				b->st.requests++;
-				b->st.in_flight++;
-			}
-		}
-		settle(b, i);
+		if (r >= 0)
+			settle(b, i);
 	}
 	return any;
 }
@@ -550,6 +588,13 @@ void *ferry_dispatch_main(void *arg)
 	uint32_t keys[256];
 	bool stop = false;
 
+	if (b->dispatch_cpu >= 0) {
+		cpu_set_t one;
+
+		CPU_ZERO(&one);
+		CPU_SET(b->dispatch_cpu, &one);
+		pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+	}
 	ferry_waitset_arm_eventfd(b->ws, KEY(KEY_STOP, 0), b->stop_efd);
 	if (b->listen_fd >= 0)
 		ferry_waitset_arm_poll(b->ws, KEY(KEY_LISTEN, 0), b->listen_fd);

@@ -168,7 +168,8 @@ static int rt_child(struct ferry_child *c, void *arg)
 }
 
 struct run {
-	double med_us, rps, cpu_ns_per_req;
+	double med_us, rps, cpu_ns_per_req, bells_per_req;
+	int dispatch_cpu;
 };
 
 /*
@@ -177,6 +178,8 @@ struct run {
  * is taken between two samples, after start-up and before the end, so
  * forking and reaping children does not count.
  */
+static unsigned int opt_window, opt_depth;	/* 0: the library's defaults */
+
 static int broker_run(unsigned int children, unsigned int helpers, unsigned int n,
 		      bool async, uint64_t spin_ns, struct run *out)
 {
@@ -202,10 +205,15 @@ static int broker_run(unsigned int children, unsigned int helpers, unsigned int 
 	o.child_arg = r;
 	if (spin_ns != UINT64_MAX)
 		o.spin_ns = spin_ns;
+	if (opt_window)
+		o.window = opt_window;
+	if (opt_depth)
+		o.helper_depth = opt_depth;
 	t0 = now_ns();
 	err = ferry_broker_start(&o, &b);
 	if (err)
 		return err;
+	out->dispatch_cpu = ferry_broker_dispatch_cpu(b);
 	if (n == 0) {
 		struct ferry_broker_stats s0;
 
@@ -224,6 +232,8 @@ static int broker_run(unsigned int children, unsigned int helpers, unsigned int 
 		out->rps = (st.replies - s0.replies) / ((t1 - t0) / 1e9);
 		out->cpu_ns_per_req = st.replies > s0.replies ?
 			(double)(st.dispatch_cpu_ns - s0.dispatch_cpu_ns) / (st.replies - s0.replies) : 0;
+		out->bells_per_req = st.replies > s0.replies ?
+			(double)(st.bells - s0.bells) / (st.replies - s0.replies) : 0;
 		munmap(r, bytes);
 		return 0;
 	}
@@ -247,13 +257,16 @@ int ferry_bench_msg(int argc, char **argv)
 	double pipe_us, pair_us;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "n:c:h:")) != -1) {
+	while ((opt = getopt(argc, argv, "n:c:h:w:d:")) != -1) {
 		switch (opt) {
 		case 'n': n = (unsigned int)strtoul(optarg, NULL, 0); break;
 		case 'c': agg_children = (unsigned int)strtoul(optarg, NULL, 0); break;
 		case 'h': agg_helpers = (unsigned int)strtoul(optarg, NULL, 0); break;
+		case 'w': opt_window = (unsigned int)strtoul(optarg, NULL, 0); break;
+		case 'd': opt_depth = (unsigned int)strtoul(optarg, NULL, 0); break;
 		default:
-			fprintf(stderr, "usage: ferry-bench msg [-n round_trips] [-c children] [-h helpers]\n");
+			fprintf(stderr, "usage: ferry-bench msg [-n round_trips] [-c children] [-h helpers]\n"
+				"                       [-w window] [-d helper_depth]\n");
 			return 2;
 		}
 	}
@@ -272,21 +285,23 @@ int ferry_bench_msg(int argc, char **argv)
 		return 1;
 	printf("ferry_call via broker, 1 child 1 helper median %5.2f us  (%.1fx pipe)\n",
 	       br.med_us, pipe_us / br.med_us);
-	if (broker_run(agg_children, agg_helpers, n / 4 > 2000 ? n / 4 : 2000, true,
-		       UINT64_MAX, &agg))
+	/* Steady state: 1 s between two samples, after start-up. */
+	if (broker_run(agg_children, agg_helpers, 0, true, UINT64_MAX, &agg))
 		return 1;
-	printf("aggregate, %u children x %u helpers    %10.0f round trips/s\n",
-	       agg_children, agg_helpers, agg.rps);
+	printf("aggregate, %u children x %u helpers    %10.0f round trips/s (dispatch CPU %s, "
+	       "%.2f wakes/reply)\n", agg_children, agg_helpers, agg.rps,
+	       agg.dispatch_cpu >= 0 ? "reserved" : "shared", agg.bells_per_req);
 	/* Broker cost per request must not grow with the number of peers. */
 	if (broker_run(4, 4, 0, true, 0, &s4) || broker_run(256, 4, 0, true, 0, &s256))
 		return 1;
-	printf("broker CPU per request: 4 children %.0f ns, 256 children %.0f ns (%.2fx)\n",
-	       s4.cpu_ns_per_req, s256.cpu_ns_per_req, s256.cpu_ns_per_req / s4.cpu_ns_per_req);
+	printf("broker CPU per request: 4 children %.0f ns, 256 children %.0f ns (%.2fx); "
+	       "wakes/reply %.2f and %.2f\n", s4.cpu_ns_per_req, s256.cpu_ns_per_req,
+	       s256.cpu_ns_per_req / s4.cpu_ns_per_req, s4.bells_per_req, s256.bells_per_req);
 	printf("bench=msg pipe_rt_us=%.2f pair_rt_us=%.2f pair_speedup=%.2f rt_us=%.2f "
 	       "speedup=%.2f agg_rps=%.0f agg_children=%u agg_helpers=%u cost4_ns=%.0f "
-	       "cost256_ns=%.0f cost_ratio=%.2f\n",
+	       "cost256_ns=%.0f cost_ratio=%.2f agg_dispatch_cpu=%d\n",
 	       pipe_us, pair_us, pipe_us / pair_us, br.med_us, pipe_us / br.med_us, agg.rps,
 	       agg_children, agg_helpers, s4.cpu_ns_per_req, s256.cpu_ns_per_req,
-	       s256.cpu_ns_per_req / s4.cpu_ns_per_req);
+	       s256.cpu_ns_per_req / s4.cpu_ns_per_req, agg.dispatch_cpu);
 	return 0;
 }
