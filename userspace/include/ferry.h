@@ -277,6 +277,13 @@ int ferry_pool_create(enum ferry_pool_kind kind, int device, size_t size,
 int ferry_pool_export(const struct ferry_pool *p, struct ferry_pool_ref *ref);
 /* Map a pool described by @ref (once per process); ref->fd stays the caller's. */
 int ferry_pool_import(const struct ferry_pool_ref *ref, struct ferry_pool **out);
+/*
+ * The two above over a unix socket: send @p's reference (and its fd, by
+ * SCM_RIGHTS) in one message; receive one and import it.  -EPROTO for a
+ * message that is not a pool reference, -ECONNRESET at end of stream.
+ */
+int ferry_pool_send(int sock, const struct ferry_pool *p);
+int ferry_pool_recv(int sock, struct ferry_pool **out);
 void ferry_pool_close(struct ferry_pool *p);
 enum ferry_pool_kind ferry_pool_kind(const struct ferry_pool *p);
 size_t ferry_pool_size(const struct ferry_pool *p);

@@ -4,5 +4,6 @@
 #define FERRY_BENCH_H
 
 int ferry_bench_msg(int argc, char **argv);
+int ferry_bench_gpu(int argc, char **argv);
 
 #endif

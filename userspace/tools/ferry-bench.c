@@ -10,6 +10,8 @@ static const struct {
 	int (*run)(int argc, char **argv);
 } cmds[] = {
 	{ "msg", "message round trips: pipe+poll vs ferry channel/broker", ferry_bench_msg },
+	{ "gpu", "tensors: per-tensor CUDA IPC vs pool offsets; pinned region copies",
+	  ferry_bench_gpu },
 };
 
 int main(int argc, char **argv)
