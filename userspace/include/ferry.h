@@ -15,6 +15,7 @@
 #define FERRY_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -187,9 +188,20 @@ struct ferry_broker_opts {
 	 * or a number) overrides.
 	 */
 	int dispatch_cpu;
+	/*
+	 * GPUs for helpers: FERRY_GPU_AUTO (helper i serves GPU i % count
+	 * where there are GPUs, CPU helpers where there are none),
+	 * FERRY_GPU_NONE, or >= 0: every helper on that GPU (a helper that
+	 * cannot have it fails to start).  A helper on a GPU registers each
+	 * child region with CUDA (pinned) and has @streams CUDA streams.
+	 */
+	int gpu;
+	unsigned int streams;
 };
 #define FERRY_CPU_AUTO (-1)
 #define FERRY_CPU_NONE (-2)
+#define FERRY_GPU_AUTO (-1)
+#define FERRY_GPU_NONE (-2)
 void ferry_broker_opts_init(struct ferry_broker_opts *o);
 
 /*
@@ -332,6 +344,30 @@ unsigned int ferry_helper_index(const struct ferry_helper *h);
  */
 void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
 			uint64_t off, uint64_t len);
+
+/*
+ * Helpers on a GPU.  ferry_helper_gpu(): the device this helper serves
+ * (its primary context is current), or -1.  ferry_helper_stream(): one of
+ * the helper's CUDA streams (a CUstream), round robin, so the work of
+ * different requests overlaps; NULL without a GPU.
+ *
+ * An asynchronous reply: the handler queues its copies and kernels on a
+ * stream, calls ferry_helper_defer(h, rep, stream) and returns
+ * FERRY_DEFERRED; the helper takes further requests meanwhile and sends
+ * @rep (status 0, or the CUDA error as -errno) once the stream's work
+ * queued so far has completed.  -ENODEV without a GPU; -EINVAL outside a
+ * handler or twice for one request.
+ *
+ * ferry_helper_pinned(): whether the region of @req is registered with
+ * CUDA by this helper (done once per region when it is added, undone when
+ * the child goes); ferry_helper_pinned_count(): how many are.
+ */
+#define FERRY_DEFERRED 1
+int ferry_helper_gpu(const struct ferry_helper *h);
+void *ferry_helper_stream(struct ferry_helper *h);
+int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, void *stream);
+bool ferry_helper_pinned(const struct ferry_helper *h, const struct ferry_desc *req);
+unsigned int ferry_helper_pinned_count(const struct ferry_helper *h);
 
 #ifdef __cplusplus
 }

@@ -23,6 +23,7 @@
 #define DEFAULT_WINDOW 8
 #define DEFAULT_DEPTH 8
 #define DEFAULT_SPIN_NS 20000
+#define DEFAULT_STREAMS 4
 
 void ferry_broker_opts_init(struct ferry_broker_opts *o)
 {
@@ -37,6 +38,8 @@ void ferry_broker_opts_init(struct ferry_broker_opts *o)
 	o->max_attached = 4;
 	o->numa_node = -1;
 	o->dispatch_cpu = FERRY_CPU_AUTO;
+	o->gpu = FERRY_GPU_AUTO;
+	o->streams = DEFAULT_STREAMS;
 }
 
 /* CPUs this process may run on (its peers inherit the mask). */
@@ -364,7 +367,8 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	if (!o || !out || o->helpers == 0 || !o->handler || (o->children && !o->child_fn) ||
 	    o->window == 0 || o->window > 4096 || o->helper_depth == 0 ||
 	    o->helper_depth > 1024 || o->region_size == 0 || o->children > 65536 ||
-	    o->helpers > 4096 || o->max_attached > 65536)
+	    o->helpers > 4096 || o->max_attached > 65536 || o->gpu < FERRY_GPU_NONE ||
+	    o->streams == 0 || o->streams > 64)
 		return -EINVAL;
 	b = calloc(1, sizeof(*b));
 	if (!b)

@@ -19,6 +19,7 @@
 static void region_drop(struct ferry_helper *h, uint32_t i)
 {
 	if (i < h->nregions && h->regions[i].r) {
+		ferry_hgpu_unpin(h, &h->regions[i]);
 		ferry_region_close(h->regions[i].r);
 		memset(&h->regions[i], 0, sizeof(h->regions[i]));
 	}
@@ -51,6 +52,7 @@ static int region_add(struct ferry_helper *h, const struct ferry_ctl *m, int fd)
 		.r = r, .base = ferry_region_base(r), .size = ferry_region_size(r),
 		.heap_off = m->chan_bytes,
 	};
+	ferry_hgpu_pin(h, &h->regions[m->index]);
 	return 0;
 }
 
@@ -62,8 +64,10 @@ static void read_ctl(struct ferry_helper *h)
 	unsigned int nfds = 0;
 	int err = ferry_ctl_recv(h->ctl, &m, fds, &nfds, 0);
 
-	if (err == -ECONNRESET)
+	if (err == -ECONNRESET) {
+		ferry_hgpu_exit(h);
 		_exit(0);	/* the broker is gone */
+	}
 	if (err)
 		goto out;
 	if (m.type == FERRY_CTL_REGION_ADD)
@@ -80,14 +84,38 @@ out:
 			strerror(-err));
 }
 
+/* Send a reply; room is guaranteed by helper_depth, so wait if the broker lags. */
+static void reply(struct ferry_helper *h, const struct ferry_desc *rep)
+{
+	while (ferry_chan_send(&h->ch, rep) == -EAGAIN)
+		sched_yield();
+}
+
+/* The next request; while deferred replies are pending, poll them too. */
+static int next_request(struct ferry_helper *h, struct ferry_desc *req)
+{
+	int err;
+
+	while (h->ndefer) {
+		err = ferry_chan_recv(&h->ch, req);
+		if (err != -EAGAIN)
+			return err;
+		if (ferry_hgpu_poll(h, false))
+			sched_yield();
+	}
+	return ferry_chan_recv_wait(&h->ch, req, -1, NULL);
+}
+
 _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int ctl)
 {
-	struct ferry_helper h = { .index = idx, .ctl = ctl };
+	struct ferry_helper h = { .index = idx, .ctl = ctl, .gpu = -1 };
 	struct ferry_ctl m;
 	struct ferry_desc req, rep;
 	int err;
 
 	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd);
+	if (!err)
+		err = ferry_hgpu_init(&h, &b->o);
 	if (!err && b->o.helper_init)
 		err = b->o.helper_init(&h, b->o.helper_arg);
 	if (err) {
@@ -95,7 +123,7 @@ _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int c
 		_exit(126);
 	}
 	for (;;) {
-		err = ferry_chan_recv_wait(&h.ch, &req, -1, NULL);
+		err = next_request(&h, &req);
 		if (err == -EINTR)
 			continue;
 		if (err) {
@@ -107,12 +135,19 @@ _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int c
 			continue;
 		}
 		rep = req;
+		h.cur = &req;
+		h.deferred_cur = false;
 		rep.status = b->o.handler(&h, &req, &rep, b->o.helper_arg);
+		h.cur = NULL;
+		if (rep.status == FERRY_DEFERRED && h.deferred_cur)
+			continue;	/* ferry_hgpu_poll() sends it */
+		if (h.deferred_cur)
+			h.ndefer--;	/* deferred, then answered at once: once only */
+		else if (rep.status == FERRY_DEFERRED)
+			rep.status = -EPROTO;	/* promised a deferred reply, made none */
 		rep.tag = req.tag;
 		rep.region = req.region;
-		/* Room is guaranteed by helper_depth; wait if the broker lags. */
-		while (ferry_chan_send(&h.ch, &rep) == -EAGAIN)
-			sched_yield();
+		reply(&h, &rep);
 	}
 }
 

@@ -31,6 +31,13 @@ struct hregion {
 	uint8_t *base;
 	size_t size;
 	uint64_t heap_off;
+	bool pinned;			/* registered with CUDA */
+};
+
+/* A reply waiting for the work queued on a stream (an event) to finish. */
+struct hdefer {
+	void *event;			/* CUevent, made once */
+	struct ferry_desc rep;
 };
 
 struct ferry_helper {
@@ -43,7 +50,24 @@ struct ferry_helper {
 	struct hregion *regions;
 	unsigned int nregions;
 	uint64_t rejected;		/* ferry_helper_data() refusals */
+	const struct ferry_desc *cur;	/* the request being handled */
+	bool deferred_cur;		/* ... and its reply was deferred */
+	/* GPU (helper_gpu.c); gpu < 0: none */
+	int gpu;
+	struct ferry_cuda *cu;
+	void **streams;			/* CUstreams */
+	unsigned int nstreams, next_stream;
+	struct hdefer *defer;		/* [0, ndefer) pending, oldest first */
+	unsigned int ndefer, ndefer_max;
+	unsigned int npinned, pin_failed;
 };
+
+/* helper_gpu.c */
+int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker_opts *o);
+void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r);
+void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
+void ferry_hgpu_exit(struct ferry_helper *h);
+unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait);
 
 /*
  * Receive and apply a SETUP message on @ctl: open the backend it names,

@@ -203,6 +203,7 @@ static int broker_run(unsigned int children, unsigned int helpers, unsigned int 
 	o.handler = echo;
 	o.child_fn = rt_child;
 	o.child_arg = r;
+	o.gpu = FERRY_GPU_NONE;	/* messages only: helpers need no CUDA */
 	if (spin_ns != UINT64_MAX)
 		o.spin_ns = spin_ns;
 	if (opt_window)

@@ -1,0 +1,308 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * Helpers on a GPU, through the broker (skipped with the reason where there
+ * is no GPU): each child region is registered with CUDA (pinned) by every
+ * helper; requests copy a child's random bytes host -> device -> host on
+ * the helper's streams with deferred replies, checked byte for byte; a
+ * child that exits is unregistered; a helper killed mid-run is replaced by
+ * one that registers the regions again.
+ *
+ * The broker forks its helpers: this process must not touch CUDA before,
+ * so the GPU is looked for in a throwaway child.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cuda_api.h"
+#include "ferry.h"
+#include "kselftest_harness.h"
+
+enum { OP_COPY = 1, OP_PINNED = 2 };
+#define SCRATCH (4u << 20)
+
+/* GPUs seen by a forked child (CUDA stays out of this process); why if none. */
+static int gpus_elsewhere(char *why, size_t len)
+{
+	int p[2], n = 0, status;
+	pid_t pid;
+
+	if (pipe(p))
+		return -errno;
+	pid = fork();
+	if (pid == 0) {
+		int c = ferry_gpu_count();
+		const char *w = c > 0 ? "" : ferry_gpu_status();
+
+		if (write(p[1], &c, sizeof(c)) != sizeof(c) ||
+		    write(p[1], w, strlen(w) + 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	close(p[1]);
+	if (read(p[0], &n, sizeof(n)) != sizeof(n))
+		n = -EIO;
+	why[0] = 0;
+	if (read(p[0], why, len - 1) < 0)
+		why[0] = 0;
+	why[len - 1] = 0;
+	close(p[0]);
+	waitpid(pid, &status, 0);
+	return n;
+}
+
+#define NEED_GPU()								\
+	do {									\
+		char why_[256];							\
+		if (gpus_elsewhere(why_, sizeof(why_)) < 1)			\
+			SKIP(return, "no usable GPU: %s", why_);		\
+	} while (0)
+
+static CUdeviceptr scratch;	/* per helper process, made in helper_init */
+static void *streams_seen[4];	/* the helper's streams, in the order met */
+
+static int helper_init(struct ferry_helper *h, void *arg)
+{
+	struct ferry_cuda *cu;
+
+	(void)arg;
+	if (ferry_helper_gpu(h) < 0 || ferry_cuda_get(&cu))
+		return -ENODEV;
+	return ferry_cuda_errno(cu->cuMemAlloc(&scratch, SCRATCH));
+}
+
+/*
+ * OP_COPY: [offset, len) -> device -> [arg[0], len) on one of the helper's
+ * streams, replied to when the stream is done; arg[1] says which stream.
+ * OP_PINNED: arg[0] = this region pinned?, arg[1] = pid, arg[2] = count.
+ */
+static int handler(struct ferry_helper *h, const struct ferry_desc *req,
+		   struct ferry_desc *rep, void *arg)
+{
+	struct ferry_cuda *cu;
+	void *in, *out, *st;
+	CUdeviceptr dev;
+	unsigned int k;
+
+	(void)arg;
+	if (ferry_cuda_get(&cu))
+		return -ENODEV;
+	if (req->op == OP_PINNED) {
+		rep->arg[0] = ferry_helper_pinned(h, req);
+		rep->arg[1] = (uint64_t)getpid();
+		rep->arg[2] = ferry_helper_pinned_count(h);
+		return 0;
+	}
+	in = ferry_helper_data(h, req, req->offset, req->len);
+	out = ferry_helper_data(h, req, req->arg[0], req->len);
+	if (!in || !out || req->len > SCRATCH / 4)
+		return -EFAULT;
+	if (!ferry_helper_pinned(h, req))
+		return -ENOLINK;
+	st = ferry_helper_stream(h);
+	/* A quarter of the scratch per stream: work on one stream runs in
+	 * order, work on different streams never shares device bytes. */
+	for (k = 0; k < 4 && streams_seen[k] && streams_seen[k] != st; k++)
+		;
+	if (k == 4)
+		return -ENOSPC;	/* more streams than opts.streams */
+	streams_seen[k] = st;
+	dev = scratch + k * (SCRATCH / 4);
+	if (cu->cuMemcpyHtoDAsync(dev, in, req->len, (CUstream)st) ||
+	    cu->cuMemcpyDtoHAsync(out, dev, req->len, (CUstream)st))
+		return -EIO;
+	rep->arg[1] = (uint64_t)(uintptr_t)st;
+	if (ferry_helper_defer(h, rep, st))
+		return -EIO;
+	return FERRY_DEFERRED;
+}
+
+static void fill(uint8_t *p, size_t n, uint64_t seed)
+{
+	for (size_t i = 0; i < n; i++) {
+		seed ^= seed << 13;
+		seed ^= seed >> 7;
+		seed ^= seed << 17;
+		p[i] = (uint8_t)(seed >> 24);
+	}
+}
+
+#define NBUF 4
+
+/* Windows of 4 copies of random sizes, every byte checked; distinct streams seen. */
+static int copier(struct ferry_child *c, void *arg)
+{
+	uint8_t *in[NBUF], *out[NBUF];
+	uint64_t streams[8] = { 0 };
+	unsigned int nstreams = 0;
+	struct ferry_desc d, rep;
+
+	(void)arg;
+	for (int k = 0; k < NBUF; k++) {
+		in[k] = ferry_malloc(c, 1 << 20);
+		out[k] = ferry_malloc(c, 1 << 20);
+		if (!in[k] || !out[k])
+			return 2;
+	}
+	for (unsigned int round = 0; round < 50; round++) {
+		size_t len[NBUF];
+
+		for (int k = 0; k < NBUF; k++) {
+			len[k] = 1 + (round * 7919u + k * 104729u) % (1 << 20);
+			fill(in[k], len[k], round * NBUF + k + 1);
+			memset(out[k], 0, len[k]);
+			d = (struct ferry_desc){ .op = OP_COPY, .tag = (uint64_t)k,
+				.offset = ferry_offset(c, in[k]), .len = len[k],
+				.arg = { ferry_offset(c, out[k]) } };
+			if (ferry_submit(c, &d))
+				return 3;
+		}
+		for (int k = 0; k < NBUF; k++) {
+			unsigned int s;
+
+			if (ferry_complete(c, &rep, -1) || rep.status)
+				return 4;
+			if (rep.tag >= NBUF || memcmp(in[rep.tag], out[rep.tag], len[rep.tag]))
+				return 5;
+			for (s = 0; s < nstreams && streams[s] != rep.arg[1]; s++)
+				;
+			if (s == nstreams && nstreams < 8)
+				streams[nstreams++] = rep.arg[1];
+		}
+	}
+	return nstreams >= 2 ? 0 : 6;
+}
+
+static void opts_for(struct ferry_broker_opts *o, unsigned int children, unsigned int helpers)
+{
+	ferry_broker_opts_init(o);
+	o->children = children;
+	o->helpers = helpers;
+	o->region_size = 8u << 20;
+	o->window = NBUF;
+	o->handler = handler;
+	o->helper_init = helper_init;
+	o->gpu = FERRY_GPU_AUTO;
+	o->streams = 4;
+}
+
+TEST(pinned_regions_copied_on_streams_with_deferred_replies)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	NEED_GPU();
+	opts_for(&o, 3, 2);
+	o.child_fn = copier;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(3 * 50 * NBUF, st.replies);
+	EXPECT_EQ(0, st.failed_back);
+	ferry_broker_stop(b);
+}
+
+struct plan {
+	_Atomic int phase;	/* 1: child 0 saw the others go; 2: helper killed */
+	_Atomic int others_done;
+};
+
+static int ask(struct ferry_child *c, struct ferry_desc *rep)
+{
+	struct ferry_desc d = { .op = OP_PINNED };
+
+	return ferry_call(c, &d, rep) ? -1 : rep->status;
+}
+
+/*
+ * Child 0: waits for the others to exit, then sees the helper's count of
+ * pinned regions fall to its own one; after the helper is killed, a new
+ * helper (another pid) answers with its region pinned again.
+ */
+static int watcher(struct ferry_child *c, void *arg)
+{
+	struct plan *p = arg;
+	struct ferry_desc rep;
+	uint64_t first_pid;
+	int tries;
+
+	if (ferry_child_index(c) != 0) {
+		if (ask(c, &rep) || !rep.arg[0])
+			return 10;	/* pinned while alive */
+		atomic_fetch_add(&p->others_done, 1);
+		return 0;
+	}
+	while (atomic_load(&p->others_done) < 2)
+		usleep(1000);
+	for (tries = 0; tries < 1000; tries++) {
+		if (ask(c, &rep))
+			return 11;
+		if (rep.arg[0] == 1 && rep.arg[2] == 1)
+			break;
+		usleep(10000);
+	}
+	if (tries == 1000)
+		return 12;	/* the exited children's regions stayed pinned */
+	first_pid = rep.arg[1];
+	atomic_store(&p->phase, 1);
+	while (atomic_load(&p->phase) != 2)
+		usleep(1000);
+	for (tries = 0; tries < 3000; tries++) {
+		int err = ask(c, &rep);
+
+		if (err == 0 && rep.arg[1] != first_pid)
+			return rep.arg[0] == 1 && rep.arg[2] == 1 ? 0 : 13;
+		if (err && err != -EPIPE)
+			return 14;
+		usleep(10000);
+	}
+	return 15;
+}
+
+TEST(unpinned_when_a_child_goes_and_pinned_again_by_a_new_helper)
+{
+	struct plan *p = mmap(NULL, sizeof(*p), PROT_READ | PROT_WRITE,
+			      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct timespec t0, t;
+	pid_t old;
+
+	NEED_GPU();
+	ASSERT_NE(MAP_FAILED, p);
+	opts_for(&o, 3, 1);
+	o.child_fn = watcher;
+	o.child_arg = p;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		usleep(1000);
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	} while (atomic_load(&p->phase) != 1 && t.tv_sec - t0.tv_sec < 60);
+	ASSERT_EQ(1, atomic_load(&p->phase));
+	old = ferry_broker_helper_pid(b, 0);
+	ASSERT_EQ(0, kill(old, SIGKILL));
+	atomic_store(&p->phase, 2);
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	EXPECT_NE(old, ferry_broker_helper_pid(b, 0));
+	ferry_broker_stop(b);
+	munmap(p, sizeof(*p));
+}
+
+TEST(defer_refused_without_a_gpu)
+{
+	EXPECT_EQ(-EINVAL, ferry_helper_defer(NULL, NULL, NULL));
+	EXPECT_EQ(-1, ferry_helper_gpu(NULL));
+	EXPECT_EQ(NULL, ferry_helper_stream(NULL));
+}
+
+TEST_HARNESS_MAIN

@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * A helper's GPU: which device it serves, its streams, the child regions
+ * it registered with CUDA (pinned, so copies from a child's tensors run at
+ * full DMA bandwidth instead of through the driver's staging buffers), and
+ * replies deferred until a stream's work completes.
+ *
+ * CUDA is initialised here, in the helper, after fork: the broker never
+ * touches it.  Registration happens once per region, when the broker
+ * announces it (REGION_ADD), and is undone when the region is dropped
+ * (child death or exit: the broker drops a region only after every request
+ * of it came back, so no copy can still be running) and when the helper
+ * exits; if the helper is killed, the driver releases what it held.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "cuda_api.h"
+#include "peer.h"
+
+int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker_opts *o)
+{
+	struct ferry_cuda *cu;
+	int err, n;
+
+	h->gpu = -1;
+	if (o->gpu == FERRY_GPU_NONE)
+		return 0;
+	err = ferry_cuda_get(&cu);
+	n = err ? 0 : cu->ndevices;
+	if (n == 0) {
+		if (o->gpu == FERRY_GPU_AUTO)
+			return 0;	/* no GPU: a CPU helper */
+		fprintf(stderr, "ferry: helper %u: GPU %d asked for: %s\n", h->index, o->gpu,
+			ferry_cuda_why());
+		return -ENODEV;
+	}
+	h->gpu = o->gpu >= 0 ? o->gpu : (int)(h->index % (unsigned int)n);
+	err = ferry_cuda_use_device(cu, h->gpu);
+	if (err) {
+		fprintf(stderr, "ferry: helper %u: GPU %d: %s\n", h->index, h->gpu, strerror(-err));
+		h->gpu = -1;
+		return err;
+	}
+	h->cu = cu;
+	h->nstreams = o->streams;
+	h->ndefer_max = o->helper_depth;
+	h->streams = calloc(h->nstreams, sizeof(*h->streams));
+	h->defer = calloc(h->ndefer_max, sizeof(*h->defer));
+	if (!h->streams || !h->defer)
+		return -ENOMEM;
+	for (unsigned int s = 0; s < h->nstreams; s++) {
+		err = ferry_cuda_errno(cu->cuStreamCreate((CUstream *)&h->streams[s],
+							  CU_STREAM_NON_BLOCKING));
+		if (err)
+			return err;
+	}
+	for (unsigned int k = 0; k < h->ndefer_max; k++) {
+		err = ferry_cuda_errno(cu->cuEventCreate((CUevent *)&h->defer[k].event,
+							 CU_EVENT_DISABLE_TIMING));
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r)
+{
+	int err;
+
+	if (h->gpu < 0)
+		return;
+	err = ferry_cuda_errno(h->cu->cuMemHostRegister(r->base, r->size,
+							CU_MEMHOSTREGISTER_PORTABLE));
+	if (err) {
+		/* Copies still work, through the driver's staging: say so once. */
+		if (!h->pin_failed++)
+			fprintf(stderr, "ferry: helper %u: cannot pin a child region (%s); "
+				"copies from it will be pageable\n", h->index, strerror(-err));
+		return;
+	}
+	r->pinned = true;
+	h->npinned++;
+}
+
+void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r)
+{
+	if (!r->pinned)
+		return;
+	h->cu->cuMemHostUnregister(r->base);
+	r->pinned = false;
+	h->npinned--;
+}
+
+void ferry_hgpu_exit(struct ferry_helper *h)
+{
+	for (unsigned int i = 0; i < h->nregions; i++)
+		if (h->regions[i].r)
+			ferry_hgpu_unpin(h, &h->regions[i]);
+}
+
+/*
+ * Completed deferred replies, oldest first, go to the broker.  @wait: block
+ * for the oldest (the table is full).  Returns how many are still pending.
+ */
+unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait)
+{
+	unsigned int k = 0;
+
+	while (k < h->ndefer) {
+		struct hdefer *d = &h->defer[k];
+		CUresult r = wait && k == 0 ? h->cu->cuEventSynchronize((CUevent)d->event) :
+					      h->cu->cuEventQuery((CUevent)d->event);
+
+		if (r == CUDA_ERROR_NOT_READY) {
+			k++;
+			continue;
+		}
+		if (r != CUDA_SUCCESS && !d->rep.status)
+			d->rep.status = ferry_cuda_errno(r);
+		/* Room is guaranteed by helper_depth; wait if the broker lags. */
+		while (ferry_chan_send(&h->ch, &d->rep) == -EAGAIN)
+			sched_yield();
+		/* Keep the table dense; the event moves with the slot it swaps to. */
+		h->ndefer--;
+		if (k != h->ndefer) {
+			struct hdefer t = *d;
+
+			*d = h->defer[h->ndefer];
+			h->defer[h->ndefer] = t;
+		}
+	}
+	return h->ndefer;
+}
+
+int ferry_helper_gpu(const struct ferry_helper *h)
+{
+	return h ? h->gpu : -1;
+}
+
+void *ferry_helper_stream(struct ferry_helper *h)
+{
+	if (!h || h->gpu < 0)
+		return NULL;
+	return h->streams[h->next_stream++ % h->nstreams];
+}
+
+int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, void *stream)
+{
+	struct hdefer *d;
+	int err;
+
+	if (!h || !rep)
+		return -EINVAL;
+	if (h->gpu < 0)
+		return -ENODEV;
+	if (!h->cur || h->deferred_cur)
+		return -EINVAL;	/* outside a handler, or twice for one request */
+	if (h->ndefer == h->ndefer_max)
+		ferry_hgpu_poll(h, true);
+	d = &h->defer[h->ndefer];
+	err = ferry_cuda_errno(h->cu->cuEventRecord((CUevent)d->event, (CUstream)stream));
+	if (err)
+		return err;
+	d->rep = *rep;
+	d->rep.tag = h->cur->tag;	/* the broker's, whatever the handler did */
+	d->rep.region = h->cur->region;
+	d->rep.status = 0;
+	h->ndefer++;
+	h->deferred_cur = true;
+	return 0;
+}
+
+bool ferry_helper_pinned(const struct ferry_helper *h, const struct ferry_desc *req)
+{
+	return h && req && req->region < h->nregions && h->regions[req->region].r &&
+	       h->regions[req->region].pinned;
+}
+
+unsigned int ferry_helper_pinned_count(const struct ferry_helper *h)
+{
+	return h ? h->npinned : 0;
+}
