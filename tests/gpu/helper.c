@@ -186,7 +186,7 @@ static void opts_for(struct ferry_broker_opts *o, unsigned int children, unsigne
 	ferry_broker_opts_init(o);
 	o->children = children;
 	o->helpers = helpers;
-	o->region_size = 8u << 20;
+	o->region_size = 16u << 20;	/* 8 MiB of buffers + the heap's own */
 	o->window = NBUF;
 	o->handler = handler;
 	o->helper_init = helper_init;

@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <numa.h>
+
 #include "broker.h"
 
 #define DEFAULT_WINDOW 8
@@ -111,10 +113,53 @@ int ferry_broker_dispatch_cpu(const struct ferry_broker *b)
 	return b ? b->dispatch_cpu : -1;
 }
 
-void ferry_peer_affinity(const struct ferry_broker *b)
+void ferry_peer_affinity(const struct ferry_broker *b, int node)
 {
-	if (b->dispatch_cpu >= 0)
-		sched_setaffinity(0, sizeof(b->peer_cpus), &b->peer_cpus);
+	cpu_set_t set = b->peer_cpus;
+	struct bitmask *cpus;
+
+	if (b->dispatch_cpu < 0)
+		sched_getaffinity(0, sizeof(set), &set);
+	/* A helper stays on its GPU's node, where its CPUs allow any of it. */
+	if (node >= 0 && numa_available() >= 0 && (cpus = numa_allocate_cpumask())) {
+		cpu_set_t on_node;
+
+		CPU_ZERO(&on_node);
+		if (numa_node_to_cpus(node, cpus) == 0)
+			for (unsigned int c = 0; c < cpus->size && c < CPU_SETSIZE; c++)
+				if (numa_bitmask_isbitset(cpus, c) && CPU_ISSET(c, &set))
+					CPU_SET(c, &on_node);
+		numa_free_cpumask(cpus);
+		if (CPU_COUNT(&on_node))
+			set = on_node;
+	}
+	if (b->dispatch_cpu >= 0 || node >= 0)
+		sched_setaffinity(0, sizeof(set), &set);
+}
+
+int ferry_helper_gpu_of(const struct ferry_broker *b, unsigned int h)
+{
+	if (!b->ngpus)
+		return -1;
+	return b->o.gpu >= 0 ? b->o.gpu : (int)(h % (unsigned int)b->ngpus);
+}
+
+int ferry_node_of_helper(const struct ferry_broker *b, unsigned int h)
+{
+	int g = ferry_helper_gpu_of(b, h);
+
+	if (b->o.numa_node >= 0 || g < 0)
+		return b->o.numa_node;
+	return g < b->ngpus ? b->gpu_node[g] : -1;
+}
+
+int ferry_node_of_child(const struct ferry_broker *b, unsigned int i)
+{
+	/* Next to the GPU that serves it: with GPU i % ngpus's helpers. */
+	if (b->o.numa_node >= 0 || !b->ngpus)
+		return b->o.numa_node;
+	return b->o.gpu >= 0 ? (b->o.gpu < b->ngpus ? b->gpu_node[b->o.gpu] : -1) :
+			       b->gpu_node[i % (unsigned int)b->ngpus];
 }
 
 static uint32_t pow2_at_least(uint32_t n)
@@ -126,14 +171,15 @@ static uint32_t pow2_at_least(uint32_t n)
 	return p;
 }
 
-int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots)
+int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots,
+		       int node)
 {
 	size_t cb = ferry_chan_bytes(nslots);
 	int err;
 
 	bc->efd[0] = bc->efd[1] = -1;
 	bc->bell_armed = false;
-	err = ferry_region_create(b->rc, bytes, b->o.numa_node, &bc->region);
+	err = ferry_region_create(b->rc, bytes, node, &bc->region);
 	if (err)
 		return err;
 	err = ferry_chan_format(ferry_region_base(bc->region), cb, nslots);
@@ -210,7 +256,7 @@ int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i)
 	memset(c, 0, sizeof(*c));
 	c->pidfd = c->ctl = -1;
 	c->next_ready = UINT32_MAX;
-	err = ferry_bchan_create(b, &c->chan, total, b->nslots_child);
+	err = ferry_bchan_create(b, &c->chan, total, b->nslots_child, ferry_node_of_child(b, i));
 	if (err)
 		return err;
 	err = ferry_heap_format(ferry_region_base(c->chan.region), total, b->chan_bytes_child);
@@ -279,7 +325,8 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 
 	memset(hp, 0, sizeof(*hp));
 	hp->pidfd = hp->ctl = -1;
-	err = ferry_bchan_create(b, &hp->chan, bytes, b->nslots_helper);
+	err = ferry_bchan_create(b, &hp->chan, bytes, b->nslots_helper,
+				 ferry_node_of_helper(b, h));
 	if (err)
 		return err;
 	pid = ferry_spawn(&hp->pidfd, &ctl);
@@ -288,7 +335,7 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 		return (int)pid;
 	}
 	if (pid == 0) {
-		ferry_peer_affinity(b);
+		ferry_peer_affinity(b, ferry_node_of_helper(b, h));
 		ferry_helper_main(b, h, ctl);
 	}
 	hp->pid = pid;
@@ -345,7 +392,7 @@ static int start_children(struct ferry_broker *b)
 		if (pid < 0)
 			return (int)pid;
 		if (pid == 0) {
-			ferry_peer_affinity(b);
+			ferry_peer_affinity(b, -1);
 			ferry_child_main(b, i, ctl);
 		}
 		c->pid = pid;
@@ -386,6 +433,16 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	err = pick_dispatch_cpu(b);
 	if (err)
 		goto fail;
+	if (o->gpu != FERRY_GPU_NONE) {
+		b->ngpus = ferry_gpu_probe(b->gpu_node);
+		if (b->ngpus < 0)
+			b->ngpus = 0;
+		if (o->gpu >= 0 && o->gpu >= b->ngpus) {
+			fprintf(stderr, "ferry: GPU %d asked for, %d found\n", o->gpu, b->ngpus);
+			err = -ENODEV;
+			goto fail;
+		}
+	}
 	b->nchildren = o->children;
 	b->nslots_total = o->children + (o->attach_path ? o->max_attached : 0);
 	b->nslots_child = pow2_at_least(o->window);

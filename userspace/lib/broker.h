@@ -16,6 +16,8 @@
 #include "proto.h"
 #include "waitset.h"
 
+#define FERRY_MAX_GPUS 64
+
 /* waitset keys: kind in the top byte, index below. */
 enum {
 	KEY_CHILD_BELL = 1, KEY_CHILD_PIDFD, KEY_CHILD_CONN,
@@ -118,6 +120,13 @@ struct ferry_broker {
 	 */
 	int dispatch_cpu;
 	cpu_set_t peer_cpus;
+	/*
+	 * GPUs the helpers serve (0: CPU helpers) and each one's NUMA node
+	 * (-1: not known): helper h serves GPU h % ngpus and runs on its node's
+	 * CPUs; child i's region is placed on the node of GPU i % ngpus.
+	 */
+	int ngpus;
+	int gpu_node[FERRY_MAX_GPUS];
 	pthread_mutex_t lock;		/* guards stats + exited for other threads */
 	pthread_cond_t cond;
 	unsigned int exited;		/* forked children that ended */
@@ -134,11 +143,19 @@ struct ferry_broker {
 int ferry_pidfd_open(pid_t pid);
 int ferry_pidfd_kill(int pidfd, int sig);
 pid_t ferry_spawn(int *pidfd_out, int *ctl_out);
-/* In a forked peer: keep off the dispatch thread's CPU, if one is reserved. */
-void ferry_peer_affinity(const struct ferry_broker *b);
+/* In a forked peer: keep off the dispatch thread's CPU, if one is reserved;
+ * a helper (@node >= 0) also stays on its GPU's node. */
+void ferry_peer_affinity(const struct ferry_broker *b, int node);
+/* gpu_probe.c: GPUs (0 where none) and their nodes, without CUDA here. */
+int ferry_gpu_probe(int nodes[FERRY_MAX_GPUS]);
+/* The GPU helper @h serves and the node its or child @i's memory goes on. */
+int ferry_helper_gpu_of(const struct ferry_broker *b, unsigned int h);
+int ferry_node_of_child(const struct ferry_broker *b, unsigned int i);
+int ferry_node_of_helper(const struct ferry_broker *b, unsigned int h);
 
 /* broker.c */
-int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots);
+int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots,
+		       int node);
 void ferry_bchan_destroy(struct bchan *bc);
 int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i);
 int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd);

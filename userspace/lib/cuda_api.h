@@ -17,6 +17,7 @@
 #define FERRY_CUDA_FUNCS(X)						\
 	X(cuInit) X(cuDriverGetVersion) X(cuGetErrorString)		\
 	X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetAttribute)	\
+	X(cuDeviceGetPCIBusId)	\
 	X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease)	\
 	X(cuCtxSetCurrent) X(cuCtxSynchronize)				\
 	X(cuMemGetAllocationGranularity) X(cuMemCreate) X(cuMemRelease)	\

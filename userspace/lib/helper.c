@@ -115,7 +115,7 @@ _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int c
 
 	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd);
 	if (!err)
-		err = ferry_hgpu_init(&h, &b->o);
+		err = ferry_hgpu_init(&h, b);
 	if (!err && b->o.helper_init)
 		err = b->o.helper_init(&h, b->o.helper_arg);
 	if (err) {

@@ -21,24 +21,22 @@
 #include "cuda_api.h"
 #include "peer.h"
 
-int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker_opts *o)
+int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker *b)
 {
+	const struct ferry_broker_opts *o = &b->o;
+	int gpu = ferry_helper_gpu_of(b, h->index);
 	struct ferry_cuda *cu;
-	int err, n;
+	int err;
 
 	h->gpu = -1;
-	if (o->gpu == FERRY_GPU_NONE)
-		return 0;
+	if (gpu < 0)
+		return 0;	/* no GPU (or none wanted): a CPU helper */
 	err = ferry_cuda_get(&cu);
-	n = err ? 0 : cu->ndevices;
-	if (n == 0) {
-		if (o->gpu == FERRY_GPU_AUTO)
-			return 0;	/* no GPU: a CPU helper */
-		fprintf(stderr, "ferry: helper %u: GPU %d asked for: %s\n", h->index, o->gpu,
-			ferry_cuda_why());
-		return -ENODEV;
+	if (err) {
+		fprintf(stderr, "ferry: helper %u: GPU %d: %s\n", h->index, gpu, ferry_cuda_why());
+		return err;
 	}
-	h->gpu = o->gpu >= 0 ? o->gpu : (int)(h->index % (unsigned int)n);
+	h->gpu = gpu;
 	err = ferry_cuda_use_device(cu, h->gpu);
 	if (err) {
 		fprintf(stderr, "ferry: helper %u: GPU %d: %s\n", h->index, h->gpu, strerror(-err));

@@ -63,7 +63,8 @@ struct ferry_helper {
 };
 
 /* helper_gpu.c */
-int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker_opts *o);
+struct ferry_broker;
+int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker *b);
 void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_exit(struct ferry_helper *h);
