@@ -142,7 +142,7 @@ while IFS= read -r line; do
 		pass=$((pass + 1)); echo "$line" ;;
 	*) echo "$line" ;;
 	esac
-done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 \
+done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2,sockets=2,cores=1,threads=1 -m 1024 \
 	-object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M \
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \
 	-nographic -no-reboot -kernel "$FERRY_VMLINUZ" -initrd "$out/initramfs.cpio.gz" \

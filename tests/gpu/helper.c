@@ -11,6 +11,9 @@
  * so the GPU is looked for in a throwaway child.
  */
 #include <errno.h>
+#include <numa.h>
+#include <numaif.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -26,7 +29,7 @@
 #include "ferry.h"
 #include "kselftest_harness.h"
 
-enum { OP_COPY = 1, OP_PINNED = 2 };
+enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3 };
 #define SCRATCH (4u << 20)
 
 /* GPUs seen by a forked child (CUDA stays out of this process); why if none. */
@@ -95,6 +98,23 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 	(void)arg;
 	if (ferry_cuda_get(&cu))
 		return -ENODEV;
+	if (req->op == OP_WHERE) {
+		/* arg[0]: node of the region's page at offset; arg[1]: CPUs this
+		 * helper may use that are on another node. */
+		void *page = ferry_helper_data(h, req, req->offset, 1);
+		int node = -1, off_node = 0;
+		cpu_set_t set;
+
+		if (!page || move_pages(0, 1, &page, NULL, &node, 0) ||
+		    sched_getaffinity(0, sizeof(set), &set))
+			return -EFAULT;
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &set) && numa_node_of_cpu(c) != node)
+				off_node++;
+		rep->arg[0] = (uint64_t)node;
+		rep->arg[1] = (uint64_t)off_node;
+		return 0;
+	}
 	if (req->op == OP_PINNED) {
 		rep->arg[0] = ferry_helper_pinned(h, req);
 		rep->arg[1] = (uint64_t)getpid();
@@ -296,6 +316,39 @@ TEST(unpinned_when_a_child_goes_and_pinned_again_by_a_new_helper)
 	EXPECT_NE(old, ferry_broker_helper_pid(b, 0));
 	ferry_broker_stop(b);
 	munmap(p, sizeof(*p));
+}
+
+/* The region's pages and the helper's CPUs are on one node (the GPU's). */
+static int placed(struct ferry_child *c, void *arg)
+{
+	uint8_t *buf = ferry_malloc(c, 1 << 16);
+	struct ferry_desc d = { .op = OP_WHERE }, rep;
+
+	(void)arg;
+	if (!buf)
+		return 2;
+	memset(buf, 1, 1 << 16);	/* first touch here, after the bind */
+	d.offset = ferry_offset(c, buf);
+	d.len = 1;
+	if (ferry_call(c, &d, &rep) || rep.status)
+		return 3;
+	printf("# child %u: region page on node %llu, helper CPUs off that node: %llu\n",
+	       ferry_child_index(c), (unsigned long long)rep.arg[0],
+	       (unsigned long long)rep.arg[1]);
+	return rep.arg[1] == 0 ? 0 : 4;
+}
+
+TEST(regions_and_helpers_on_the_gpus_node)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+
+	NEED_GPU();
+	opts_for(&o, 2, 2);
+	o.child_fn = placed;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stop(b);
 }
 
 TEST(defer_refused_without_a_gpu)
