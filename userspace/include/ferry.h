@@ -34,7 +34,7 @@ extern "C" {
  */
 struct ferry_desc {
 	uint32_t op;		/* user op code; values >= 0xff000000 are ours */
-	uint32_t flags;		/* 0 today */
+	uint32_t flags;		/* FERRY_DESC_POOL or 0 */
 	uint64_t tag;		/* chosen by the sender, echoed in the reply */
 	uint32_t region;	/* region index, set by the broker */
 	int32_t status;		/* reply: 0 or -errno */
@@ -43,6 +43,8 @@ struct ferry_desc {
 	uint64_t arg[3];
 };
 #define FERRY_DESC_SIZE 64
+/* offset/len name a block of the pool (opts.pool_size), not the region. */
+#define FERRY_DESC_POOL 1u
 _Static_assert(sizeof(struct ferry_desc) == FERRY_DESC_SIZE, "descriptor is 64 bytes");
 
 /* ------------------------------------------------------------------ */
@@ -197,6 +199,13 @@ struct ferry_broker_opts {
 	 */
 	int gpu;
 	unsigned int streams;
+	/*
+	 * Bytes of pool per GPU (0: none): tensors by (offset, len) with
+	 * FERRY_DESC_POOL.  Made by each GPU's first helper, or by the broker
+	 * as a CPU pool where helpers have no GPU; imported once by every
+	 * helper and (on first use) child.  See ferry_child_pool_alloc().
+	 */
+	size_t pool_size;
 };
 #define FERRY_CPU_AUTO (-1)
 #define FERRY_CPU_NONE (-2)
@@ -239,6 +248,7 @@ struct ferry_broker_stats {
 	uint64_t in_flight;		/* at helpers now */
 	uint64_t wakeups;		/* times the dispatch thread woke */
 	uint64_t bells;			/* peers woken by the dispatch thread */
+	uint64_t pool_allocs, pool_frees, pool_oom;	/* pool blocks for children */
 	uint64_t dispatch_cpu_ns;	/* CPU time the dispatch thread used */
 };
 int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out);
@@ -331,6 +341,24 @@ int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeou
 unsigned int ferry_outstanding(const struct ferry_child *c);
 unsigned int ferry_window(const struct ferry_child *c);
 
+/*
+ * The broker's pool (opts.pool_size), seen from a child: the pool of the
+ * GPU that serves this child (or the CPU pool), imported on first use;
+ * -ENOENT when the broker has none.  Blocks are asked of the broker, which
+ * owns the offsets: ferry_child_pool_alloc() puts the block's offset in
+ * *@off (-ENOMEM when full, -EAGAIN when the window is full: each call
+ * takes one request's place while it runs).  A request names a block with
+ * flags = FERRY_DESC_POOL and (offset, len) inside one of this child's
+ * blocks.  ferry_child_pool_free() fails with -EBUSY while requests naming
+ * the block are at helpers.  ferry_child_pool_put(): a buffer that is not
+ * in the pool is copied into a new block once (host to device for a GPU
+ * pool); bytes already in the pool need no copy.
+ */
+int ferry_child_pool(struct ferry_child *c, struct ferry_pool **out);
+int ferry_child_pool_alloc(struct ferry_child *c, size_t n, uint64_t *off);
+int ferry_child_pool_free(struct ferry_child *c, uint64_t off);
+int ferry_child_pool_put(struct ferry_child *c, const void *src, size_t n, uint64_t *off);
+
 /* Attach to a running broker's socket as a service; ferry_detach() ends it. */
 int ferry_attach(const char *path, struct ferry_child **out);
 void ferry_detach(struct ferry_child *c);
@@ -363,6 +391,14 @@ void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
  * the child goes); ferry_helper_pinned_count(): how many are.
  */
 #define FERRY_DEFERRED 1
+/*
+ * The address (a CUdeviceptr, or a pointer for a CPU pool) of [off, off +
+ * len) of this helper's pool, or 0 (counted) outside it.  The broker has
+ * checked that a FERRY_DESC_POOL request's own (offset, len) lies in a
+ * block of the child that sent it; other ranges a request names are only
+ * checked against the pool's bounds.
+ */
+uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len);
 int ferry_helper_gpu(const struct ferry_helper *h);
 void *ferry_helper_stream(struct ferry_helper *h);
 int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, void *stream);

@@ -222,28 +222,36 @@ void ferry_bchan_destroy(struct bchan *bc)
 }
 
 /* The SETUP message telling a peer what its channel (and region) is. */
+/* @pool_fd: the pool's fd when m's pool fields (filled by the caller) say
+ * IMPORT with an fd, else -1. */
 static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
-		      struct bchan *bc, uint32_t nslots, size_t chan_bytes)
+		      struct bchan *bc, uint32_t nslots, size_t chan_bytes,
+		      struct ferry_ctl *m, int pool_fd)
 {
-	struct ferry_ctl m = {
-		.type = FERRY_CTL_SETUP, .index = index,
-		.backend = ferry_rctx_backend(b->rc), .bell_mode = b->mode,
-		.nslots = nslots, .window = b->o.window, .spin_ns = b->o.spin_ns,
-		.chan_bytes = chan_bytes, .pause_ns = b->oversub ? 0 : FERRY_CHAN_PAUSE_NS_DEFAULT,
-	};
 	int fds[FERRY_CTL_MAX_FDS];
 	unsigned int n = 0;
 
-	ferry_region_ref(bc->region, &m.region);
-	if (m.region.fd >= 0) {
-		fds[n] = m.region.fd;
-		m.region.fd = (int32_t)n++;
+	m->type = FERRY_CTL_SETUP;
+	m->index = index;
+	m->backend = ferry_rctx_backend(b->rc);
+	m->bell_mode = b->mode;
+	m->nslots = nslots;
+	m->window = b->o.window;
+	m->spin_ns = b->o.spin_ns;
+	m->chan_bytes = chan_bytes;
+	m->pause_ns = b->oversub ? 0 : FERRY_CHAN_PAUSE_NS_DEFAULT;
+	ferry_region_ref(bc->region, &m->region);
+	if (m->region.fd >= 0) {
+		fds[n] = m->region.fd;
+		m->region.fd = (int32_t)n++;
 	}
 	if (b->mode == FERRY_BELL_EVENTFD) {
 		fds[n++] = bc->efd[0];
 		fds[n++] = bc->efd[1];
 	}
-	return ferry_ctl_send(sock, &m, fds, n);
+	if (pool_fd >= 0)
+		fds[n++] = pool_fd;
+	return ferry_ctl_send(sock, m, fds, n);
 }
 
 /* Region + channel + heap for child slot @i (forked or attached). */
@@ -279,7 +287,11 @@ int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd)
 	for (unsigned int h = 0; h < b->o.helpers; h++)
 		if (b->helper[h].alive)
 			ferry_helper_queue_region(b, h, i, true);
-	return send_setup(b, c->ctl, i, &c->chan, b->nslots_child, b->chan_bytes_child);
+	struct ferry_ctl m = { 0 };
+	int pool_fd = ferry_bpool_for_child(b, i, &m);
+
+	return send_setup(b, c->ctl, i, &c->chan, b->nslots_child, b->chan_bytes_child, &m,
+			  pool_fd);
 }
 
 /*
@@ -342,8 +354,19 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	hp->ctl = ctl;
 	hp->alive = true;
 	err = ferry_region_grant(hp->chan.region, hp->pidfd, FERRY_READ | FERRY_WRITE);
-	if (!err)
-		err = send_setup(b, hp->ctl, h, &hp->chan, b->nslots_helper, bytes);
+	if (!err) {
+		struct ferry_ctl m = { 0 };
+		int pool_fd = ferry_bpool_for_helper(b, h, &m);
+
+		err = send_setup(b, hp->ctl, h, &hp->chan, b->nslots_helper, bytes, &m, pool_fd);
+		/* Its GPU has no pool yet: this helper makes it. */
+		if (!err && m.pool_op == FERRY_POOL_OP_CREATE) {
+			err = ferry_bpool_take_created(b, h, hp->ctl);
+			if (err)
+				fprintf(stderr, "ferry: helper %u could not make the pool of GPU %d: "
+					"%s\n", h, m.pool.device, strerror(-err));
+		}
+	}
 	if (err)
 		return err;	/* the caller kills what was started */
 	for (unsigned int i = 0; i < b->nslots_total; i++)
@@ -370,6 +393,7 @@ void ferry_child_reclaim(struct ferry_broker *b, unsigned int i)
 	if (c->chan.bell_armed)
 		ferry_waitset_disarm(b->ws, KEY(KEY_CHILD_BELL, i));
 	ferry_bchan_destroy(&c->chan);
+	ferry_bpool_child_gone(b, i);
 	if (c->pidfd >= 0)
 		close(c->pidfd);
 	if (c->ctl >= 0)
@@ -482,6 +506,9 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		err = -errno;
 		goto fail;
 	}
+	err = ferry_bpool_setup(b);
+	if (err)
+		goto fail;
 	/* Helpers first: children's regions are then added to running helpers. */
 	for (unsigned int h = 0; h < o->helpers; h++) {
 		err = ferry_helper_start(b, h);
@@ -636,6 +663,7 @@ void ferry_broker_stop(struct ferry_broker *b)
 		close(b->stop_efd);
 	if (b->ws)
 		ferry_waitset_destroy(b->ws);
+	ferry_bpool_destroy(b);
 	ferry_rctx_close(b->rc);
 	pthread_mutex_destroy(&b->lock);
 	pthread_cond_destroy(&b->cond);

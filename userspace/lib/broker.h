@@ -53,6 +53,22 @@ struct bchild {
 	bool on_arm;		/* on the arm list */
 	bool pidfd_armed, conn_armed;
 	bool corrupt;		/* broke its ring: killed, waiting for its pidfd */
+	struct bblock *blocks;	/* pool blocks it holds */
+	unsigned int nblocks, cap_blocks;
+};
+
+/* A pool block a child holds, and how many requests naming it are at helpers. */
+struct bblock {
+	uint64_t off, size;
+	uint32_t inflight;
+};
+
+/* One pool (broker_pool.c). */
+struct bpool {
+	bool made;
+	struct ferry_pool_ref ref;	/* fd: kept by the broker, -1 if none */
+	struct ferry_pool *cpu;		/* the CPU pool, made here */
+	struct ferry_palloc *alloc;	/* offsets */
 };
 
 struct bhelper {
@@ -76,6 +92,7 @@ struct bslot {
 	uint32_t helper;
 	uint32_t op;
 	uint64_t child_tag;
+	uint64_t block;		/* pool block the request names, UINT64_MAX: none */
 };
 
 struct ferry_broker {
@@ -127,6 +144,8 @@ struct ferry_broker {
 	 */
 	int ngpus;
 	int gpu_node[FERRY_MAX_GPUS];
+	struct bpool *pool;		/* opts.pool_size: one per GPU, or one CPU pool */
+	unsigned int npools;
 	pthread_mutex_t lock;		/* guards stats + exited for other threads */
 	pthread_cond_t cond;
 	unsigned int exited;		/* forked children that ended */
@@ -146,6 +165,21 @@ pid_t ferry_spawn(int *pidfd_out, int *ctl_out);
 /* In a forked peer: keep off the dispatch thread's CPU, if one is reserved;
  * a helper (@node >= 0) also stays on its GPU's node. */
 void ferry_peer_affinity(const struct ferry_broker *b, int node);
+/* broker_pool.c */
+struct ferry_ctl;
+int ferry_bpool_setup(struct ferry_broker *b);
+void ferry_bpool_destroy(struct ferry_broker *b);
+unsigned int ferry_bpool_of_child(const struct ferry_broker *b, unsigned int i);
+unsigned int ferry_bpool_of_helper(const struct ferry_broker *b, unsigned int h);
+/* Fill SETUP's pool fields; returns the fd to attach, or -1. */
+int ferry_bpool_for_helper(const struct ferry_broker *b, unsigned int h, struct ferry_ctl *m);
+int ferry_bpool_for_child(const struct ferry_broker *b, unsigned int i, struct ferry_ctl *m);
+int ferry_bpool_take_created(struct ferry_broker *b, unsigned int h, int sock);
+void ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_desc *d);
+int ferry_bpool_hold(struct ferry_broker *b, unsigned int i, uint64_t off, uint64_t len,
+		     uint64_t *block);
+void ferry_bpool_release(struct ferry_broker *b, unsigned int i, uint64_t block);
+void ferry_bpool_child_gone(struct ferry_broker *b, unsigned int i);
 /* gpu_probe.c: GPUs (0 where none) and their nodes, without CUDA here. */
 int ferry_gpu_probe(int nodes[FERRY_MAX_GPUS]);
 /* The GPU helper @h serves and the node its or child @i's memory goes on. */

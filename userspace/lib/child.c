@@ -22,12 +22,18 @@ static bool valid_setup(const struct ferry_ctl *m)
 	       m->nslots >= 2 && m->nslots <= 65536 && !(m->nslots & (m->nslots - 1)) &&
 	       m->chan_bytes >= ferry_chan_bytes(m->nslots) &&
 	       m->chan_bytes <= m->region.size &&
+	       m->pool_op <= FERRY_POOL_OP_CREATE &&
+	       (m->pool_op == FERRY_POOL_OP_NONE ||
+		((m->pool.kind == FERRY_POOL_CPU || m->pool.kind == FERRY_POOL_CUDA) &&
+		 m->pool.size > 0)) &&
 	       m->nfds == (m->backend == FERRY_BACKEND_MEMFD) +
-			  2u * (m->bell_mode == FERRY_BELL_EVENTFD);
+			  2u * (m->bell_mode == FERRY_BELL_EVENTFD) +
+			  (m->pool_op == FERRY_POOL_OP_IMPORT && m->pool.fd >= 0);
 }
 
 int ferry_peer_setup(int ctl, struct ferry_ctl *m, struct ferry_rctx **rc,
-		     struct ferry_region **region, struct ferry_chan *ch, int efd[2])
+		     struct ferry_region **region, struct ferry_chan *ch, int efd[2],
+		     int *pool_fd)
 {
 	int fds[FERRY_CTL_MAX_FDS];
 	unsigned int nfds = 0, next = 0;
@@ -35,6 +41,7 @@ int ferry_peer_setup(int ctl, struct ferry_ctl *m, struct ferry_rctx **rc,
 	int err;
 
 	efd[0] = efd[1] = -1;
+	*pool_fd = -1;
 	*rc = NULL;
 	*region = NULL;
 	err = ferry_ctl_recv(ctl, m, fds, &nfds, 0);
@@ -56,6 +63,8 @@ int ferry_peer_setup(int ctl, struct ferry_ctl *m, struct ferry_rctx **rc,
 		efd[0] = fds[next++];
 		efd[1] = fds[next++];
 	}
+	if (m->pool_op == FERRY_POOL_OP_IMPORT && m->pool.fd >= 0)
+		*pool_fd = fds[next++];
 	err = ferry_rctx_open((enum ferry_backend)m->backend, rc);
 	if (err)
 		goto out_fds;
@@ -81,10 +90,14 @@ out_rc:
 		if (efd[d] >= 0)
 			close(efd[d]);
 	efd[0] = efd[1] = -1;
+	if (*pool_fd >= 0)
+		close(*pool_fd);
+	*pool_fd = -1;
 	return err;
 out_fds:
 	for (unsigned int i = 0; i < nfds; i++)
 		close(fds[i]);
+	*pool_fd = -1;
 	return err;
 }
 
@@ -95,10 +108,13 @@ int ferry_child_init(struct ferry_child *c, int ctl, bool attached)
 
 	memset(c, 0, sizeof(*c));
 	c->ctl = ctl;
+	c->pool_fd = -1;
 	c->attached = attached;
-	err = ferry_peer_setup(ctl, &m, &c->rc, &c->region, &c->ch, c->efd);
+	err = ferry_peer_setup(ctl, &m, &c->rc, &c->region, &c->ch, c->efd, &c->pool_fd);
 	if (err)
 		return err;
+	if (m.pool_op == FERRY_POOL_OP_IMPORT)
+		c->pool_ref = m.pool;
 	c->index = m.index;
 	c->base = ferry_region_base(c->region);
 	c->size = ferry_region_size(c->region);
@@ -107,11 +123,21 @@ int ferry_child_init(struct ferry_child *c, int ctl, bool attached)
 	if (c->window > m.nslots)
 		c->window = m.nslots;
 	pthread_mutex_init(&c->heap_lock, NULL);
+	c->stash = calloc(c->window, sizeof(*c->stash));
+	if (!c->stash) {
+		ferry_child_fini(c);
+		return -ENOMEM;
+	}
 	return 0;
 }
 
 void ferry_child_fini(struct ferry_child *c)
 {
+	if (c->pool)
+		ferry_pool_close(c->pool);
+	if (c->pool_fd >= 0)
+		close(c->pool_fd);
+	free(c->stash);
 	ferry_region_close(c->region);
 	ferry_rctx_close(c->rc);
 	for (int d = 0; d < 2; d++)
@@ -216,13 +242,11 @@ static bool broker_gone(const struct ferry_child *c)
 	return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLIN));
 }
 
-int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns)
+int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns)
 {
 	const int64_t slice = 50 * 1000 * 1000;
 	int err;
 
-	if (c->outstanding == 0)
-		return -ENOENT;
 	for (;;) {
 		int64_t t = timeout_ns;
 
@@ -239,6 +263,22 @@ int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeou
 				break;
 		}
 	}
+	return err;
+}
+
+int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns)
+{
+	int err;
+
+	if (c->outstanding == 0)
+		return -ENOENT;
+	if (c->nstash) {
+		*rep = c->stash[0];
+		memmove(c->stash, c->stash + 1, --c->nstash * sizeof(*c->stash));
+		c->outstanding--;
+		return 0;
+	}
+	err = ferry_child_recv(c, rep, timeout_ns);
 	if (err == 0)
 		c->outstanding--;
 	return err;

@@ -161,6 +161,8 @@ static void slot_done(struct ferry_broker *b, uint32_t s)
 	struct bslot *sl = &b->slot[s];
 	struct bchild *c = &b->child[sl->child];
 
+	if (sl->block != UINT64_MAX)
+		ferry_bpool_release(b, sl->child, sl->block);
 	sl->used = false;
 	sl->gen++;
 	b->slot_free[b->nslot_free++] = s;
@@ -255,7 +257,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 {
 	struct bchild *c = &b->child[i];
 	struct ferry_desc d;
-	uint64_t rung;
+	uint64_t rung, block = UINT64_MAX;
 	size_t rsize;
 	uint32_t s;
 
@@ -274,10 +276,21 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 			ferry_pidfd_kill(c->pidfd, SIGKILL);
 		return -1;
 	}
+	if (d.op == FERRY_OP_POOL_ALLOC || d.op == FERRY_OP_POOL_FREE) {
+		/* The broker owns the pool's offsets: answered here. */
+		ferry_bpool_request(b, i, &d);
+		to_child(b, i, &d);
+		return 1;
+	}
 	rsize = ferry_region_size(c->chan.region);
-	/* A range, when there is one, must lie in the child's heap part. */
-	if (d.flags || d.op >= FERRY_OP_FIRST_INTERNAL ||
-	    (d.len && (d.offset < b->chan_bytes_child || d.offset > rsize ||
+	/*
+	 * A range, when there is one, must lie in the child's heap part, or
+	 * (FERRY_DESC_POOL) in a pool block of this child, which then stays
+	 * held until the reply.
+	 */
+	if ((d.flags & ~FERRY_DESC_POOL) || d.op >= FERRY_OP_FIRST_INTERNAL ||
+	    (d.flags & FERRY_DESC_POOL ? ferry_bpool_hold(b, i, d.offset, d.len, &block) != 0 :
+	     d.len && (d.offset < b->chan_bytes_child || d.offset > rsize ||
 		       d.len > rsize - d.offset))) {
 		b->st.bad_desc++;
 		fail_back(b, i, d.op, d.tag, -EINVAL);
@@ -286,7 +299,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	s = free_slot(b);	/* there is one: in_flight < depth */
 	b->slot[s] = (struct bslot){
 		.used = true, .gen = b->slot[s].gen, .child = i,
-		.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag,
+		.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag, .block = block,
 	};
 	d.region = i;
 	d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
@@ -294,6 +307,8 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	if (ferry_chan_send(&b->helper[h].chan.ch, &d) < 0) {
 		b->slot[s].used = false;
 		b->slot_free[b->nslot_free++] = s;
+		if (block != UINT64_MAX)
+			ferry_bpool_release(b, i, block);
 		fail_back(b, i, d.op, b->slot[s].child_tag, -EAGAIN);
 		return 1;
 	}

@@ -111,11 +111,13 @@ _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int c
 	struct ferry_helper h = { .index = idx, .ctl = ctl, .gpu = -1 };
 	struct ferry_ctl m;
 	struct ferry_desc req, rep;
-	int err;
+	int err, pool_fd;
 
-	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd);
+	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd, &pool_fd);
 	if (!err)
 		err = ferry_hgpu_init(&h, b);
+	if (!err)
+		err = ferry_hgpu_pool(&h, &m, pool_fd);
 	if (!err && b->o.helper_init)
 		err = b->o.helper_init(&h, b->o.helper_arg);
 	if (err) {

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "broker.h"
 #include "cuda_api.h"
@@ -132,6 +133,51 @@ unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait)
 		}
 	}
 	return h->ndefer;
+}
+
+int ferry_hgpu_pool(struct ferry_helper *h, const struct ferry_ctl *m, int pool_fd)
+{
+	struct ferry_ctl out = { .type = FERRY_CTL_POOL, .index = h->index };
+	struct ferry_pool_ref ref;
+	int err;
+
+	if (m->pool_op == FERRY_POOL_OP_IMPORT) {
+		ref = m->pool;
+		ref.fd = pool_fd;
+		err = ferry_pool_import(&ref, &h->pool);
+		if (pool_fd >= 0)
+			close(pool_fd);
+		return err;
+	}
+	if (m->pool_op != FERRY_POOL_OP_CREATE)
+		return 0;
+	/* Made on this helper's GPU, exported once; the broker keeps the fd. */
+	err = h->gpu == m->pool.device ? 0 : -ENODEV;
+	if (!err)
+		err = ferry_pool_create(FERRY_POOL_CUDA, h->gpu, m->pool.size, &h->pool);
+	if (!err)
+		err = ferry_pool_export(h->pool, &out.pool);
+	if (err) {
+		out.status = err;
+		out.pool.fd = -1;
+		ferry_ctl_send(h->ctl, &out, NULL, 0);	/* so the broker need not wait */
+		return err;
+	}
+	pool_fd = out.pool.fd;
+	out.pool.fd = pool_fd >= 0 ? 1 : -1;
+	err = ferry_ctl_send(h->ctl, &out, &pool_fd, pool_fd >= 0 ? 1 : 0);
+	if (pool_fd >= 0)
+		close(pool_fd);
+	return err;
+}
+
+uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len)
+{
+	uint64_t a = h && h->pool && len ? ferry_pool_addr(h->pool, off, len) : 0;
+
+	if (!a && h)
+		h->rejected++;
+	return a;
 }
 
 int ferry_helper_gpu(const struct ferry_helper *h)

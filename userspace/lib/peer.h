@@ -24,7 +24,18 @@ struct ferry_child {
 	int efd[2];
 	unsigned int window, outstanding;
 	pthread_mutex_t heap_lock;
+	/* the broker's pool (child_pool.c): described at setup, imported on use */
+	struct ferry_pool_ref pool_ref;	/* kind 0: none */
+	int pool_fd;
+	struct ferry_pool *pool;
+	uint64_t internal_seq;
+	/* replies that came while a pool call waited for its own: FIFO */
+	struct ferry_desc *stash;
+	unsigned int nstash;
 };
+
+/* child.c: the next reply from the broker (no bookkeeping). */
+int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns);
 
 struct hregion {
 	struct ferry_region *r;
@@ -60,6 +71,7 @@ struct ferry_helper {
 	struct hdefer *defer;		/* [0, ndefer) pending, oldest first */
 	unsigned int ndefer, ndefer_max;
 	unsigned int npinned, pin_failed;
+	struct ferry_pool *pool;	/* the broker's pool of this helper's GPU */
 };
 
 /* helper_gpu.c */
@@ -69,12 +81,16 @@ void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_exit(struct ferry_helper *h);
 unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait);
+/* Import the pool SETUP described, or make it and send it to the broker. */
+int ferry_hgpu_pool(struct ferry_helper *h, const struct ferry_ctl *m, int pool_fd);
 
 /*
  * Receive and apply a SETUP message on @ctl: open the backend it names,
- * map the region, attach the channel.  Fills *@region, *@ch, @efd.
+ * map the region, attach the channel.  Fills *@region, *@ch, @efd, and
+ * *@pool_fd with the pool's fd when one came (m->pool says what it is).
  */
 int ferry_peer_setup(int ctl, struct ferry_ctl *m, struct ferry_rctx **rc,
-		     struct ferry_region **region, struct ferry_chan *ch, int efd[2]);
+		     struct ferry_region **region, struct ferry_chan *ch, int efd[2],
+		     int *pool_fd);
 
 #endif /* FERRY_PEER_H */

@@ -15,6 +15,8 @@
 /* Internal descriptor ops (users' ops stay below FERRY_OP_FIRST_INTERNAL). */
 #define FERRY_OP_FIRST_INTERNAL	0xff000000u
 #define FERRY_OP_CTRL		0xff000001u	/* helper: read one control message */
+#define FERRY_OP_POOL_ALLOC	0xff000002u	/* child -> broker: len bytes of the pool */
+#define FERRY_OP_POOL_FREE	0xff000003u	/* child -> broker: the block at offset */
 
 enum ferry_ctl_type {
 	FERRY_CTL_HELLO = 1,		/* service -> broker: please attach me */
@@ -22,11 +24,19 @@ enum ferry_ctl_type {
 	FERRY_CTL_REGION_ADD = 3,	/* broker -> helper: map region @index */
 	FERRY_CTL_REGION_DROP = 4,	/* broker -> helper: unmap region @index */
 	FERRY_CTL_REFUSED = 5,		/* broker -> service: -errno in @status */
+	FERRY_CTL_POOL = 6,		/* helper -> broker: the pool it made */
+};
+
+/* SETUP's pool_op: what the peer does about the pool. */
+enum ferry_pool_op {
+	FERRY_POOL_OP_NONE = 0,		/* there is none */
+	FERRY_POOL_OP_IMPORT = 1,	/* @pool describes it (its fd comes last) */
+	FERRY_POOL_OP_CREATE = 2,	/* helper: make one like @pool, send it back */
 };
 
 #define FERRY_PROTO_MAGIC 0x46525259u	/* "FRRY" */
 #define FERRY_PROTO_VERSION 1
-#define FERRY_CTL_MAX_FDS 3
+#define FERRY_CTL_MAX_FDS 4
 
 struct ferry_ctl {
 	uint32_t magic;
@@ -41,8 +51,11 @@ struct ferry_ctl {
 	uint64_t spin_ns;
 	uint64_t chan_bytes;	/* channel occupies [0, chan_bytes) of its region */
 	struct ferry_region_ref region;	/* fd field: index into the fds sent, or -1 */
-	uint32_t nfds;		/* fds attached: [region memfd?] [efd0 efd1]? */
+	uint32_t nfds;		/* fds attached: [region memfd?] [efd0 efd1]? [pool fd?] */
 	uint32_t pause_ns;	/* of spin_ns, spin this long before yielding */
+	uint32_t pool_op;	/* enum ferry_pool_op */
+	uint32_t pad;
+	struct ferry_pool_ref pool;	/* fd field: 1 if its fd is attached, else -1 */
 };
 
 /* Send @m with @nfds fds (magic, version and nfds are filled in); 0 or -errno. */

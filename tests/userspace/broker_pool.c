@@ -1,0 +1,352 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The broker's pool on a host without a GPU (the CPU pool, same protocol
+ * as a GPU's): children ask the broker for blocks, put their bytes in once,
+ * name them in requests by (offset, len); helpers read and write them
+ * through their import; every byte checked.  A child cannot name another
+ * child's block, free a block a helper is using, or keep blocks after it
+ * died; a full pool says -ENOMEM and recovers when blocks come back.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "ferry.h"
+#include "kselftest_harness.h"
+
+enum { OP_XOR = 1, OP_FILL = 2, OP_SLEEP = 3 };
+#define POOL (8u << 20)
+
+/* OP_XOR: out (arg[0]) = in ^ arg[1]; OP_FILL: the block = pattern of arg[1]. */
+static int handler(struct ferry_helper *h, const struct ferry_desc *req,
+		   struct ferry_desc *rep, void *arg)
+{
+	uint8_t *in, *out;
+
+	(void)rep;
+	(void)arg;
+	switch (req->op) {
+	case OP_XOR:
+		in = (uint8_t *)(uintptr_t)ferry_helper_pool_addr(h, req->offset, req->len);
+		out = (uint8_t *)(uintptr_t)ferry_helper_pool_addr(h, req->arg[0], req->len);
+		if (!in || !out)
+			return -EFAULT;
+		for (uint64_t i = 0; i < req->len; i++)
+			out[i] = in[i] ^ (uint8_t)req->arg[1];
+		return 0;
+	case OP_FILL:
+		out = (uint8_t *)(uintptr_t)ferry_helper_pool_addr(h, req->offset, req->len);
+		if (!out)
+			return -EFAULT;
+		for (uint64_t i = 0; i < req->len; i++)
+			out[i] = (uint8_t)(i * 7 + req->arg[1]);
+		return 0;
+	case OP_SLEEP:
+		usleep(200000);
+		return 0;
+	}
+	return -EOPNOTSUPP;
+}
+
+static void fill(uint8_t *p, size_t n, uint64_t seed)
+{
+	for (size_t i = 0; i < n; i++) {
+		seed ^= seed << 13;
+		seed ^= seed >> 7;
+		seed ^= seed << 17;
+		p[i] = (uint8_t)(seed >> 24);
+	}
+}
+
+static void opts_for(struct ferry_broker_opts *o, unsigned int children,
+		     ferry_child_fn fn, void *arg)
+{
+	ferry_broker_opts_init(o);
+	o->children = children;
+	o->helpers = 2;
+	o->region_size = 2u << 20;
+	o->window = 4;
+	o->handler = handler;
+	o->child_fn = fn;
+	o->child_arg = arg;
+	o->gpu = FERRY_GPU_NONE;	/* the CPU pool, on any machine */
+	o->pool_size = POOL;
+}
+
+static int run(struct ferry_broker_opts *o, struct ferry_broker_stats *st)
+{
+	struct ferry_broker *b;
+	int err = ferry_broker_start(o, &b);
+
+	if (err)
+		return err;
+	err = ferry_broker_wait(b, 120LL * 1000000000);
+	if (st)
+		ferry_broker_stats(b, st);
+	ferry_broker_stop(b);
+	return err;
+}
+
+/* Child -> helper (put, helper reads) and helper -> child (helper writes). */
+static int both_ways_steps(struct ferry_child *c, void *arg)
+{
+	uint8_t *src = malloc(300000), *want = malloc(300000);
+	struct ferry_pool *p;
+	struct ferry_desc d, rep;
+
+	(void)arg;
+	if (!src || !want || ferry_child_pool(c, &p))
+		return 1;
+	for (unsigned int round = 0; round < 40; round++) {
+		size_t n = 1 + (round * 7919u + ferry_child_index(c) * 131u) % 300000;
+		uint64_t in, out;
+		const uint8_t *got;
+
+		fill(src, n, round + 1);
+		if (ferry_child_pool_put(c, src, n, &in) || ferry_child_pool_alloc(c, n, &out))
+			return 2;
+		d = (struct ferry_desc){ .op = OP_XOR, .flags = FERRY_DESC_POOL, .offset = in,
+					 .len = n, .arg = { out, round } };
+		if (ferry_call(c, &d, &rep) || rep.status)
+			return 3;
+		got = (const uint8_t *)(uintptr_t)ferry_pool_addr(p, out, n);
+		for (size_t i = 0; i < n; i++)
+			if (got[i] != (uint8_t)(src[i] ^ round))
+				return 4;
+		d = (struct ferry_desc){ .op = OP_FILL, .flags = FERRY_DESC_POOL, .offset = out,
+					 .len = n, .arg = { 0, round } };
+		if (ferry_call(c, &d, &rep) || rep.status)
+			return 5;
+		for (size_t i = 0; i < n; i++)
+			if (got[i] != (uint8_t)(i * 7 + round))
+				return 6;
+		if (ferry_child_pool_free(c, in) || ferry_child_pool_free(c, out))
+			return 7;
+	}
+	free(src);
+	free(want);
+	return 0;
+}
+
+static int both_ways(struct ferry_child *c, void *arg)
+{
+	int r = both_ways_steps(c, arg);
+
+	if (r)
+		printf("# child %u failed at step %d\n", ferry_child_index(c), r);
+	return r;
+}
+
+TEST(cpu_pool_offsets_both_directions_checked)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 3, both_ways, NULL);
+	ASSERT_EQ(0, run(&o, &st));
+	EXPECT_EQ(3 * 40 * 2, st.pool_allocs);
+	EXPECT_EQ(3 * 40 * 2, st.pool_frees);
+	EXPECT_EQ(0, st.bad_desc);
+}
+
+struct shared {
+	_Atomic uint64_t off;	/* child 0's block, published */
+	_Atomic int stage;
+};
+
+/* Child 1 names child 0's block, and ranges past its own: refused. */
+static int trespass(struct ferry_child *c, void *arg)
+{
+	struct shared *s = arg;
+	struct ferry_desc d = { .op = OP_FILL, .flags = FERRY_DESC_POOL, .len = 64 }, rep;
+	uint64_t mine;
+
+	if (ferry_child_pool_alloc(c, 4096, &mine))
+		return 1;
+	if (ferry_child_index(c) == 0) {
+		atomic_store(&s->off, mine);
+		atomic_store(&s->stage, 1);
+		while (atomic_load(&s->stage) != 2)
+			usleep(1000);
+		return 0;
+	}
+	while (atomic_load(&s->stage) != 1)
+		usleep(1000);
+	d.offset = atomic_load(&s->off);
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 2;	/* another child's block */
+	d.offset = mine + 4000;
+	d.len = 200;
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 3;	/* runs past its own block */
+	d.offset = mine;
+	d.len = 0;
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 4;	/* empty */
+	d.flags = 2;
+	d.len = 64;
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 5;	/* unknown flag */
+	if (ferry_child_pool_free(c, mine + 64) != -ENOENT)
+		return 6;	/* not the start of a block */
+	atomic_store(&s->stage, 2);
+	return 0;
+}
+
+TEST(another_childs_block_refused)
+{
+	struct shared *s = mmap(NULL, sizeof(*s), PROT_READ | PROT_WRITE,
+				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+
+	ASSERT_NE(MAP_FAILED, s);
+	opts_for(&o, 2, trespass, s);
+	EXPECT_EQ(0, run(&o, &st));
+	EXPECT_EQ(4, st.bad_desc);
+	munmap(s, sizeof(*s));
+}
+
+/* A block named by a request at a helper cannot be freed until the reply;
+ * replies that arrive during a pool call are not lost. */
+static int busy_block(struct ferry_child *c, void *arg)
+{
+	struct ferry_desc d = { .op = OP_SLEEP, .flags = FERRY_DESC_POOL, .len = 16 }, rep;
+	uint64_t blk, other;
+	int seen = 0;
+
+	(void)arg;
+	if (ferry_child_pool_alloc(c, 4096, &blk))
+		return 1;
+	d.offset = blk;
+	for (int k = 0; k < 3; k++) {
+		d.tag = 100 + k;
+		if (ferry_submit(c, &d))
+			return 2;
+	}
+	if (ferry_child_pool_free(c, blk) != -EBUSY)
+		return 3;
+	/* The window has one place left: this call runs among the others. */
+	if (ferry_child_pool_alloc(c, 100, &other))
+		return 4;
+	for (int k = 0; k < 3; k++) {
+		if (ferry_complete(c, &rep, -1) || rep.status || rep.tag < 100 || rep.tag > 102)
+			return 5;
+		seen |= 1 << (rep.tag - 100);
+	}
+	if (seen != 7 || ferry_outstanding(c))
+		return 6;
+	if (ferry_child_pool_free(c, blk) || ferry_child_pool_free(c, other))
+		return 7;
+	return 0;
+}
+
+TEST(block_in_use_not_freed_and_replies_kept)
+{
+	struct ferry_broker_opts o;
+
+	opts_for(&o, 1, busy_block, NULL);
+	o.helpers = 1;
+	EXPECT_EQ(0, run(&o, NULL));
+}
+
+/* Fill the pool, see -ENOMEM, give everything back, fill it again. */
+static int fill_up(struct ferry_child *c, void *arg)
+{
+	uint64_t offs[64];
+	int n = 0, again = 0;
+	int err;
+
+	(void)arg;
+	while ((err = ferry_child_pool_alloc(c, 256 << 10, &offs[n])) == 0 && n < 63)
+		n++;
+	if (err != -ENOMEM || n < 16)
+		return 1;
+	for (int k = 0; k < n; k++)
+		if (ferry_child_pool_free(c, offs[k]))
+			return 2;
+	while (ferry_child_pool_alloc(c, 256 << 10, &offs[again]) == 0 && again < 63)
+		again++;
+	return again == n ? 0 : 3;
+}
+
+TEST(full_pool_enomem_then_reused)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 1, fill_up, NULL);
+	EXPECT_EQ(0, run(&o, &st));
+	EXPECT_LE(1, st.pool_oom);
+}
+
+/* Child 0 takes most of the pool and is killed; child 1 then gets it. */
+static int hog_then_heir(struct ferry_child *c, void *arg)
+{
+	struct shared *s = arg;
+	uint64_t off;
+
+	if (ferry_child_index(c) == 0) {
+		if (ferry_child_pool_alloc(c, POOL / 2 + POOL / 4, &off))
+			return 1;
+		atomic_store(&s->stage, 1);
+		pause();	/* killed here */
+		return 2;
+	}
+	while (atomic_load(&s->stage) != 1)
+		usleep(1000);
+	if (ferry_child_pool_alloc(c, POOL / 2, &off) != -ENOMEM)
+		return 3;
+	atomic_store(&s->stage, 2);
+	for (int tries = 0; tries < 1000; tries++) {
+		if (ferry_child_pool_alloc(c, POOL / 2, &off) == 0)
+			return 0;
+		usleep(10000);
+	}
+	return 4;
+}
+
+TEST(dead_childs_blocks_come_back)
+{
+	struct shared *s = mmap(NULL, sizeof(*s), PROT_READ | PROT_WRITE,
+				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+
+	ASSERT_NE(MAP_FAILED, s);
+	opts_for(&o, 2, hog_then_heir, s);
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	while (atomic_load(&s->stage) != 2)
+		usleep(1000);
+	kill(ferry_broker_child_pid(b, 0), SIGKILL);
+	EXPECT_EQ(1, ferry_broker_wait(b, 120LL * 1000000000));	/* only the killed one */
+	ferry_broker_stop(b);
+	munmap(s, sizeof(*s));
+}
+
+static int no_pool(struct ferry_child *c, void *arg)
+{
+	struct ferry_pool *p;
+	uint64_t off;
+
+	(void)arg;
+	return ferry_child_pool(c, &p) == -ENOENT &&
+	       ferry_child_pool_alloc(c, 64, &off) == -ENOENT ? 0 : 1;
+}
+
+TEST(without_a_pool_enoent)
+{
+	struct ferry_broker_opts o;
+
+	opts_for(&o, 1, no_pool, NULL);
+	o.pool_size = 0;
+	EXPECT_EQ(0, run(&o, NULL));
+}
+
+TEST_HARNESS_MAIN

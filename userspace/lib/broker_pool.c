@@ -1,0 +1,281 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * The broker's pools: one per GPU (or one CPU pool on a host without GPUs),
+ * each one allocation made once and imported once by every helper and
+ * child; tensors travel as (offset, len) with FERRY_DESC_POOL.
+ *
+ * Who owns what:
+ *   memory     GPU pools are made by the first helper of their GPU (the
+ *              broker never touches CUDA) and exported to the broker as a
+ *              VMM fd, which the broker keeps: the allocation outlives that
+ *              helper, and a restarted helper imports it like the others.
+ *              The CPU pool is a sealed memfd the broker makes itself.
+ *   offsets    the broker's allocator (no CUDA needed: a helper replies only
+ *              after its stream's work is done, so a block the child frees
+ *              afterwards is idle).  Every block belongs to one child.
+ *   checking   a FERRY_DESC_POOL descriptor's range must lie in a block of
+ *              the child that sent it; while requests naming a block are at
+ *              helpers it cannot be freed (-EBUSY), so it is never handed to
+ *              another child under a helper's feet.  A dead child's blocks
+ *              are freed when its last request is back.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "palloc.h"
+
+#define POOL_ALIGN 256		/* what cudaMalloc guarantees */
+#define MAX_BLOCKS 65536	/* live blocks one child may hold */
+#define CREATE_TIMEOUT_MS 120000	/* a helper's CUDA start-up can be slow */
+
+unsigned int ferry_bpool_of_child(const struct ferry_broker *b, unsigned int i)
+{
+	if (!b->ngpus)
+		return 0;
+	return b->o.gpu >= 0 ? (unsigned int)b->o.gpu : i % (unsigned int)b->ngpus;
+}
+
+unsigned int ferry_bpool_of_helper(const struct ferry_broker *b, unsigned int h)
+{
+	return b->ngpus ? (unsigned int)ferry_helper_gpu_of(b, h) : 0;
+}
+
+static int pool_ready(struct ferry_broker *b, struct bpool *p, const struct ferry_pool_ref *ref,
+		      int fd)
+{
+	int err = ferry_palloc_create(ref->size, POOL_ALIGN, NULL, NULL, &p->alloc);
+
+	if (err)
+		return err;
+	p->ref = *ref;
+	p->ref.fd = fd;
+	p->made = true;
+	(void)b;
+	return 0;
+}
+
+int ferry_bpool_setup(struct ferry_broker *b)
+{
+	struct ferry_pool_ref ref;
+	int err;
+
+	if (!b->o.pool_size)
+		return 0;
+	b->npools = b->ngpus ? (unsigned int)b->ngpus : 1;
+	b->pool = calloc(b->npools, sizeof(*b->pool));
+	if (!b->pool)
+		return -ENOMEM;
+	for (unsigned int g = 0; g < b->npools; g++)
+		b->pool[g].ref.fd = -1;
+	if (b->ngpus)
+		return 0;	/* made by each GPU's first helper */
+	err = ferry_pool_create(FERRY_POOL_CPU, -1, b->o.pool_size, &b->pool[0].cpu);
+	if (!err)
+		err = ferry_pool_export(b->pool[0].cpu, &ref);
+	if (!err) {
+		err = pool_ready(b, &b->pool[0], &ref, ref.fd);
+		if (err)
+			close(ref.fd);
+	}
+	return err;
+}
+
+void ferry_bpool_destroy(struct ferry_broker *b)
+{
+	for (unsigned int g = 0; b->pool && g < b->npools; g++) {
+		struct bpool *p = &b->pool[g];
+
+		if (p->ref.fd >= 0)
+			close(p->ref.fd);
+		if (p->alloc)
+			ferry_palloc_destroy(p->alloc);
+		if (p->cpu)
+			ferry_pool_close(p->cpu);
+	}
+	free(b->pool);
+	b->pool = NULL;
+	for (unsigned int i = 0; b->child && i < b->nslots_total; i++) {
+		free(b->child[i].blocks);
+		b->child[i].blocks = NULL;
+	}
+}
+
+/* What SETUP tells helper @h (pool_op, and the pool fd to attach or -1). */
+int ferry_bpool_for_helper(const struct ferry_broker *b, unsigned int h, struct ferry_ctl *m)
+{
+	const struct bpool *p;
+
+	m->pool_op = FERRY_POOL_OP_NONE;
+	if (!b->pool)
+		return -1;
+	p = &b->pool[ferry_bpool_of_helper(b, h)];
+	if (p->made) {
+		m->pool_op = FERRY_POOL_OP_IMPORT;
+		m->pool = p->ref;
+		m->pool.fd = p->ref.fd >= 0 ? 1 : -1;
+		return p->ref.fd;
+	}
+	m->pool_op = FERRY_POOL_OP_CREATE;
+	memset(&m->pool, 0, sizeof(m->pool));
+	m->pool.kind = FERRY_POOL_CUDA;
+	m->pool.device = ferry_helper_gpu_of(b, h);
+	m->pool.size = b->o.pool_size;
+	m->pool.fd = -1;
+	return -1;
+}
+
+int ferry_bpool_for_child(const struct ferry_broker *b, unsigned int i, struct ferry_ctl *m)
+{
+	const struct bpool *p;
+
+	m->pool_op = FERRY_POOL_OP_NONE;
+	if (!b->pool)
+		return -1;
+	p = &b->pool[ferry_bpool_of_child(b, i)];
+	if (!p->made)
+		return -1;	/* its GPU's helpers never came up */
+	m->pool_op = FERRY_POOL_OP_IMPORT;
+	m->pool = p->ref;
+	m->pool.fd = p->ref.fd >= 0 ? 1 : -1;
+	return p->ref.fd;
+}
+
+/* After a CREATE setup: the helper's answer, a FERRY_CTL_POOL message. */
+int ferry_bpool_take_created(struct ferry_broker *b, unsigned int h, int sock)
+{
+	struct bpool *p = &b->pool[ferry_bpool_of_helper(b, h)];
+	struct pollfd pf = { .fd = sock, .events = POLLIN };
+	struct ferry_ctl m;
+	int fds[FERRY_CTL_MAX_FDS];
+	unsigned int nfds = 0;
+	int err, r;
+
+	do {
+		r = poll(&pf, 1, CREATE_TIMEOUT_MS);
+	} while (r < 0 && errno == EINTR);
+	if (r == 0)
+		return -ETIMEDOUT;
+	err = ferry_ctl_recv(sock, &m, fds, &nfds, 0);
+	if (err)
+		return err;
+	if (m.type != FERRY_CTL_POOL || m.status < 0 || m.pool.kind != FERRY_POOL_CUDA ||
+	    m.pool.size < b->o.pool_size || nfds != (m.pool.fd >= 0 ? 1u : 0u))
+		err = m.type == FERRY_CTL_POOL && m.status < 0 ? m.status : -EPROTO;
+	else
+		err = pool_ready(b, p, &m.pool, nfds ? fds[0] : -1);
+	if (err)
+		for (unsigned int k = 0; k < nfds; k++)
+			close(fds[k]);
+	return err;
+}
+
+/* The child's block holding all of [off, off + len), len >= 1. */
+static struct bblock *find_block(struct bchild *c, uint64_t off, uint64_t len)
+{
+	for (unsigned int k = 0; k < c->nblocks; k++) {
+		struct bblock *bl = &c->blocks[k];
+
+		if (off >= bl->off && off - bl->off < bl->size && len <= bl->size - (off - bl->off))
+			return bl;
+	}
+	return NULL;
+}
+
+/* The child's block starting at @off. */
+static struct bblock *block_at(struct bchild *c, uint64_t off)
+{
+	for (unsigned int k = 0; k < c->nblocks; k++)
+		if (c->blocks[k].off == off)
+			return &c->blocks[k];
+	return NULL;
+}
+
+/* FERRY_OP_POOL_ALLOC / _FREE from child @i, answered in @d. */
+void ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_desc *d)
+{
+	struct bchild *c = &b->child[i];
+	struct bpool *p = b->pool ? &b->pool[ferry_bpool_of_child(b, i)] : NULL;
+	uint64_t off;
+	int err;
+
+	if (!p || !p->made) {
+		d->status = -ENOENT;
+		return;
+	}
+	if (d->op == FERRY_OP_POOL_FREE) {
+		struct bblock *bl = block_at(c, d->offset);
+
+		if (!bl) {
+			d->status = -ENOENT;
+		} else if (bl->inflight) {
+			d->status = -EBUSY;	/* a helper may still be using it */
+		} else {
+			ferry_palloc_free(p->alloc, bl->off);
+			*bl = c->blocks[--c->nblocks];
+			d->status = 0;
+			b->st.pool_frees++;
+		}
+		return;
+	}
+	if (c->nblocks == c->cap_blocks) {
+		unsigned int cap = c->cap_blocks ? 2 * c->cap_blocks : 16;
+		struct bblock *t;
+
+		if (cap > MAX_BLOCKS || !(t = realloc(c->blocks, cap * sizeof(*t)))) {
+			d->status = -ENOSPC;
+			return;
+		}
+		c->blocks = t;
+		c->cap_blocks = cap;
+	}
+	err = ferry_palloc_alloc(p->alloc, d->len, NULL, &off);
+	if (err) {
+		d->status = err;
+		if (err == -ENOMEM)
+			b->st.pool_oom++;
+		return;
+	}
+	c->blocks[c->nblocks++] = (struct bblock){
+		.off = off, .size = ferry_palloc_block_size(p->alloc, off),
+	};
+	d->offset = off;
+	d->status = 0;
+	b->st.pool_allocs++;
+}
+
+int ferry_bpool_hold(struct ferry_broker *b, unsigned int i, uint64_t off, uint64_t len,
+		     uint64_t *block)
+{
+	struct bblock *bl = b->pool && len ? find_block(&b->child[i], off, len) : NULL;
+
+	if (!bl)
+		return -EINVAL;
+	bl->inflight++;
+	*block = bl->off;
+	return 0;
+}
+
+void ferry_bpool_release(struct ferry_broker *b, unsigned int i, uint64_t block)
+{
+	struct bblock *bl = block_at(&b->child[i], block);
+
+	if (bl && bl->inflight)
+		bl->inflight--;
+}
+
+void ferry_bpool_child_gone(struct ferry_broker *b, unsigned int i)
+{
+	struct bchild *c = &b->child[i];
+	struct bpool *p = b->pool ? &b->pool[ferry_bpool_of_child(b, i)] : NULL;
+
+	for (unsigned int k = 0; p && p->alloc && k < c->nblocks; k++)
+		ferry_palloc_free(p->alloc, c->blocks[k].off);
+	free(c->blocks);
+	c->blocks = NULL;
+	c->nblocks = c->cap_blocks = 0;
+}
