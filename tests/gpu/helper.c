@@ -29,7 +29,7 @@
 #include "ferry.h"
 #include "kselftest_harness.h"
 
-enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3 };
+enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3, OP_POOL_COPY = 4 };
 #define SCRATCH (4u << 20)
 
 /* GPUs seen by a forked child (CUDA stays out of this process); why if none. */
@@ -114,6 +114,19 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 		rep->arg[0] = (uint64_t)node;
 		rep->arg[1] = (uint64_t)off_node;
 		return 0;
+	}
+	if (req->op == OP_POOL_COPY) {
+		/* Device to device inside the pool: (offset, len) -> arg[0]. */
+		CUdeviceptr a = ferry_helper_pool_addr(h, req->offset, req->len);
+		CUdeviceptr z = ferry_helper_pool_addr(h, req->arg[0], req->len);
+
+		if (!a || !z)
+			return -EFAULT;
+		st = ferry_helper_stream(h);
+		if (cu->cuMemcpyDtoDAsync(z, a, req->len, (CUstream)st))
+			return -EIO;
+		rep->arg[1] = (uint64_t)getpid();
+		return ferry_helper_defer(h, rep, st) ? -EIO : FERRY_DEFERRED;
 	}
 	if (req->op == OP_PINNED) {
 		rep->arg[0] = ferry_helper_pinned(h, req);
@@ -349,6 +362,108 @@ TEST(regions_and_helpers_on_the_gpus_node)
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
 	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
 	ferry_broker_stop(b);
+}
+
+struct pool_plan {
+	_Atomic int phase;	/* 1: blocks written, checked; 2: the maker is dead */
+	_Atomic int others_done;
+};
+
+/* Copy in -> out inside the pool (asking the helper), then check out. */
+static int pool_copy(struct ferry_child *c, struct ferry_cuda *cu, struct ferry_pool *p,
+		     uint64_t in, uint64_t out, const uint8_t *want, uint8_t *got, size_t n,
+		     uint64_t *pid)
+{
+	struct ferry_desc d = { .op = OP_POOL_COPY, .flags = FERRY_DESC_POOL, .offset = in,
+				.len = n, .arg = { out } }, rep;
+	int err = ferry_call(c, &d, &rep);
+
+	if (err || rep.status)
+		return err ? err : rep.status;
+	*pid = rep.arg[1];
+	memset(got, 0, n);
+	if (cu->cuMemcpyDtoH(got, ferry_pool_addr(p, out, n), n))
+		return -EIO;
+	return memcmp(want, got, n) ? -EILSEQ : 0;
+}
+
+/*
+ * A GPU pool through the broker: the child puts random bytes in (one
+ * copy), a helper copies them on the device, the child reads them back.
+ * After the helper that made the pool is killed, its replacement copies
+ * the same block: the pool outlived its maker.
+ */
+static int pool_user(struct ferry_child *c, void *arg)
+{
+	struct pool_plan *pp = arg;
+	const size_t n = 3u << 20;
+	uint8_t *want = malloc(n), *got = malloc(n);
+	struct ferry_pool *p;
+	struct ferry_cuda *cu;
+	uint64_t in, out, pid0 = 0, pid = 0;
+	int err;
+
+	if (!want || !got)
+		return 2;
+	fill(want, n, 77 + ferry_child_index(c));
+	if (ferry_child_pool(c, &p) || ferry_cuda_get(&cu) ||
+	    ferry_cuda_use_device(cu, 0) || ferry_pool_kind(p) != FERRY_POOL_CUDA)
+		return 3;
+	if (ferry_child_pool_put(c, want, n, &in) || ferry_child_pool_alloc(c, n, &out))
+		return 4;
+	for (int k = 0; k < 4; k++) {
+		err = pool_copy(c, cu, p, in, out, want, got, n, &pid0);
+		if (err)
+			return 5;
+	}
+	if (ferry_child_index(c) != 0) {
+		atomic_fetch_add(&pp->others_done, 1);
+		return 0;
+	}
+	while (atomic_load(&pp->others_done) != 2)	/* none mid-request at the kill */
+		usleep(1000);
+	atomic_store(&pp->phase, 1);
+	while (atomic_load(&pp->phase) != 2)
+		usleep(1000);
+	for (int tries = 0; tries < 3000; tries++) {
+		err = pool_copy(c, cu, p, in, out, want, got, n, &pid);
+		if (err == 0 && pid != pid0)
+			return 0;
+		if (err && err != -EPIPE)
+			return 6;
+		usleep(10000);
+	}
+	return 7;
+}
+
+TEST(gpu_pool_both_ways_outlives_its_maker)
+{
+	struct pool_plan *pp = mmap(NULL, sizeof(*pp), PROT_READ | PROT_WRITE,
+				    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	pid_t maker;
+
+	NEED_GPU();
+	ASSERT_NE(MAP_FAILED, pp);
+	opts_for(&o, 3, 1);
+	o.child_fn = pool_user;
+	o.child_arg = pp;
+	o.pool_size = 64u << 20;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	for (int t = 0; t < 60000 && atomic_load(&pp->phase) != 1; t++)
+		usleep(1000);
+	ASSERT_EQ(1, atomic_load(&pp->phase));
+	maker = ferry_broker_helper_pid(b, 0);
+	ASSERT_EQ(0, kill(maker, SIGKILL));
+	atomic_store(&pp->phase, 2);
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(6, st.pool_allocs);
+	EXPECT_EQ(0, st.bad_desc);
+	ferry_broker_stop(b);
+	munmap(pp, sizeof(*pp));
 }
 
 TEST(defer_refused_without_a_gpu)
