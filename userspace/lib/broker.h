@@ -111,6 +111,7 @@ struct ferry_broker {
 	uint32_t *slot_free;		/* stack of unused slot numbers */
 	unsigned int nslot_free;
 	uint32_t ready_head, ready_tail;	/* UINT32_MAX: empty */
+	unsigned int nready;
 	uint32_t *arm;			/* children whose waits need arming */
 	unsigned int narm;
 	unsigned int rr_helper;

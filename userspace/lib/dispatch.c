@@ -57,6 +57,7 @@ static void ready_push(struct ferry_broker *b, uint32_t i)
 		return;
 	c->ready = true;
 	c->next_ready = NONE;
+	b->nready++;
 	if (b->ready_tail == NONE)
 		b->ready_head = i;
 	else
@@ -112,6 +113,7 @@ static uint32_t ready_pop(struct ferry_broker *b)
 	if (b->ready_head == NONE)
 		b->ready_tail = NONE;
 	b->child[i].ready = false;
+	b->nready--;
 	return i;
 }
 
@@ -214,12 +216,19 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 	return any;
 }
 
-static int32_t pick_helper(struct ferry_broker *b)
+/*
+ * The next helper with room, round robin; on a host with several GPUs only
+ * among the helpers of GPU @gpu (a child's requests go to the GPU next to
+ * its region, whose pool its offsets name).  -1 if none has room.
+ */
+static int32_t pick_helper(struct ferry_broker *b, int gpu)
 {
 	for (unsigned int n = 0; n < b->o.helpers; n++) {
 		uint32_t h = (b->rr_helper + n) % b->o.helpers;
 		struct bhelper *hp = &b->helper[h];
 
+		if (b->ngpus > 1 && ferry_helper_gpu_of(b, h) != gpu)
+			continue;
 		if (hp->alive && hp->in_flight < b->o.helper_depth && flush_ctl(hp)) {
 			b->rr_helper = (h + 1) % b->o.helpers;
 			return (int32_t)h;
@@ -320,23 +329,37 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	return 1;
 }
 
-/* Hand ready children's requests to helpers while both exist. */
+/*
+ * Hand ready children's requests to helpers while both exist.  With one
+ * group of helpers, stop at the first child no helper has room for; with
+ * a group per GPU, such a child goes to the back of the list and the loop
+ * stops once every ready child was looked at without one moving.
+ */
 static bool dispatch(struct ferry_broker *b)
 {
 	unsigned int quantum = b->o.window < DISPATCH_QUANTUM_MAX ? b->o.window :
 				DISPATCH_QUANTUM_MAX;
+	unsigned int misses = 0;
 	bool any = false;
 
-	while (b->ready_head != NONE) {
-		int32_t h = pick_helper(b);
+	while (b->ready_head != NONE && misses <= b->nready) {
+		int gpu = b->ngpus > 1 ? (int)ferry_bpool_of_child(b, b->ready_head) : -1;
+		int32_t h = pick_helper(b, gpu);
 		uint32_t i;
 		int r = 0;
 
-		if (h < 0)
-			break;
+		if (h < 0) {
+			if (b->ngpus <= 1)
+				break;
+			i = ready_pop(b);
+			ready_push(b, i);
+			misses++;
+			continue;
+		}
+		misses = 0;
 		i = ready_pop(b);
 		for (unsigned int q = 0; q < quantum; q++) {
-			if (q && (h = pick_helper(b)) < 0)
+			if (q && (h = pick_helper(b, gpu)) < 0)
 				break;
 			if (!b->child[i].alive || b->child[i].in_flight >= b->o.window)
 				break;	/* parked: back on the list when a reply frees room */
@@ -387,6 +410,7 @@ static void ready_remove(struct ferry_broker *b, uint32_t i)
 	uint32_t head = b->ready_head;
 
 	b->ready_head = b->ready_tail = NONE;
+	b->nready = 0;
 	for (uint32_t j = head, next; j != NONE; j = next) {
 		next = b->child[j].next_ready;
 		b->child[j].ready = false;
