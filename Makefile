@@ -44,18 +44,45 @@ UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/u
 LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/*.c))
 
-.PHONY: all lib tools module module-if-possible build-tests deps check clean
+.PHONY: all lib tools module module-if-possible build-tests deps check clean demo
 
 all: lib tools module-if-possible
 
 lib: $(LIB_A) $(LIB_SO)
 
-tools: $(BUILD)/ferry-bench
+tools: $(BUILD)/ferry-bench $(BUILD)/ferry-demo
 
 # liburing and libnuma linked in (the GPU machine has no liburing); glibc
 # stays dynamic, because libcuda is dlopened and needs the system's libc.
-$(BUILD)/ferry-bench: $(wildcard userspace/tools/*.c userspace/tools/*.h) $(LIB_A)
-	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(filter %.c,$^) $(LIB_A) $(LIB_LDLIBS)
+BENCH_SRCS := userspace/tools/ferry-bench.c userspace/tools/bench_msg.c userspace/tools/bench_gpu.c
+$(BUILD)/ferry-bench: $(BENCH_SRCS) userspace/tools/bench.h $(LIB_A)
+	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(BENCH_SRCS) $(LIB_A) $(LIB_LDLIBS)
+
+# The demo's GPU kernels: PTX made by nvcc when there is one, embedded as a
+# string and loaded through the driver API; without nvcc the string is
+# empty and the demo runs its model on the CPU (and says so).
+NVCC ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc))
+$(BUILD)/demo_ptx.c: userspace/tools/demo_kernels.cu
+	@mkdir -p $(@D)
+	@if [ -n "$(NVCC)" ]; then \
+		$(NVCC) -ptx -arch=compute_80 -o $(BUILD)/demo_kernels.ptx $< && \
+		{ echo 'const char ferry_demo_ptx[] ='; \
+		  sed 's/\\/\\\\/g; s/"/\\"/g; s/.*/"&\\n"/' $(BUILD)/demo_kernels.ptx; \
+		  echo ';'; } > $@; \
+	else \
+		echo "# no nvcc: ferry-demo's model runs on the CPU only"; \
+		echo 'const char ferry_demo_ptx[] = "";' > $@; \
+	fi
+
+DEMO_SRCS := userspace/tools/ferry-demo.c userspace/tools/demo_model.c
+$(BUILD)/ferry-demo: $(DEMO_SRCS) userspace/tools/demo_model.h $(BUILD)/demo_ptx.c $(LIB_A)
+	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(DEMO_SRCS) $(BUILD)/demo_ptx.c $(LIB_A) \
+		$(LIB_LDLIBS) -lm
+
+# The main job, on whatever this machine has (see README.md).
+demo: deps
+	$(MAKE) lib tools
+	$(BUILD)/ferry-demo $(DEMO_ARGS)
 
 $(BUILD)/lib/%.o: userspace/lib/%.c $(LIB_HDRS)
 	@mkdir -p $(@D)

@@ -65,7 +65,7 @@ tap() {
 }
 
 "$here/deps.sh" || exit 1
-make -s lib build-tests || { echo "0 passed, 1 failed"; exit 1; }
+make -s lib tools build-tests || { echo "0 passed, 1 failed"; exit 1; }
 
 tally "uapi header (host)" tap build/tests/uapi/*
 if ls build/tests/userspace/* >/dev/null 2>&1; then
@@ -75,6 +75,7 @@ fi
 if ls build/tests/gpu/* >/dev/null 2>&1; then
 	tally "GPU pools (host)" tap build/tests/gpu/*
 fi
+tally "tools: ferry-demo, ferry-bench (host)" "$here/tools-test.sh"
 # In the VM the module is loaded, so libferry's tests run on kmod there.
 vm_dirs=(build/tests/kmod)
 [ -d build/tests/userspace ] && vm_dirs+=(build/tests/userspace)

@@ -287,6 +287,13 @@ struct ferry_pool_ref {
 	uint8_t ipc[64];
 };
 
+/*
+ * GPUs as a forked process finds them (0 if none), without loading CUDA
+ * into this one: what a broker's helpers will see.  Call this, not
+ * ferry_gpu_count(), in a process that will start a broker (CUDA state
+ * does not survive fork).
+ */
+int ferry_gpu_count_forked(void);
 /* GPUs usable by this process, or -ENODEV; ferry_gpu_status() says why. */
 int ferry_gpu_count(void);
 const char *ferry_gpu_status(void);

@@ -32,7 +32,9 @@
 	X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemsetD8Async)		\
 	X(cuMemHostRegister) X(cuMemHostUnregister)			\
 	X(cuMemAllocHost) X(cuMemFreeHost) X(cuMemAlloc) X(cuMemFree)	\
-	X(cuIpcGetMemHandle) X(cuIpcOpenMemHandle) X(cuIpcCloseMemHandle)
+	X(cuIpcGetMemHandle) X(cuIpcOpenMemHandle) X(cuIpcCloseMemHandle)	\
+	X(cuModuleLoadData) X(cuModuleGetFunction) X(cuModuleUnload)	\
+	X(cuLaunchKernel)
 
 struct ferry_cuda {
 	void *lib;

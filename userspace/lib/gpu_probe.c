@@ -88,3 +88,10 @@ int ferry_gpu_probe(int nodes[FERRY_MAX_GPUS])
 		;
 	return n;
 }
+
+int ferry_gpu_count_forked(void)
+{
+	int nodes[FERRY_MAX_GPUS];
+
+	return ferry_gpu_probe(nodes);
+}

@@ -1,0 +1,63 @@
+#!/bin/bash
+# The tools as users run them (TAP, then "N passed, N failed"): the main
+# job verifies every result and fails when a result is wrong; bad options
+# get a clear message; the benchmarks end with their key=value line, and
+# the GPU one says so in one line where there is no GPU.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+
+n=0 pass=0 fail=0
+check() {	# check OK|FAIL description
+	n=$((n + 1))
+	if [ "$1" = OK ]; then pass=$((pass + 1)); echo "ok $n $2"
+	else fail=$((fail + 1)); echo "not ok $n $2"; fi
+}
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+echo "TAP version 13"
+build/ferry-demo --seconds 3 --json >"$out" 2>&1; rc=$?
+sed 's/^/# /' "$out"
+grep -q '"ok":true' "$out" && grep -q '"bad_results":0' "$out" && [ $rc -eq 0 ] &&
+	! grep -q '"requests":0,' "$out" && check OK "ferry-demo: 3 s, every result verified, exit 0" ||
+	check FAIL "ferry-demo: 3 s, every result verified, exit 0 (rc=$rc)"
+
+build/ferry-demo --seconds 2 --inject-fault 25 --json >"$out" 2>&1; rc=$?
+sed 's/^/# /' "$out"
+[ $rc -eq 1 ] && grep -q '"ok":false' "$out" && ! grep -q '"bad_results":0,' "$out" &&
+	check OK "ferry-demo: spoiled results are caught, exit 1" ||
+	check FAIL "ferry-demo: spoiled results are caught, exit 1 (rc=$rc)"
+
+build/ferry-demo --seconds 2 --children 4 --helpers 2 --size 2 --backend memfd >"$out" 2>&1; rc=$?
+[ $rc -eq 0 ] && grep -q "verdict.*OK" "$out" && grep -q "requests  *[1-9]" "$out" &&
+	check OK "ferry-demo: table summary with options" ||
+	{ sed 's/^/# /' "$out"; check FAIL "ferry-demo: table summary with options (rc=$rc)"; }
+
+for bad in "--children 0" "--size 99999999" "--backend zfs" "--nonsense" "extra"; do
+	build/ferry-demo $bad >"$out" 2>&1; rc=$?
+	[ $rc -eq 2 ] && grep -q "ferry-demo:\|usage:" "$out" &&
+		check OK "ferry-demo $bad: refused with a message" ||
+		check FAIL "ferry-demo $bad: refused with a message (rc=$rc)"
+done
+
+build/ferry-bench msg -n 2000 >"$out" 2>&1; rc=$?
+tail -n 1 "$out" | sed 's/^/# /'
+[ $rc -eq 0 ] && tail -n 1 "$out" | grep -q "^bench=msg .*speedup=.*agg_rps=.*cost_ratio=" &&
+	check OK "ferry-bench msg: baseline and ratio, key=value last line" ||
+	check FAIL "ferry-bench msg (rc=$rc)"
+
+build/ferry-bench gpu >"$out" 2>&1; rc=$?
+tail -n 1 "$out" | sed 's/^/# /'
+if [ $rc -eq 0 ]; then
+	tail -n 1 "$out" | grep -q "^bench=gpu overhead_us=.*speedup=.*h2d_ratio=" &&
+		check OK "ferry-bench gpu: measured, key=value last line" ||
+		check FAIL "ferry-bench gpu: no key=value last line"
+else
+	[ $rc -eq 1 ] && [ "$(wc -l <"$out")" -eq 1 ] && grep -q "no GPU" "$out" &&
+		check OK "ferry-bench gpu without a GPU: one line saying so, exit 1" ||
+		check FAIL "ferry-bench gpu without a GPU (rc=$rc)"
+fi
+
+echo "1..$n"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
