@@ -3,6 +3,8 @@
 #   make                 build what this machine can build
 #   make module [KDIR=]  build kmod/ferry.ko against a kernel build tree
 #   make check           install deps, build, run every test (host + qemu)
+#   make demo            install deps, build, run the main job (ferry-demo)
+#   make install         [PREFIX=/usr/local] [DESTDIR=]
 #   make clean
 
 BUILD := build
@@ -44,7 +46,7 @@ UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/u
 LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/*.c))
 
-.PHONY: all lib tools module module-if-possible build-tests deps check clean demo
+.PHONY: all lib tools module module-if-possible build-tests deps check clean demo install
 
 all: lib tools module-if-possible
 
@@ -92,9 +94,45 @@ $(LIB_A): $(LIB_OBJS)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-$(LIB_SO): $(LIB_OBJS)
-	$(CC) -shared -Wl,-soname,libferry.so.0 -Wl,-z,defs -o $@ $^ -luring -lnuma -pthread
+# Only the functions of the public header are exported (scripts/symbols.sh).
+$(BUILD)/libferry.map: userspace/include/ferry.h scripts/symbols.sh
+	@mkdir -p $(@D)
+	scripts/symbols.sh > $@
+
+$(LIB_SO): $(LIB_OBJS) $(BUILD)/libferry.map
+	$(CC) -shared -Wl,-soname,libferry.so.0 -Wl,-z,defs \
+		-Wl,--version-script,$(BUILD)/libferry.map -o $@ $(LIB_OBJS) -luring -lnuma -pthread
 	ln -sf libferry.so.0 $(BUILD)/libferry.so
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: library (shared + static),
+# the public and uAPI headers, ferry.pc, the tools, the udev rule and the
+# modules-load snippet.  Without DESTDIR it also makes the "ferry" group.
+VERSION := 0.1.0
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+UDEVDIR ?= /etc/udev/rules.d
+MODLOADDIR ?= /etc/modules-load.d
+install: lib tools
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/linux \
+		$(DESTDIR)$(BINDIR) $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(MODLOADDIR)
+	install -m 0755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/libferry.so.0
+	ln -sf libferry.so.0 $(DESTDIR)$(LIBDIR)/libferry.so
+	install -m 0644 $(LIB_A) $(DESTDIR)$(LIBDIR)/libferry.a
+	install -m 0644 userspace/include/ferry.h $(DESTDIR)$(INCLUDEDIR)/ferry.h
+	install -m 0644 include/uapi/linux/ferry.h $(DESTDIR)$(INCLUDEDIR)/linux/ferry.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+		scripts/install/ferry.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ferry.pc
+	install -m 0755 $(BUILD)/ferry-demo $(BUILD)/ferry-bench $(DESTDIR)$(BINDIR)/
+	install -m 0644 scripts/install/60-ferry.rules $(DESTDIR)$(UDEVDIR)/60-ferry.rules
+	install -m 0644 scripts/install/ferry-modules-load.conf $(DESTDIR)$(MODLOADDIR)/ferry.conf
+	@if [ -z "$(DESTDIR)" ]; then \
+		getent group ferry >/dev/null || groupadd --system ferry; \
+		ldconfig; \
+		command -v udevadm >/dev/null && udevadm control --reload || true; \
+	fi
 
 module:
 	@if [ -z "$(KDIR)" ] || [ ! -d "$(KDIR)" ]; then \

@@ -58,6 +58,63 @@ else
 		check FAIL "ferry-bench gpu without a GPU (rc=$rc)"
 fi
 
+# Installed as a user would: into a DESTDIR, then a program built against
+# it with nothing but pkg-config, shared and static.
+dest=$(mktemp -d)
+trap 'rm -rf "$out" "$dest"' EXIT
+if make -s install DESTDIR="$dest" PREFIX=/usr/local >"$out" 2>&1; then
+	check OK "make install into a DESTDIR"
+else
+	sed 's/^/# /' "$out"; check FAIL "make install into a DESTDIR"
+fi
+for f in usr/local/lib/libferry.so.0 usr/local/lib/libferry.a usr/local/include/ferry.h \
+	 usr/local/include/linux/ferry.h usr/local/lib/pkgconfig/ferry.pc \
+	 usr/local/bin/ferry-demo etc/udev/rules.d/60-ferry.rules etc/modules-load.d/ferry.conf; do
+	[ -e "$dest/$f" ] || { echo "# missing: $f"; missing=1; }
+done
+[ -z "${missing:-}" ] && check OK "installed tree complete" || check FAIL "installed tree complete"
+grep -q 'GROUP="ferry", MODE="0660"' "$dest/etc/udev/rules.d/60-ferry.rules" &&
+	check OK "udev rule: /dev/ferry group ferry, mode 0660" || check FAIL "udev rule"
+
+cat >"$dest/hello.c" <<'C'
+#include <ferry.h>
+#include <stdio.h>
+int main(void)
+{
+	struct ferry_pool *p;
+	uint64_t off;
+
+	if (ferry_pool_create(FERRY_POOL_CPU, -1, 1 << 20, &p) || ferry_pool_alloc(p, 4096, NULL, &off))
+		return 1;
+	printf("%s %llu\n", ferry_backend_name(FERRY_BACKEND_MEMFD), (unsigned long long)off);
+	ferry_pool_free(p, off);
+	ferry_pool_close(p);
+	return 0;
+}
+C
+export PKG_CONFIG_SYSROOT_DIR="$dest" PKG_CONFIG_PATH="$dest/usr/local/lib/pkgconfig"
+if cc -o "$dest/hello" "$dest/hello.c" $(pkg-config --cflags --libs ferry) 2>"$out" &&
+   LD_LIBRARY_PATH="$dest/usr/local/lib" "$dest/hello" | grep -q "^memfd "; then
+	check OK "a program built with pkg-config --cflags --libs ferry runs"
+else
+	sed 's/^/# /' "$out"; check FAIL "a program built with pkg-config --cflags --libs ferry runs"
+fi
+if cc -static -o "$dest/hello-static" "$dest/hello.c" $(pkg-config --static --cflags --libs ferry) \
+	2>"$out" && "$dest/hello-static" | grep -q "^memfd "; then
+	check OK "... and statically (pkg-config --static)"
+else
+	sed 's/^/# /' "$out"; check FAIL "... and statically (pkg-config --static)"
+fi
+unset PKG_CONFIG_SYSROOT_DIR PKG_CONFIG_PATH
+exported=$(nm -D --defined-only "$dest/usr/local/lib/libferry.so.0" | awk '{sub(/@.*/, "", $3); print $3}' | grep -v "^FERRY_0$" | sort)
+if [ "$exported" = "$(scripts/symbols.sh --list)" ] &&
+   objdump -p "$dest/usr/local/lib/libferry.so.0" | grep -q "SONAME *libferry.so.0"; then
+	check OK "libferry.so.0 exports exactly the header's $(echo "$exported" | wc -l) functions"
+else
+	echo "$exported" | diff - <(scripts/symbols.sh --list) | sed 's/^/# /' | head
+	check FAIL "libferry.so.0 exports exactly the header's functions"
+fi
+
 echo "1..$n"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
