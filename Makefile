@@ -52,7 +52,7 @@ all: lib tools module-if-possible
 
 lib: $(LIB_A) $(LIB_SO)
 
-tools: $(BUILD)/ferry-bench $(BUILD)/ferry-demo
+tools: $(BUILD)/ferry-bench $(BUILD)/ferry-demo $(BUILD)/ferryctl
 
 # liburing and libnuma linked in (the GPU machine has no liburing); glibc
 # stays dynamic, because libcuda is dlopened and needs the system's libc.
@@ -80,6 +80,9 @@ DEMO_SRCS := userspace/tools/ferry-demo.c userspace/tools/demo_model.c
 $(BUILD)/ferry-demo: $(DEMO_SRCS) userspace/tools/demo_model.h $(BUILD)/demo_ptx.c $(LIB_A)
 	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(DEMO_SRCS) $(BUILD)/demo_ptx.c $(LIB_A) \
 		$(LIB_LDLIBS) -lm
+
+$(BUILD)/ferryctl: userspace/tools/ferryctl.c $(LIB_A)
+	$(CC) $(LIB_CFLAGS) -o $@ $< $(LIB_A) $(LIB_LDLIBS)
 
 # The main job, on whatever this machine has (see README.md).
 demo: deps
@@ -125,7 +128,7 @@ install: lib tools
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 		scripts/install/ferry.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ferry.pc
-	install -m 0755 $(BUILD)/ferry-demo $(BUILD)/ferry-bench $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(BUILD)/ferry-demo $(BUILD)/ferry-bench $(BUILD)/ferryctl $(DESTDIR)$(BINDIR)/
 	install -m 0644 scripts/install/60-ferry.rules $(DESTDIR)$(UDEVDIR)/60-ferry.rules
 	install -m 0644 scripts/install/ferry-modules-load.conf $(DESTDIR)$(MODLOADDIR)/ferry.conf
 	@if [ -z "$(DESTDIR)" ]; then \

@@ -58,6 +58,42 @@ else
 		check FAIL "ferry-bench gpu without a GPU (rc=$rc)"
 fi
 
+# ferryctl: status anywhere; the debugfs views say why they cannot answer
+# where the module is not loaded; stats from a running broker (the demo).
+build/ferryctl status >"$out" 2>&1; rc=$?
+sed 's/^/# /' "$out"
+[ $rc -eq 0 ] && grep -q "^module " "$out" && grep -q "^backend " "$out" &&
+	check OK "ferryctl status" || check FAIL "ferryctl status (rc=$rc)"
+build/ferryctl --json status >"$out" 2>&1; rc=$?
+[ $rc -eq 0 ] && grep -q '^{"module_loaded":\(true\|false\),.*"backend":"' "$out" &&
+	check OK "ferryctl --json status" || check FAIL "ferryctl --json status (rc=$rc)"
+if [ ! -e /sys/module/ferry ]; then
+	build/ferryctl regions >"$out" 2>&1; rc=$?
+	[ $rc -eq 1 ] && grep -q "not loaded" "$out" &&
+		check OK "ferryctl regions without the module: says so, exit 1" ||
+		check FAIL "ferryctl regions without the module (rc=$rc)"
+fi
+build/ferryctl stats --socket /nonexistent/ferry.sock >"$out" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -q "no broker answers" "$out" &&
+	check OK "ferryctl stats with no broker: says so, exit 1" ||
+	check FAIL "ferryctl stats with no broker (rc=$rc)"
+sock=$(mktemp -u /tmp/ferry-stats-XXXXXX)
+build/ferry-demo --seconds 4 --stats "$sock" >/dev/null 2>&1 &
+demo=$!
+for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+sleep 1
+build/ferryctl stats --socket "$sock" >"$out" 2>&1; rc=$?
+sed 's/^/# /' "$out" | head -12
+[ $rc -eq 0 ] && grep -q "^requests [1-9]" "$out" && grep -q "^helper 0 pid [0-9]* alive 1" "$out" &&
+	grep -q "^bad_desc 0" "$out" && check OK "ferryctl stats from a running broker" ||
+	check FAIL "ferryctl stats from a running broker (rc=$rc)"
+FERRY_STATS_SOCKET="$sock" build/ferryctl --json stats >"$out" 2>&1; rc=$?
+[ $rc -eq 0 ] && grep -q '"requests":[1-9]' "$out" && grep -q '"helpers_detail":\[{"helper":0' "$out" &&
+	check OK "ferryctl --json stats (\$FERRY_STATS_SOCKET)" || check FAIL "ferryctl --json stats (rc=$rc)"
+wait $demo
+[ $? -eq 0 ] && [ ! -e "$sock" ] && check OK "the demo served stats, passed, and removed its socket" ||
+	check FAIL "the demo with --stats"
+
 # Installed as a user would: into a DESTDIR, then a program built against
 # it with nothing but pkg-config, shared and static.
 dest=$(mktemp -d)
@@ -69,7 +105,7 @@ else
 fi
 for f in usr/local/lib/libferry.so.0 usr/local/lib/libferry.a usr/local/include/ferry.h \
 	 usr/local/include/linux/ferry.h usr/local/lib/pkgconfig/ferry.pc \
-	 usr/local/bin/ferry-demo etc/udev/rules.d/60-ferry.rules etc/modules-load.d/ferry.conf; do
+	 usr/local/bin/ferry-demo usr/local/bin/ferryctl etc/udev/rules.d/60-ferry.rules etc/modules-load.d/ferry.conf; do
 	[ -e "$dest/$f" ] || { echo "# missing: $f"; missing=1; }
 done
 [ -z "${missing:-}" ] && check OK "installed tree complete" || check FAIL "installed tree complete"

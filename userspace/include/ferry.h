@@ -180,6 +180,7 @@ struct ferry_broker_opts {
 	ferry_helper_init_fn helper_init;
 	void *helper_arg;
 	const char *attach_path;	/* unix socket for services, NULL: none */
+	const char *stats_path;		/* unix socket for counters (ferryctl stats) */
 	unsigned int max_attached;	/* services attached at once */
 	int numa_node;			/* region placement, -1: none */
 	/*

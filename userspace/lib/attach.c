@@ -33,10 +33,10 @@ static int sun_path(const char *path, struct sockaddr_un *a)
 	return 0;
 }
 
-int ferry_attach_listen(struct ferry_broker *b)
+int ferry_unix_listen(const char *path, char **bound, int *fd_out)
 {
 	struct sockaddr_un a;
-	int fd, err = sun_path(b->o.attach_path, &a);
+	int fd, err = sun_path(path, &a);
 
 	if (err)
 		return err;
@@ -58,13 +58,46 @@ int ferry_attach_listen(struct ferry_broker *b)
 	}
 	if (!err && listen(fd, 64) < 0)
 		err = -errno;
+	if (!err && !(*bound = strdup(a.sun_path)))
+		err = -ENOMEM;
 	if (err) {
 		close(fd);
 		return err;
 	}
-	b->attach_path = strdup(a.sun_path);
-	b->listen_fd = fd;
-	return b->attach_path ? 0 : -ENOMEM;
+	*fd_out = fd;
+	return 0;
+}
+
+int ferry_unix_connect(const char *path)
+{
+	struct sockaddr_un a;
+	int fd, err = sun_path(path, &a);
+
+	if (err)
+		return err;
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+/* Same user or root, as SO_PEERCRED says. */
+bool ferry_peer_trusted(int fd, struct ucred *cred)
+{
+	socklen_t len = sizeof(*cred);
+
+	return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &len) == 0 &&
+	       (cred->uid == geteuid() || cred->uid == 0);
+}
+
+int ferry_attach_listen(struct ferry_broker *b)
+{
+	return ferry_unix_listen(b->o.attach_path, &b->attach_path, &b->listen_fd);
 }
 
 static void refuse(int fd, int status)
@@ -88,8 +121,7 @@ void ferry_attach_accept(struct ferry_broker *b)
 		fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0)
 			return;	/* EAGAIN: all taken */
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-		    (cred.uid != geteuid() && cred.uid != 0)) {
+		if (!ferry_peer_trusted(fd, &cred)) {
 			b->st.attach_refused++;
 			refuse(fd, -EACCES);
 			continue;
@@ -137,22 +169,14 @@ void ferry_attach_accept(struct ferry_broker *b)
 
 int ferry_attach(const char *path, struct ferry_child **out)
 {
-	struct sockaddr_un a;
 	struct ferry_child *c;
-	int fd, err = sun_path(path, &a);
+	int fd, err;
 
-	if (err)
-		return err;
 	if (!out)
 		return -EINVAL;
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	fd = ferry_unix_connect(path);
 	if (fd < 0)
-		return -errno;
-	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		err = -errno;
-		close(fd);
-		return err;
-	}
+		return fd;
 	c = malloc(sizeof(*c));
 	if (!c) {
 		close(fd);

@@ -445,7 +445,7 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	if (!b)
 		return -ENOMEM;
 	b->o = *o;
-	b->listen_fd = b->stop_efd = -1;
+	b->listen_fd = b->stop_efd = b->stats_fd = -1;
 	b->ready_head = b->ready_tail = UINT32_MAX;
 	pthread_mutex_init(&b->lock, NULL);
 	pthread_cond_init(&b->cond, NULL);
@@ -520,6 +520,11 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		goto fail;
 	if (o->attach_path) {
 		err = ferry_attach_listen(b);
+		if (err)
+			goto fail;
+	}
+	if (o->stats_path) {
+		err = ferry_stats_listen(b);
 		if (err)
 			goto fail;
 	}
@@ -659,6 +664,11 @@ void ferry_broker_stop(struct ferry_broker *b)
 			unlink(b->attach_path);
 	}
 	free(b->attach_path);
+	if (b->stats_fd >= 0) {
+		close(b->stats_fd);
+		unlink(b->stats_path);
+	}
+	free(b->stats_path);
 	if (b->stop_efd >= 0)
 		close(b->stop_efd);
 	if (b->ws)

@@ -22,7 +22,7 @@
 enum {
 	KEY_CHILD_BELL = 1, KEY_CHILD_PIDFD, KEY_CHILD_CONN,
 	KEY_HELPER_BELL, KEY_HELPER_PIDFD,
-	KEY_LISTEN, KEY_STOP,
+	KEY_LISTEN, KEY_STOP, KEY_STATS,
 };
 #define KEY(kind, i)	(((uint32_t)(kind) << 24) | (uint32_t)(i))
 #define KEY_KIND(k)	((k) >> 24)
@@ -157,6 +157,8 @@ struct ferry_broker {
 	struct ferry_broker_stats snap;
 	uint64_t *served_snap;
 	char *attach_path;
+	int stats_fd;			/* opts.stats_path's socket, or -1 */
+	char *stats_path;
 };
 
 /* proc.c */
@@ -208,6 +210,15 @@ void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i);
 /* attach.c */
 int ferry_attach_listen(struct ferry_broker *b);
 void ferry_attach_accept(struct ferry_broker *b);
+/* A listening SOCK_SEQPACKET socket at @path (a stale one from a dead
+ * broker is replaced, a live one is -EADDRINUSE); *@bound: its path. */
+int ferry_unix_listen(const char *path, char **bound, int *fd_out);
+int ferry_unix_connect(const char *path);
+struct ucred;
+bool ferry_peer_trusted(int fd, struct ucred *cred);
+/* stats_socket.c */
+int ferry_stats_listen(struct ferry_broker *b);
+void ferry_stats_serve(struct ferry_broker *b);
 
 /* child.c / helper.c: bodies of forked peers; never return */
 _Noreturn void ferry_child_main(struct ferry_broker *b, unsigned int i, int ctl);

@@ -637,6 +637,8 @@ void *ferry_dispatch_main(void *arg)
 	ferry_waitset_arm_eventfd(b->ws, KEY(KEY_STOP, 0), b->stop_efd);
 	if (b->listen_fd >= 0)
 		ferry_waitset_arm_poll(b->ws, KEY(KEY_LISTEN, 0), b->listen_fd);
+	if (b->stats_fd >= 0)
+		ferry_waitset_arm_poll(b->ws, KEY(KEY_STATS, 0), b->stats_fd);
 	/* Everything starts ready (requests may already be waiting) and
 	 * needs its pidfd watched. */
 	for (uint32_t i = 0; i < b->nslots_total; i++)
@@ -700,6 +702,10 @@ void *ferry_dispatch_main(void *arg)
 			case KEY_LISTEN:
 				ferry_attach_accept(b);
 				ferry_waitset_arm_poll(b->ws, KEY(KEY_LISTEN, 0), b->listen_fd);
+				break;
+			case KEY_STATS:
+				ferry_stats_serve(b);
+				ferry_waitset_arm_poll(b->ws, KEY(KEY_STATS, 0), b->stats_fd);
 				break;
 			case KEY_STOP:
 				stop = true;

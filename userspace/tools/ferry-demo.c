@@ -37,6 +37,7 @@ struct cfg {
 	enum ferry_backend backend;
 	bool json, gpu;
 	unsigned int inject;	/* --inject-fault: spoil every Nth result */
+	const char *stats_path;	/* --stats: the broker's counters socket */
 };
 
 static struct cfg cfg;
@@ -216,6 +217,7 @@ static void usage(FILE *f)
 		"  --size B       images per request (3x32x32 floats each; default 8)\n"
 		"  --backend X    auto, kmod or memfd (default auto)\n"
 		"  --json         the summary as one JSON object on stdout\n"
+		"  --stats PATH   serve the broker's counters at PATH (ferryctl stats)\n"
 		"  --inject-fault N  helpers spoil every Nth result (to see the check fail)\n"
 		"Every result is checked in the child against the model run on the CPU;\n"
 		"the exit status is 0 only if all of them matched.\n");
@@ -231,6 +233,7 @@ static int parse(int argc, char **argv)
 		{ "backend", required_argument, NULL, 'k' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "inject-fault", required_argument, NULL, 'f' },
+		{ "stats", required_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -266,6 +269,9 @@ static int parse(int argc, char **argv)
 			break;
 		case 'j':
 			cfg.json = true;
+			break;
+		case 'p':
+			cfg.stats_path = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -352,6 +358,7 @@ int main(int argc, char **argv)
 	o.helper_init = helper_init;
 	o.child_fn = child;
 	o.gpu = cfg.gpu ? FERRY_GPU_AUTO : FERRY_GPU_NONE;
+	o.stats_path = cfg.stats_path;
 	err = ferry_broker_start(&o, &b);
 	if (err) {
 		fprintf(stderr, "ferry-demo: cannot start the broker: %s\n", strerror(-err));
