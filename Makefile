@@ -5,6 +5,7 @@
 #   make check           install deps, build, run every test (host + qemu)
 #   make demo            install deps, build, run the main job (ferry-demo)
 #   make install         [PREFIX=/usr/local] [DESTDIR=]
+#   make dkms-install    the module under DKMS (rebuilt on kernel upgrades)
 #   make clean
 
 BUILD := build
@@ -46,7 +47,8 @@ UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/u
 LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/*.c))
 
-.PHONY: all lib tools module module-if-possible build-tests deps check clean demo install
+.PHONY: all lib tools module module-if-possible build-tests deps check clean demo install \
+	dkms-source dkms-install
 
 all: lib tools module-if-possible
 
@@ -136,6 +138,24 @@ install: lib tools
 		ldconfig; \
 		command -v udevadm >/dev/null && udevadm control --reload || true; \
 	fi
+
+# DKMS: the module's sources under $(DKMS_SRC)/ferry-$(VERSION) (what
+# `dkms add` wants), then add, build and install for the running kernel.
+DKMS_SRC ?= /usr/src
+dkms-source:
+	rm -rf $(DESTDIR)$(DKMS_SRC)/ferry-$(VERSION)
+	install -d $(DESTDIR)$(DKMS_SRC)/ferry-$(VERSION)/include/uapi/linux
+	cp -r Kbuild kmod dkms.conf $(DESTDIR)$(DKMS_SRC)/ferry-$(VERSION)/
+	cp include/uapi/linux/ferry.h $(DESTDIR)$(DKMS_SRC)/ferry-$(VERSION)/include/uapi/linux/
+	rm -f $(DESTDIR)$(DKMS_SRC)/ferry-$(VERSION)/kmod/*.o \
+		$(DESTDIR)$(DKMS_SRC)/ferry-$(VERSION)/kmod/*.ko \
+		$(DESTDIR)$(DKMS_SRC)/ferry-$(VERSION)/kmod/*.mod*
+
+dkms-install: dkms-source
+	dkms remove ferry/$(VERSION) --all 2>/dev/null || true
+	dkms add ferry/$(VERSION)
+	dkms build ferry/$(VERSION)
+	dkms install ferry/$(VERSION)
 
 module:
 	@if [ -z "$(KDIR)" ] || [ ! -d "$(KDIR)" ]; then \

@@ -75,7 +75,8 @@ fi
 if ls build/tests/gpu/* >/dev/null 2>&1; then
 	tally "GPU pools (host)" tap build/tests/gpu/*
 fi
-tally "tools: ferry-demo, ferry-bench (host)" "$here/tools-test.sh"
+tally "tools: ferry-demo, ferry-bench, ferryctl, make install (host)" "$here/tools-test.sh"
+tally "DKMS build against Debian's headers" "$here/dkms-test.sh"
 # In the VM the module is loaded, so libferry's tests run on kmod there.
 vm_dirs=(build/tests/kmod)
 [ -d build/tests/userspace ] && vm_dirs+=(build/tests/userspace)

@@ -1,0 +1,57 @@
+#!/bin/bash
+# DKMS as an operator uses it (TAP, then "N passed, N failed"): the sources
+# `make dkms-source` lays out, added and built by dkms itself against each
+# Debian kernel's headers (cached by kernel.sh), in a private DKMS tree so
+# the host's own /usr/src and /var/lib/dkms stay untouched.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+cd "$repo" || exit 1
+
+n=0 pass=0 fail=0
+check() {	# check OK|FAIL description
+	n=$((n + 1))
+	if [ "$1" = OK ]; then pass=$((pass + 1)); echo "ok $n $2"
+	else fail=$((fail + 1)); echo "not ok $n $2"; fi
+}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/dkms" "$tmp/installed"
+echo "TAP version 13"
+
+version=$(sed -n 's/^VERSION := //p' Makefile)
+grep -q "^PACKAGE_VERSION=\"$version\"$" dkms.conf &&
+	check OK "dkms.conf's version is the Makefile's ($version)" ||
+	check FAIL "dkms.conf's version is the Makefile's ($version)"
+make -s dkms-source DESTDIR="$tmp" DKMS_SRC=/src >"$tmp/log" 2>&1 &&
+	[ -f "$tmp/src/ferry-$version/dkms.conf" ] && [ -f "$tmp/src/ferry-$version/kmod/ferry_main.c" ] &&
+	check OK "make dkms-source lays out ferry-$version" ||
+	{ sed 's/^/# /' "$tmp/log"; check FAIL "make dkms-source"; }
+
+for series in ${FERRY_KERNELS:-6.1 6.12}; do
+	kenv=$("$here/kernel.sh" "$series") || { check FAIL "kernel $series headers"; continue; }
+	eval "$kenv"
+	kver=$FERRY_KABI-amd64
+	dk=(dkms --dkmstree "$tmp/dkms" --sourcetree "$tmp/src" --installtree "$tmp/installed")
+	if "${dk[@]}" add -m ferry -v "$version" >"$tmp/log" 2>&1 || grep -q "already contains" "$tmp/log"; then
+		:
+	else
+		sed 's/^/# /' "$tmp/log"
+	fi
+	if "${dk[@]}" build -m ferry -v "$version" -k "$kver" --kernelsourcedir "$FERRY_KDIR" \
+		>"$tmp/log" 2>&1; then
+		ko=$(find "$tmp/dkms/ferry/$version/$kver" -name 'ferry.ko*' | head -n 1)
+		if [ -n "$ko" ]; then
+			check OK "dkms build ferry/$version for $kver"
+		else
+			check FAIL "dkms build ferry/$version for $kver: no ferry.ko"
+		fi
+	else
+		sed 's/^/# /' "$tmp/log" | tail -n 30
+		find "$tmp/dkms" -name make.log -exec sed 's/^/#   /' {} \; | tail -n 30
+		check FAIL "dkms build ferry/$version for $kver"
+	fi
+done
+echo "1..$n"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
