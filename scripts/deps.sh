@@ -11,6 +11,7 @@ pkgs=(
 	qemu-system-x86 cpio gzip xz-utils	# module tests in a VM
 	apt dpkg ca-certificates	# kernel/harness .debs into the cache
 	dkms				# the DKMS build test
+	gnuplot-nox			# ferry-bench --plot
 )
 
 missing=()

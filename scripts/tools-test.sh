@@ -46,6 +46,17 @@ tail -n 1 "$out" | sed 's/^/# /'
 	check OK "ferry-bench msg: baseline and ratio, key=value last line" ||
 	check FAIL "ferry-bench msg (rc=$rc)"
 
+plotf=$(mktemp -u /tmp/ferry-plot-XXXXXX).svg
+build/ferry-bench msg -n 1000 --plot "$plotf" >"$out" 2>&1; rc=$?
+[ $rc -eq 0 ] && grep -q "<svg" "$plotf" 2>/dev/null && grep -q "pipe+poll, baseline" "$plotf" &&
+	grep -q "via the broker" "$plotf" && check OK "ferry-bench msg --plot: an SVG with the baseline beside ferry" ||
+	check FAIL "ferry-bench msg --plot (rc=$rc)"
+rm -f "$plotf"
+build/ferry-bench msg --plot /tmp/x.jpg >"$out" 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -q "must end in .png or .svg" "$out" && [ "$(wc -l <"$out")" -eq 1 ] &&
+	check OK "ferry-bench --plot with an unknown format: refused before running" ||
+	check FAIL "ferry-bench --plot with an unknown format (rc=$rc)"
+
 build/ferry-bench gpu >"$out" 2>&1; rc=$?
 tail -n 1 "$out" | sed 's/^/# /'
 if [ $rc -eq 0 ]; then

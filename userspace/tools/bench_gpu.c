@@ -21,6 +21,7 @@
  * survive fork).  Without a GPU: one line saying so, exit status 1.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "bench_plot.h"
 #include "chan.h"
 #include "cuda_api.h"
 #include "ferry.h"
@@ -263,10 +265,32 @@ static int host_copies(struct side *s, double gbps[3][2])
 	return 0;
 }
 
-static int owner(struct side *s, int sock, unsigned int n)
+#define NSIZES 9	/* MIN_SIZE .. MAX_SIZE by 4x */
+
+/* Per-tensor time by size, both ways, control only and with a device copy. */
+static int plot_sizes(const char *path, double xs[NSIZES], double us[4][NSIZES], size_t n)
+{
+	static const char *names[4] = {
+		"legacy per-tensor CUDA IPC, control", "ferry pool offset, control",
+		"legacy, with a device copy of the tensor", "ferry, with a device copy of the tensor",
+	};
+	struct plot_series sr[4];
+	const struct plot p = {
+		.title = "ferry-bench gpu: per-tensor time by tensor size (two processes, one GPU)",
+		.xlabel = "tensor size (KiB, log)", .ylabel = "per tensor (us, log)",
+		.logx = true, .logy = true,
+	};
+
+	for (int k = 0; k < 4; k++)
+		sr[k] = (struct plot_series){ .name = names[k], .x = xs, .y = us[k], .n = n };
+	return bench_plot(path, &p, sr, 4);
+}
+
+static int owner(struct side *s, int sock, unsigned int n, const char *plot)
 {
 	struct ferry_cuda *cu;
-	double worst_pool = 0, best_legacy = 1e18, gbps[3][2];
+	double worst_pool = 0, best_legacy = 1e18, gbps[3][2], xs[NSIZES], us[4][NSIZES];
+	size_t nsz = 0;
 	int err = ferry_cuda_get(&cu);
 
 	if (err) {
@@ -299,6 +323,14 @@ static int owner(struct side *s, int sock, unsigned int n)
 			return 1;
 		printf("%9zuK %14.2f %14.2f %7.1fx %14.2f %14.2f\n", len >> 10, lc / 1e3,
 		       pc / 1e3, lc / pc, len / lu, len / pu);
+		if (nsz < NSIZES) {
+			xs[nsz] = len / 1024.0;
+			us[0][nsz] = lc / 1e3;
+			us[1][nsz] = pc / 1e3;
+			us[2][nsz] = lu / 1e3;
+			us[3][nsz] = pu / 1e3;
+			nsz++;
+		}
 		if (pc > worst_pool)
 			worst_pool = pc;
 		if (lc < best_legacy)
@@ -319,25 +351,34 @@ static int owner(struct side *s, int sock, unsigned int n)
 	       "d2h_ref_gbps=%.2f\n", worst_pool / 1e3, best_legacy / 1e3,
 	       best_legacy / worst_pool, gbps[1][0], gbps[2][0], gbps[1][0] / gbps[2][0],
 	       gbps[0][0], gbps[1][1], gbps[2][1]);
-	return 0;
+	return plot && plot_sizes(plot, xs, us, nsz) ? 1 : 0;
 }
 
 int ferry_bench_gpu(int argc, char **argv)
 {
 	size_t chan_bytes = ferry_chan_bytes(64), bytes = sizeof(struct shared) + chan_bytes;
 	unsigned int n = 400;
+	const char *plot = NULL;
+	static const struct option longs[] = { { "plot", required_argument, NULL, 'P' }, { 0 } };
 	struct side s = { 0 };
 	struct ferry_desc quit = { .op = OP_QUIT };
 	int sv[2], opt, rc, status;
 	pid_t pid;
 
-	while ((opt = getopt(argc, argv, "n:")) != -1) {
+	while ((opt = getopt_long(argc, argv, "n:", longs, NULL)) != -1) {
+		if (opt == 'P') {
+			plot = optarg;
+			continue;
+		}
 		if (opt != 'n') {
-			fprintf(stderr, "usage: ferry-bench gpu [-n tensors_per_size]\n");
+			fprintf(stderr, "usage: ferry-bench gpu [-n tensors_per_size] "
+				"[--plot out.png|out.svg]\n");
 			return 2;
 		}
 		n = (unsigned int)strtoul(optarg, NULL, 0);
 	}
+	if (plot && bench_plot_check(plot))
+		return 2;
 	if (n < 20) {
 		fprintf(stderr, "ferry-bench gpu: -n must be at least 20\n");
 		return 2;
@@ -362,7 +403,7 @@ int ferry_bench_gpu(int argc, char **argv)
 	if (ferry_chan_attach(&s.ch, s.sh->chan, chan_bytes, true, FERRY_BELL_FUTEX, NULL))
 		return 1;
 	s.ch.spin_ns = 1000000000;
-	rc = owner(&s, sv[0], n);
+	rc = owner(&s, sv[0], n, plot);
 	close(sv[0]);	/* a peer still waiting for the pool sees the end */
 	if (s.pool)
 		ferry_chan_send(&s.ch, &quit);

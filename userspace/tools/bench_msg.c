@@ -10,6 +10,7 @@
  * Medians of per-round-trip times; the last line is key=value pairs.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "bench_plot.h"
 #include "chan.h"
 #include "ferry.h"
 
@@ -45,15 +47,15 @@ static double median_us(uint64_t *v, size_t n)
 	return n ? v[n / 2] / 1000.0 : 0;
 }
 
-static double pipe_rt(unsigned int n)
+/* @t: n samples (ns) out. */
+static double pipe_rt(unsigned int n, uint64_t *t)
 {
 	int a[2], b[2];
 	char msg[16] = "ping";
-	uint64_t *t = calloc(n, sizeof(*t));
 	pid_t pid;
 	double med;
 
-	if (!t || pipe(a) || pipe(b))
+	if (pipe(a) || pipe(b))
 		return -1;
 	pid = fork();
 	if (pid == 0) {
@@ -77,21 +79,19 @@ static double pipe_rt(unsigned int n)
 	waitpid(pid, NULL, 0);
 	close(a[0]); close(a[1]); close(b[0]); close(b[1]);
 	med = median_us(t, n);
-	free(t);
 	return med;
 }
 
-static double pair_rt(unsigned int n, uint64_t spin_ns)
+static double pair_rt(unsigned int n, uint64_t spin_ns, uint64_t *t)
 {
 	size_t bytes = ferry_chan_bytes(64);
 	void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	uint64_t *t = calloc(n, sizeof(*t));
 	struct ferry_chan c;
 	struct ferry_desc d = { .op = 1 };
 	pid_t pid;
 	double med;
 
-	if (mem == MAP_FAILED || !t || ferry_chan_format(mem, bytes, 64))
+	if (mem == MAP_FAILED || ferry_chan_format(mem, bytes, 64))
 		return -1;
 	pid = fork();
 	if (pid == 0) {
@@ -117,7 +117,6 @@ static double pair_rt(unsigned int n, uint64_t spin_ns)
 	waitpid(pid, NULL, 0);
 	munmap(mem, bytes);
 	med = median_us(t, n);
-	free(t);
 	return med;
 }
 
@@ -170,6 +169,7 @@ static int rt_child(struct ferry_child *c, void *arg)
 struct run {
 	double med_us, rps, cpu_ns_per_req, bells_per_req;
 	int dispatch_cpu;
+	uint64_t *t;	/* sync runs: child 0's n samples (ns) out, if set */
 };
 
 /*
@@ -245,29 +245,59 @@ static int broker_run(unsigned int children, unsigned int helpers, unsigned int 
 	if (err)
 		return -EIO;
 	out->med_us = async ? 0 : median_us(r->t, n);
+	if (!async && out->t)
+		memcpy(out->t, r->t, n * sizeof(*out->t));
 	out->rps = st.replies / ((t1 - t0) / 1e9);
 	out->cpu_ns_per_req = st.replies ? (double)st.dispatch_cpu_ns / st.replies : 0;
 	munmap(r, bytes);
 	return 0;
 }
 
+/* The three round-trip distributions of this run, side by side. */
+static int plot_latency(const char *path, uint64_t *t[3], unsigned int n, double pipe_us,
+			double pair_us, double rt_us)
+{
+	static double x[3][BENCH_HIST_BINS], y[3][BENCH_HIST_BINS];
+	char names[3][96];
+	struct plot_series s[3];
+	const struct plot p = {
+		.title = "ferry-bench msg: round-trip time, share of round trips per bin",
+		.xlabel = "round trip (us, log)", .ylabel = "share of round trips", .logx = true,
+	};
+
+	snprintf(names[0], sizeof(names[0]), "pipe+poll, baseline (median %.2f us)", pipe_us);
+	snprintf(names[1], sizeof(names[1]), "ferry channel pair (median %.2f us)", pair_us);
+	snprintf(names[2], sizeof(names[2]), "ferry_call via the broker (median %.2f us)", rt_us);
+	for (int k = 0; k < 3; k++) {
+		s[k].name = names[k];
+		s[k].x = x[k];
+		s[k].y = y[k];
+		s[k].n = bench_hist((const unsigned long long *)t[k], n, x[k], y[k]);
+	}
+	return bench_plot(path, &p, s, 3);
+}
+
 int ferry_bench_msg(int argc, char **argv)
 {
 	unsigned int n = 20000, agg_children = 32, agg_helpers = 4;
-	struct run br, agg, s4, s256;
+	struct run br = { 0 }, agg = { 0 }, s4 = { 0 }, s256 = { 0 };
 	double pipe_us, pair_us;
+	const char *plot = NULL;
+	uint64_t *t[3];
 	int opt;
+	static const struct option longs[] = { { "plot", required_argument, NULL, 'P' }, { 0 } };
 
-	while ((opt = getopt(argc, argv, "n:c:h:w:d:")) != -1) {
+	while ((opt = getopt_long(argc, argv, "n:c:h:w:d:", longs, NULL)) != -1) {
 		switch (opt) {
 		case 'n': n = (unsigned int)strtoul(optarg, NULL, 0); break;
 		case 'c': agg_children = (unsigned int)strtoul(optarg, NULL, 0); break;
 		case 'h': agg_helpers = (unsigned int)strtoul(optarg, NULL, 0); break;
 		case 'w': opt_window = (unsigned int)strtoul(optarg, NULL, 0); break;
 		case 'd': opt_depth = (unsigned int)strtoul(optarg, NULL, 0); break;
+		case 'P': plot = optarg; break;
 		default:
 			fprintf(stderr, "usage: ferry-bench msg [-n round_trips] [-c children] [-h helpers]\n"
-				"                       [-w window] [-d helper_depth]\n");
+				"                       [-w window] [-d helper_depth] [--plot out.png|out.svg]\n");
 			return 2;
 		}
 	}
@@ -275,13 +305,19 @@ int ferry_bench_msg(int argc, char **argv)
 		fprintf(stderr, "ferry-bench msg: -n must be at least 100\n");
 		return 2;
 	}
+	if (plot && bench_plot_check(plot))
+		return 2;
+	for (int k = 0; k < 3; k++)
+		if (!(t[k] = calloc(n, sizeof(*t[k]))))
+			return 1;
 	printf("# ferry-bench msg: %u round trips per measurement, %ld CPUs\n", n,
 	       sysconf(_SC_NPROCESSORS_ONLN));
-	pipe_us = pipe_rt(n);
+	pipe_us = pipe_rt(n, t[0]);
 	printf("pipe+poll round trip (baseline)      median %8.2f us\n", pipe_us);
-	pair_us = pair_rt(n, FERRY_CHAN_SPIN_NS_DEFAULT);
+	pair_us = pair_rt(n, FERRY_CHAN_SPIN_NS_DEFAULT, t[1]);
 	printf("ferry channel pair, default spin     median %8.2f us  (%.1fx pipe)\n",
 	       pair_us, pipe_us / pair_us);
+	br.t = t[2];
 	if (broker_run(1, 1, n, false, UINT64_MAX, &br))
 		return 1;
 	printf("ferry_call via broker, 1 child 1 helper median %5.2f us  (%.1fx pipe)\n",
@@ -304,5 +340,9 @@ int ferry_bench_msg(int argc, char **argv)
 	       pipe_us, pair_us, pipe_us / pair_us, br.med_us, pipe_us / br.med_us, agg.rps,
 	       agg_children, agg_helpers, s4.cpu_ns_per_req, s256.cpu_ns_per_req,
 	       s256.cpu_ns_per_req / s4.cpu_ns_per_req, agg.dispatch_cpu);
+	if (plot && plot_latency(plot, t, n, pipe_us, pair_us, br.med_us))
+		return 1;
+	for (int k = 0; k < 3; k++)
+		free(t[k]);
 	return 0;
 }
