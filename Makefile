@@ -46,6 +46,7 @@ KMOD_TESTS := $(patsubst tests/kmod/%.c,$(BUILD)/tests/kmod/%,$(wildcard tests/k
 UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/uapi/*.c))
 LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/*.c))
+TOOL_TESTS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 
 .PHONY: all lib tools module module-if-possible build-tests deps check clean demo install \
 	dkms-source dkms-install
@@ -173,7 +174,18 @@ module-if-possible:
 deps:
 	@scripts/deps.sh
 
-build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS) $(GPU_TESTS)
+build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS) $(GPU_TESTS) $(TOOL_TESTS) \
+	$(BUILD)/vm-tools/ferryctl
+
+# Tools for the VM's initramfs: static, like the test binaries.
+$(BUILD)/vm-tools/ferryctl: userspace/tools/ferryctl.c $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) $(LIB_CFLAGS) -static -o $@ $< $(LIB_A) $(LIB_LDLIBS)
+
+$(BUILD)/tests/tools/%: tests/tools/%.c $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) -D_GNU_SOURCE -Iuserspace/include -I$(KSFT_DIR) \
+		-o $@ $< $(LIB_A) $(LIB_LDLIBS)
 
 # GPU tests: glibc dynamic (libcuda is dlopened), the rest linked in.
 $(BUILD)/tests/gpu/%: tests/gpu/%.c $(LIB_A) $(wildcard tests/gpu/*.h) tests/userspace/scm.h

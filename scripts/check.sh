@@ -69,7 +69,7 @@ make -s lib tools build-tests || { echo "0 passed, 1 failed"; exit 1; }
 
 tally "uapi header (host)" tap build/tests/uapi/*
 if ls build/tests/userspace/* >/dev/null 2>&1; then
-	tally "libferry (host, memfd backend)" tap build/tests/userspace/*
+	tally "libferry (host, memfd backend)" tap build/tests/userspace/* build/tests/tools/*
 fi
 # GPU cases skip, each with its reason, where there is no GPU.
 if ls build/tests/gpu/* >/dev/null 2>&1; then
@@ -80,6 +80,7 @@ tally "DKMS build against Debian's headers" "$here/dkms-test.sh"
 # In the VM the module is loaded, so libferry's tests run on kmod there.
 vm_dirs=(build/tests/kmod)
 [ -d build/tests/userspace ] && vm_dirs+=(build/tests/userspace)
+[ -d build/tests/tools ] && vm_dirs+=(build/tests/tools)
 for k in ${FERRY_KERNELS:-6.1 6.12}; do
 	tally "module + libferry on Debian $k (qemu)" "$here/vm-test.sh" "$k" "${vm_dirs[@]}"
 done

@@ -67,6 +67,10 @@ for a in sh mount insmod rmmod cat echo dmesg reboot sleep tr mkdir ls; do
 	ln -s busybox "$root/bin/$a"
 done
 cp "$out/src/kmod/ferry.ko" "$root/ferry.ko"
+# Static tools the tests run (ferryctl), on the PATH.
+for t in "$repo"/build/vm-tools/*; do
+	[ -f "$t" ] && [ -x "$t" ] && cp "$t" "$root/bin/"
+done
 nt=0
 for d in "$@"; do
 	for t in "$d"/*; do

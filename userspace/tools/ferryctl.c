@@ -149,6 +149,7 @@ static int status(void)
  * Lines of "key value" pairs (a lone word first is the line's kind, a lone
  * word last its state) as a table or a JSON array of objects.
  */
+
 static void table(char *text, const char *kind)
 {
 	bool first_row = true;
@@ -163,8 +164,10 @@ static void table(char *text, const char *kind)
 
 		for (char *w = strtok_r(line, " ", &save); w && n < 32; w = strtok_r(NULL, " ", &save))
 			tok[n++] = w;
-		if (n && n % 2 && strcmp(tok[0], kind) == 0)
-			k = 1;	/* "grant region 3 ...": the kind word leads */
+		/* "grant region 3 ...": the kind word leads, alone (in "region 3
+		 * size ... live" it is a key, and the lone word is the state). */
+		if (n > 1 && n % 2 && strcmp(tok[0], kind) == 0 && !is_number(tok[1]))
+			k = 1;
 		if (json) {
 			printf("%s{", first_row ? "" : ",");
 			for (int i = k; i + 1 < n; i += 2) {
