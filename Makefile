@@ -25,9 +25,14 @@ TEST_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
 	-Wno-sign-compare -static -pthread -Iinclude/uapi
 
 # CUDA's headers (types and prototypes only: libcuda is dlopened at run time).
+# Only the library and what links it need them: the module's targets
+# (module, dkms-*, install-udev) build on a host without CUDA.
 CUDA_INC ?= /usr/local/cuda/include
+NO_CUDA_GOALS := module dkms-source dkms-install install-udev clean deps
+ifneq ($(filter-out $(NO_CUDA_GOALS),$(or $(MAKECMDGOALS),all)),)
 ifeq ($(wildcard $(CUDA_INC)/cuda.h),)
 $(error CUDA headers not found at $(CUDA_INC)/cuda.h; install CUDA or set CUDA_INC=)
+endif
 endif
 
 # libferry: C11, warnings are errors.
@@ -49,7 +54,7 @@ GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/
 TOOL_TESTS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 
 .PHONY: all lib tools module module-if-possible build-tests deps check clean demo install \
-	dkms-source dkms-install
+	dkms-source dkms-install install-udev
 
 all: lib tools module-if-possible
 
@@ -122,8 +127,7 @@ BINDIR ?= $(PREFIX)/bin
 UDEVDIR ?= /etc/udev/rules.d
 MODLOADDIR ?= /etc/modules-load.d
 install: lib tools
-	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/linux \
-		$(DESTDIR)$(BINDIR) $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(MODLOADDIR)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/linux $(DESTDIR)$(BINDIR)
 	install -m 0755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/libferry.so.0
 	ln -sf libferry.so.0 $(DESTDIR)$(LIBDIR)/libferry.so
 	install -m 0644 $(LIB_A) $(DESTDIR)$(LIBDIR)/libferry.a
@@ -133,11 +137,17 @@ install: lib tools
 		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 		scripts/install/ferry.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ferry.pc
 	install -m 0755 $(BUILD)/ferry-demo $(BUILD)/ferry-bench $(BUILD)/ferryctl $(DESTDIR)$(BINDIR)/
+	$(MAKE) --no-print-directory install-udev
+	@if [ -z "$(DESTDIR)" ]; then ldconfig; fi
+
+# The device's permissions and loading at boot, for hosts that take only
+# the module (make dkms-install && make install-udev).
+install-udev:
+	install -d $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(MODLOADDIR)
 	install -m 0644 scripts/install/60-ferry.rules $(DESTDIR)$(UDEVDIR)/60-ferry.rules
 	install -m 0644 scripts/install/ferry-modules-load.conf $(DESTDIR)$(MODLOADDIR)/ferry.conf
 	@if [ -z "$(DESTDIR)" ]; then \
 		getent group ferry >/dev/null || groupadd --system ferry; \
-		ldconfig; \
 		command -v udevadm >/dev/null && udevadm control --reload || true; \
 	fi
 
