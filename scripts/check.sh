@@ -85,6 +85,10 @@ for k in ${FERRY_KERNELS:-6.1 6.12}; do
 	tally "module + libferry on Debian $k (qemu)" "$here/vm-test.sh" "$k" "${vm_dirs[@]}"
 done
 
+# The README's DKMS steps in a Debian VM with udev (one kernel: the first).
+kernels=(${FERRY_KERNELS:-6.1 6.12})
+tally "README's DKMS + udev steps in a Debian VM (${kernels[0]})" "$here/vm-newcomer.sh" "${kernels[0]}"
+
 echo "# make check took $(( $(date +%s) - t_start )) s"
 echo "$total_pass passed, $total_fail failed"
 [ "$total_fail" -eq 0 ]

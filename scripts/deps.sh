@@ -10,7 +10,7 @@ pkgs=(
 	dwarves				# pahole: BTF for 6.12 module builds
 	qemu-system-x86 cpio gzip xz-utils	# module tests in a VM
 	apt dpkg ca-certificates	# kernel/harness .debs into the cache
-	dkms				# the DKMS build test
+	dkms debootstrap		# DKMS: build test, and the README steps in a VM
 	gnuplot-nox			# ferry-bench --plot
 )
 

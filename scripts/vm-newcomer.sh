@@ -1,0 +1,132 @@
+#!/bin/bash
+# The README's DKMS steps, as a newcomer would type them, in a Debian VM.
+#
+#   scripts/vm-newcomer.sh [6.1|6.12]
+#
+# Boots Debian's kernel under qemu (TCG) with a bookworm userspace
+# (debootstrap, cached under $FERRY_CACHE/rootfs) that has what the README
+# asks for installed -- dkms, the running kernel's headers, udev -- and a
+# clean copy of this repository in /root/ferry.  There, with udevd running,
+# it runs the README's commands: make dkms-install, make install-udev,
+# modprobe ferry; then checks that dkms reports the module installed and
+# that /dev/ferry came up as group "ferry", mode 0660 (the udev rule).
+# TAP, then "N passed, N failed"; exits non-zero on any failure.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+. "$here/lib.sh"
+
+series=${1:-6.1}
+kenv=$("$here/kernel.sh" "$series") || exit 1
+eval "$kenv"
+n=0 pass=0 fail=0
+check() {	# check OK|FAIL description
+	n=$((n + 1))
+	if [ "$1" = OK ]; then pass=$((pass + 1)); echo "ok $n newcomer-$series: $2"
+	else fail=$((fail + 1)); echo "not ok $n newcomer-$series: $2"; fi
+}
+finish() {
+	echo "1..$n"
+	echo "$pass passed, $fail failed"
+	[ "$fail" -eq 0 ]
+	exit
+}
+echo "TAP version 13"
+
+# --- the userspace, made once -------------------------------------------------
+base=$FERRY_CACHE/rootfs/bookworm-dkms
+if [ ! -e "$base/.complete" ]; then
+	command -v debootstrap >/dev/null || ferry_die "debootstrap is missing (scripts/deps.sh installs it)"
+	ferry_log "debootstrap: bookworm with dkms, gcc, udev (once, cached in $base)"
+	rm -rf "$base" && mkdir -p "$base"
+	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+	if ! debootstrap --variant=minbase \
+		--include=udev,kmod,dkms,gcc,make,libc6-dev,passwd,libelf1,libssl3,zlib1g,dwarves,linux-base \
+		bookworm "$base/root" "${mirror:-http://deb.debian.org/debian}" >"$base.log" 2>&1; then
+		tail -n 20 "$base.log" | sed 's/^/# /'
+		check FAIL "debootstrap of the VM's userspace"
+		finish
+	fi
+	rm -rf "$base/root"/var/cache/apt/archives/*.deb "$base/root"/var/lib/apt/lists/* \
+	       "$base/root"/usr/share/{doc,man,info,locale}
+	touch "$base/.complete"
+fi
+
+# --- this kernel's headers in a copy of it, and the repository --------------
+out=$repo/build/vm-newcomer/$FERRY_KABI
+root=$out/root
+rm -rf "$out" && mkdir -p "$out"
+cp -a "$base/root" "$root"
+debs=()
+for p in "linux-headers-$FERRY_KABI-amd64" "linux-headers-$FERRY_KABI-common"; do
+	debs+=("$(ferry_deb "$p")") || exit 1
+done
+# The kbuild package these headers were made with (as kernel.sh picks it).
+kbuild=$(apt-cache depends "linux-headers-$FERRY_KABI-amd64" 2>/dev/null |
+	 sed -nE 's/^ *Depends: (linux-kbuild-[^ ]+)$/\1/p' | head -n 1)
+debs+=("$(ferry_deb "${kbuild:-linux-kbuild-$series}")") || exit 1
+mkdir -p "$root/tmp/debs" && cp "${debs[@]}" "$root/tmp/debs/"
+if chroot "$root" sh -c 'dpkg -i --force-depends /tmp/debs/*.deb' >"$out/headers.log" 2>&1; then
+	check OK "headers for $FERRY_KABI installed the Debian way (dpkg)"
+else
+	sed 's/^/# /' "$out/headers.log" | tail -n 20
+	check FAIL "headers for $FERRY_KABI"
+	finish
+fi
+rm -rf "$root/tmp/debs"
+mkdir -p "$root/root/ferry"
+(cd "$repo" && git ls-files -z | cpio -0 -pdm --quiet "$root/root/ferry")
+
+cat >"$root/init" <<'INIT'
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+# What systemd would have set up: the <(...) idiom dkms uses needs /dev/fd.
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+echo
+/lib/systemd/systemd-udevd --daemon
+cd /root/ferry
+say() { echo "FERRY-VM $*"; }
+make dkms-install >/tmp/dkms.log 2>&1; rc=$?
+say "dkms-install $rc"
+[ $rc = 0 ] || { tail -n 30 /tmp/dkms.log; tail -n 40 /var/lib/dkms/ferry/*/build/make.log; }
+make install-udev >/tmp/udev.log 2>&1; say "install-udev $?"
+modprobe ferry; say "modprobe $?"
+udevadm settle -t 30
+say "dkms-status $(dkms status ferry 2>&1 | tr '\n' ' ')"
+say "dev $(stat -c '%A %G %t:%T' /dev/ferry 2>&1)"
+say "group $(getent group ferry)"
+say "done"
+echo o >/proc/sysrq-trigger
+sleep 30
+INIT
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initramfs.cpio.gz"
+ferry_log "initramfs: $(du -h "$out/initramfs.cpio.gz" | cut -f1)"
+
+log=$out/console.log
+t0=$(date +%s)
+timeout "${FERRY_VM_TIMEOUT:-1200}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 3072 \
+	-nographic -no-reboot -kernel "$FERRY_VMLINUZ" -initrd "$out/initramfs.cpio.gz" \
+	-append "console=ttyS0 rdinit=/init panic=-1 loglevel=3" </dev/null >"$log" 2>&1
+echo "# boot + README steps: $(( $(date +%s) - t0 )) s"
+v() { sed -n "s/^.*FERRY-VM $1 //p" "$log" | tr -d '\r' | head -n 1; }
+
+[ "$(v dkms-install)" = 0 ] && check OK "make dkms-install" ||
+	{ grep -v "FERRY-VM" "$log" | tail -n 30 | sed 's/^/# /'; check FAIL "make dkms-install (rc=$(v dkms-install))"; }
+[ "$(v install-udev)" = 0 ] && check OK "make install-udev" || check FAIL "make install-udev"
+[ "$(v modprobe)" = 0 ] && check OK "modprobe ferry (the DKMS-built module)" || check FAIL "modprobe ferry"
+echo "# dkms status: $(v dkms-status)"
+v dkms-status | grep -q "ferry/.*$FERRY_KABI-amd64.*installed" &&
+	check OK "dkms status: installed for $FERRY_KABI-amd64" || check FAIL "dkms status"
+echo "# /dev/ferry: $(v dev)"
+v dev | grep -q "^crw-rw---- ferry " && check OK "/dev/ferry: group ferry, mode 0660 (udev rule)" ||
+	check FAIL "/dev/ferry: group ferry, mode 0660 (udev rule)"
+finish
