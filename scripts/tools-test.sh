@@ -33,6 +33,13 @@ build/ferry-demo --seconds 2 --children 4 --helpers 2 --size 2 --backend memfd >
 	check OK "ferry-demo: table summary with options" ||
 	{ sed 's/^/# /' "$out"; check FAIL "ferry-demo: table summary with options (rc=$rc)"; }
 
+for cmd in "ferry-demo --help" "ferryctl --help" "ferry-bench --help" "ferry-bench msg --help" \
+	   "ferry-bench gpu --help"; do
+	build/$cmd >"$out" 2>&1; rc=$?
+	[ $rc -eq 0 ] && grep -q "^usage: " "$out" && [ "$(wc -l <"$out")" -ge 3 ] &&
+		check OK "$cmd: usage on stdout, exit 0" || check FAIL "$cmd (rc=$rc)"
+done
+
 for bad in "--children 0" "--size 99999999" "--backend zfs" "--nonsense" "extra"; do
 	build/ferry-demo $bad >"$out" 2>&1; rc=$?
 	[ $rc -eq 2 ] && grep -q "ferry-demo:\|usage:" "$out" &&

@@ -354,12 +354,28 @@ static int owner(struct side *s, int sock, unsigned int n, const char *plot)
 	return plot && plot_sizes(plot, xs, us, nsz) ? 1 : 0;
 }
 
+static void gpu_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: ferry-bench gpu [options]\n"
+		"  -n N        tensors per size for the control measurement (default 400)\n"
+		"  --plot F    draw per-tensor time by size into F (.png or .svg, gnuplot)\n"
+		"  --help      this text\n"
+		"Between two processes on GPU 0, for tensors of 4 KiB to 256 MiB: per-tensor\n"
+		"CUDA IPC (get handle, send, open, use, close: the baseline) against offsets\n"
+		"into a pool imported once; then host<->device copies of 256 MiB from a child\n"
+		"region: pageable, pinned the way helpers pin it, and cuMemAllocHost.  The last\n"
+		"line is key=value pairs.  Without a GPU: one line saying so, exit status 1.\n");
+}
+
 int ferry_bench_gpu(int argc, char **argv)
 {
 	size_t chan_bytes = ferry_chan_bytes(64), bytes = sizeof(struct shared) + chan_bytes;
 	unsigned int n = 400;
 	const char *plot = NULL;
-	static const struct option longs[] = { { "plot", required_argument, NULL, 'P' }, { 0 } };
+	static const struct option longs[] = {
+		{ "plot", required_argument, NULL, 'P' }, { "help", no_argument, NULL, 'H' }, { 0 }
+	};
 	struct side s = { 0 };
 	struct ferry_desc quit = { .op = OP_QUIT };
 	int sv[2], opt, rc, status;
@@ -370,9 +386,12 @@ int ferry_bench_gpu(int argc, char **argv)
 			plot = optarg;
 			continue;
 		}
+		if (opt == 'H') {
+			gpu_usage(stdout);
+			return 0;
+		}
 		if (opt != 'n') {
-			fprintf(stderr, "usage: ferry-bench gpu [-n tensors_per_size] "
-				"[--plot out.png|out.svg]\n");
+			gpu_usage(stderr);
 			return 2;
 		}
 		n = (unsigned int)strtoul(optarg, NULL, 0);

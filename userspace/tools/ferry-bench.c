@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /* ferry-bench: benchmarks, each printing its same-run baseline. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -21,8 +22,11 @@ int main(int argc, char **argv)
 			if (strcmp(argv[1], cmds[i].name) == 0)
 				return cmds[i].run(argc - 1, argv + 1);
 	}
-	fprintf(stderr, "usage: ferry-bench COMMAND [options]\n");
+	bool help = argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0);
+	FILE *f = help ? stdout : stderr;
+
+	fprintf(f, "usage: ferry-bench COMMAND [options]   (ferry-bench COMMAND --help)\n");
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		fprintf(stderr, "  %-6s %s\n", cmds[i].name, cmds[i].what);
-	return 2;
+		fprintf(f, "  %-6s %s\n", cmds[i].name, cmds[i].what);
+	return help ? 0 : 2;
 }
