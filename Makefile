@@ -54,7 +54,7 @@ GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/
 TOOL_TESTS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 
 .PHONY: all lib tools module module-if-possible build-tests deps check clean demo install \
-	dkms-source dkms-install install-udev
+	dkms-source dkms-install install-udev sanitize-tests
 
 all: lib tools module-if-possible
 
@@ -215,6 +215,42 @@ $(BUILD)/tests/kmod/%: tests/kmod/%.c tests/kmod/ferry_test.h include/uapi/linux
 $(BUILD)/tests/uapi/%: tests/uapi/%.c include/uapi/linux/ferry.h
 	@mkdir -p $(@D)
 	$(CC) $(TEST_CFLAGS) -I$(KSFT_DIR) -o $@ $<
+
+# The library and its tests again under ASan + UBSan (dynamic: the
+# sanitizers' runtimes do not link statically).  Any report fails the test.
+SAN := $(BUILD)/asan
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_OBJS := $(patsubst userspace/lib/%.c,$(SAN)/lib/%.o,$(LIB_SRCS))
+SAN_TESTS := $(patsubst tests/userspace/%.c,$(SAN)/tests/userspace/%,$(wildcard tests/userspace/*.c))
+# TSan: the tests whose processes have several threads.
+TSAN := $(BUILD)/tsan
+TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
+TSAN_TESTS := $(TSAN)/tests/userspace/chan $(TSAN)/tests/userspace/waitset
+sanitize-tests: $(SAN_TESTS) $(TSAN_TESTS)
+
+$(TSAN)/lib/%.o: userspace/lib/%.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(LIB_CFLAGS) $(TSAN_FLAGS) -c -o $@ $<
+
+$(TSAN)/libferry.a: $(patsubst userspace/lib/%.c,$(TSAN)/lib/%.o,$(LIB_SRCS))
+	rm -f $@ && ar rcs $@ $^
+
+$(TSAN)/tests/userspace/%: tests/userspace/%.c $(TSAN)/libferry.a $(wildcard tests/userspace/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(filter-out -static,$(TEST_CFLAGS)) $(TSAN_FLAGS) -D_GNU_SOURCE -Iuserspace/include \
+		-Iuserspace/lib -I$(KSFT_DIR) -o $@ $< $(TSAN)/libferry.a $(LIB_LDLIBS)
+
+$(SAN)/lib/%.o: userspace/lib/%.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(LIB_CFLAGS) $(SAN_FLAGS) -c -o $@ $<
+
+$(SAN)/libferry.a: $(SAN_OBJS)
+	rm -f $@ && ar rcs $@ $^
+
+$(SAN)/tests/userspace/%: tests/userspace/%.c $(SAN)/libferry.a $(wildcard tests/userspace/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(filter-out -static,$(TEST_CFLAGS)) $(SAN_FLAGS) -D_GNU_SOURCE -Iuserspace/include \
+		-Iuserspace/lib -I$(KSFT_DIR) -o $@ $< $(SAN)/libferry.a $(LIB_LDLIBS)
 
 check:
 	@scripts/check.sh
