@@ -54,7 +54,7 @@ GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/
 TOOL_TESTS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 
 .PHONY: all lib tools module module-if-possible build-tests deps check clean demo install \
-	dkms-source dkms-install install-udev sanitize-tests
+	dkms-source dkms-install install-udev sanitize-tests fuzz fuzz-build
 
 all: lib tools module-if-possible
 
@@ -251,6 +251,30 @@ $(SAN)/tests/userspace/%: tests/userspace/%.c $(SAN)/libferry.a $(wildcard tests
 	@mkdir -p $(@D)
 	$(CC) $(filter-out -static,$(TEST_CFLAGS)) $(SAN_FLAGS) -D_GNU_SOURCE -Iuserspace/include \
 		-Iuserspace/lib -I$(KSFT_DIR) -o $@ $< $(SAN)/libferry.a $(LIB_LDLIBS)
+
+# libFuzzer harnesses (clang) over what parses bytes another process wrote:
+# the heap's checks, channels, the control protocol.  `make fuzz` runs each
+# for FUZZ_SECONDS from its committed corpus (new finds go to build/).
+FUZZ := $(BUILD)/fuzz
+FUZZ_CC ?= clang
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
+FUZZ_SECONDS ?= 60
+FUZZ_NAMES := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/*.c))
+fuzz-build: $(patsubst %,$(FUZZ)/%,$(FUZZ_NAMES))
+
+$(FUZZ)/lib/%.o: userspace/lib/%.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(LIB_CFLAGS) $(FUZZ_FLAGS) -c -o $@ $<
+
+$(FUZZ)/libferry.a: $(patsubst userspace/lib/%.c,$(FUZZ)/lib/%.o,$(LIB_SRCS))
+	rm -f $@ && ar rcs $@ $^
+
+$(FUZZ)/%: tests/fuzz/%.c $(FUZZ)/libferry.a
+	$(FUZZ_CC) $(LIB_CFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=all -o $@ $< $(FUZZ)/libferry.a $(LIB_LDLIBS)
+
+fuzz: fuzz-build
+	scripts/fuzz-test.sh $(FUZZ_SECONDS)
 
 check:
 	@scripts/check.sh

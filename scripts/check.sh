@@ -65,7 +65,7 @@ tap() {
 }
 
 "$here/deps.sh" || exit 1
-make -s lib tools build-tests sanitize-tests || { echo "0 passed, 1 failed"; exit 1; }
+make -s lib tools build-tests sanitize-tests fuzz-build || { echo "0 passed, 1 failed"; exit 1; }
 
 tally "uapi header (host)" tap build/tests/uapi/*
 if ls build/tests/userspace/* >/dev/null 2>&1; then
@@ -76,6 +76,7 @@ if ls build/tests/gpu/* >/dev/null 2>&1; then
 	tally "GPU pools (host)" tap build/tests/gpu/*
 fi
 tally "libferry under ASan+UBSan and TSan (host)" "$here/sanitize-test.sh"
+tally "libFuzzer harnesses, 10 s each (host)" "$here/fuzz-test.sh" 10
 tally "tools: ferry-demo, ferry-bench, ferryctl, make install (host)" "$here/tools-test.sh"
 tally "DKMS build against Debian's headers" "$here/dkms-test.sh"
 # In the VM the module is loaded, so libferry's tests run on kmod there.

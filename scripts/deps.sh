@@ -12,6 +12,7 @@ pkgs=(
 	apt dpkg ca-certificates	# kernel/harness .debs into the cache
 	dkms debootstrap		# DKMS: build test, and the README steps in a VM
 	gnuplot-nox			# ferry-bench --plot
+	clang libclang-rt-14-dev	# libFuzzer harnesses
 )
 
 missing=()
