@@ -13,6 +13,7 @@ pkgs=(
 	dkms debootstrap		# DKMS: build test, and the README steps in a VM
 	gnuplot-nox			# ferry-bench --plot
 	clang libclang-rt-14-dev	# libFuzzer harnesses
+	flex bison bc libelf-dev libssl-dev	# the debug kernel build
 )
 
 missing=()

@@ -13,6 +13,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
 
 series=${1:-}
+# "debug": ferry's own debug build of 6.1 (KASAN, lockdep, kmemleak...).
+[ "$series" = debug ] && exec "$here/debug-kernel.sh"
 case "$series" in
 6.1)  re='^linux-image-(6\.1\.0-[0-9]+)-amd64-unsigned$' ;;
 6.12) re='^linux-image-(6\.12\.[0-9]+\+deb12)-amd64-unsigned$' ;;

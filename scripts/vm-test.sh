@@ -89,6 +89,8 @@ mount -t devtmpfs dev /dev
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmp /tmp
 echo
+# kmemleak (debug kernel): forget what boot left, report only what follows.
+[ -e /sys/kernel/debug/kmemleak ] && echo clear >/sys/kernel/debug/kmemleak
 insmod /ferry.ko; echo "FERRY-VM insmod $?"
 for t in /tests/*; do
 	echo "FERRY-VM run ${t##*/}"
@@ -97,6 +99,13 @@ for t in /tests/*; do
 done
 echo "FERRY-VM stats $(tr '\n' ' ' </sys/kernel/debug/ferry/stats)"
 rmmod ferry; echo "FERRY-VM rmmod $?"
+if [ -e /sys/kernel/debug/kmemleak ]; then
+	# Objects must stay unreferenced a while before a scan reports them.
+	sleep 6; echo scan >/sys/kernel/debug/kmemleak; echo scan >/sys/kernel/debug/kmemleak
+	echo "FERRY-VM kmemleak-begin"
+	cat /sys/kernel/debug/kmemleak
+	echo "FERRY-VM kmemleak-end"
+fi
 echo "FERRY-VM dmesg-begin"
 dmesg
 echo "FERRY-VM dmesg-end"
@@ -107,7 +116,7 @@ chmod +x "$root/init"
 
 # --- boot and relay ---------------------------------------------------------
 log=$out/console.log
-insmod_rc= rmmod_rc= stats= bad_rc=() in_dmesg=0 dmesg_bad=()
+insmod_rc= rmmod_rc= stats= bad_rc=() in_dmesg=0 dmesg_bad=() in_leak=0 leaks=() have_kmemleak=0
 t0=$(date +%s)
 # A boot that dies before our init runs (Debian's 6.12 occasionally oopses
 # in early boot under multi-threaded TCG while patching kernel text) ran
@@ -124,8 +133,16 @@ while IFS= read -r line; do
 		"FERRY-VM dmesg-end") in_dmesg=0 ;;
 		*WARNING:*|*BUG:*|*Oops*|*"Call Trace"*|*"possible recursive locking"*|\
 		*"circular locking"*|*"sleeping function called"*|*"general protection"*|\
-		*"refcount_t:"*|*"list_add corruption"*|*"list_del corruption"*|*kmemleak*)
+		*"refcount_t:"*|*"list_add corruption"*|*"list_del corruption"*|\
+		*"suspected memory leak"*)
 			dmesg_bad+=("$line") ;;
+		esac
+		continue
+	fi
+	if [ $in_leak = 1 ]; then
+		case "$line" in
+		"FERRY-VM kmemleak-end") in_leak=0 ;;
+		*) [ -n "$line" ] && leaks+=("$line") ;;
 		esac
 		continue
 	fi
@@ -138,6 +155,7 @@ while IFS= read -r line; do
 	"FERRY-VM stats "*) stats=${line#FERRY-VM stats } ;;
 	"FERRY-VM rmmod "*) rmmod_rc=${line##* } ;;
 	"FERRY-VM dmesg-begin") in_dmesg=1 ;;
+	"FERRY-VM kmemleak-begin") in_leak=1 have_kmemleak=1 ;;
 	"not ok "*)
 		fail=$((fail + 1)); echo "$line" ;;
 	"ok "*"# SKIP"*)
@@ -181,5 +199,13 @@ else
 	for l in "${dmesg_bad[@]}"; do echo "#   $l"; done
 	sed -n '/FERRY-VM dmesg-begin/,/FERRY-VM dmesg-end/p' "$log" | tail -n 80 | sed 's/^/#   /'
 	check FAIL "dmesg free of kernel warnings"
+fi
+if [ $have_kmemleak = 1 ]; then
+	if [ ${#leaks[@]} -eq 0 ]; then
+		check OK "kmemleak: nothing leaked (scanned after rmmod)"
+	else
+		for l in "${leaks[@]:0:60}"; do echo "#   $l"; done
+		check FAIL "kmemleak: ${#leaks[@]} report lines after rmmod"
+	fi
 fi
 finish
