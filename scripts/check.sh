@@ -87,6 +87,15 @@ for k in ${FERRY_KERNELS:-6.1 6.12}; do
 	tally "module + libferry on Debian $k (qemu)" "$here/vm-test.sh" "$k" "${vm_dirs[@]}"
 done
 
+# The debug kernel (KASAN, lockdep, kmemleak, DEBUG_VM...): every module
+# test, the fuzzer and libferry again; any report fails.  Then the module's
+# tests with slab and page allocations failing at random under them.
+if [ -z "${FERRY_NO_DEBUG_KERNEL:-}" ]; then
+	tally "module + libferry on the debug kernel (qemu)" "$here/vm-test.sh" debug "${vm_dirs[@]}"
+	tally "module under fault injection, debug kernel (qemu)" \
+		env FERRY_VM_FAULTS=1 "$here/vm-test.sh" debug build/tests/kmod
+fi
+
 # The README's DKMS steps in a Debian VM with udev (one kernel: the first).
 kernels=(${FERRY_KERNELS:-6.1 6.12})
 tally "README's DKMS + udev steps in a Debian VM (${kernels[0]})" "$here/vm-newcomer.sh" "${kernels[0]}"

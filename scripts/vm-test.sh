@@ -67,6 +67,9 @@ for a in sh mount insmod rmmod cat echo dmesg reboot sleep tr mkdir ls; do
 	ln -s busybox "$root/bin/$a"
 done
 cp "$out/src/kmod/ferry.ko" "$root/ferry.ko"
+# FERRY_VM_FAULTS=1: allocations fail at random under the tests; then the
+# tests' own verdicts do not count, the kernel's checks do.
+[ -n "${FERRY_VM_FAULTS:-}" ] && touch "$root/faults"
 # Static tools the tests run (ferryctl), on the PATH.
 for t in "$repo"/build/vm-tools/*; do
 	[ -f "$t" ] && [ -x "$t" ] && cp "$t" "$root/bin/"
@@ -92,10 +95,29 @@ echo
 # kmemleak (debug kernel): forget what boot left, report only what follows.
 [ -e /sys/kernel/debug/kmemleak ] && echo clear >/sys/kernel/debug/kmemleak
 insmod /ferry.ko; echo "FERRY-VM insmod $?"
+if [ -e /faults ] && [ -d /sys/kernel/debug/failslab ]; then
+	# Fault injection: the tests' own processes (make-it-fail, inherited by
+	# everything they fork) see slab and page allocations fail at random.
+	for f in failslab fail_page_alloc; do
+		d=/sys/kernel/debug/$f
+		[ -d $d ] || continue
+		echo Y >$d/task-filter; echo 5 >$d/probability; echo 1 >$d/interval
+		echo -1 >$d/times; echo 0 >$d/space; echo 0 >$d/verbose
+		[ -e $d/ignore-gfp-wait ] && echo N >$d/ignore-gfp-wait
+	done
+	echo "FERRY-VM faults on"
+fi
 for t in /tests/*; do
 	echo "FERRY-VM run ${t##*/}"
-	"$t"
+	if [ -e /faults ]; then
+		sh -c 'echo 1 >/proc/self/make-it-fail; exec "$0"' "$t"
+	else
+		"$t"
+	fi
 	echo "FERRY-VM rc ${t##*/} $?"
+done
+for f in failslab fail_page_alloc; do
+	[ -e /sys/kernel/debug/$f/probability ] && echo 0 >/sys/kernel/debug/$f/probability
 done
 echo "FERRY-VM stats $(tr '\n' ' ' </sys/kernel/debug/ferry/stats)"
 rmmod ferry; echo "FERRY-VM rmmod $?"
@@ -177,7 +199,12 @@ done
 echo "# boot + tests: $(( $(date +%s) - t0 )) s"
 
 [ "$insmod_rc" = 0 ] && check OK "insmod ferry.ko" || check FAIL "insmod ferry.ko (rc=${insmod_rc:-none: VM died or timed out after ${timeout_s}s})"
-if [ ${#bad_rc[@]} -eq 0 ] && [ -n "$rmmod_rc" ]; then
+if [ -n "${FERRY_VM_FAULTS:-}" ]; then
+	echo "# under fault injection $((nt - ${#bad_rc[@]})) of $nt test binaries still exited 0:"
+	for b in "${bad_rc[@]}"; do echo "#   $b"; done
+	[ -n "$rmmod_rc" ] && check OK "every test binary ran to its end under fault injection" ||
+		check FAIL "the VM never reached the end of the tests under fault injection"
+elif [ ${#bad_rc[@]} -eq 0 ] && [ -n "$rmmod_rc" ]; then
 	check OK "all $nt test binaries exited 0"
 else
 	for b in "${bad_rc[@]}"; do echo "#   $b"; done
