@@ -14,12 +14,20 @@ dir=$FERRY_CACHE/debug-kernel/$sum
 if [ ! -e "$dir/.complete" ]; then
 	deb=$(ferry_deb linux-source-6.1) || exit 1
 	rm -rf "$dir" && mkdir -p "$dir"
-	ferry_log "debug kernel: unpacking $(basename "$deb")"
-	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards '*/linux-source-*.tar.xz'
-	tar -xJf "$dir"/usr/src/linux-source-*.tar.xz -C "$dir"
-	rm -rf "$dir/usr"
-	src=$(ls -d "$dir"/linux-source-*)
-	mv "$src" "$dir/src"
+	# A build of an earlier fragment, if any, is reused: only what the
+	# changed options touch gets rebuilt.
+	prev=$(ls -dt "$FERRY_CACHE"/debug-kernel/*/.complete 2>/dev/null | head -n 1)
+	if [ -n "$prev" ]; then
+		ferry_log "debug kernel: starting from $(dirname "$prev")"
+		cp -a "$(dirname "$prev")/src" "$dir/src"
+	else
+		ferry_log "debug kernel: unpacking $(basename "$deb")"
+		dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards '*/linux-source-*.tar.xz'
+		tar -xJf "$dir"/usr/src/linux-source-*.tar.xz -C "$dir"
+		rm -rf "$dir/usr"
+		src=$(ls -d "$dir"/linux-source-*)
+		mv "$src" "$dir/src"
+	fi
 	ferry_log "debug kernel: configuring (tinyconfig + $(basename "$frag"))"
 	make -C "$dir/src" -s tinyconfig >/dev/null
 	(cd "$dir/src" && ./scripts/kconfig/merge_config.sh -m .config "$frag" >/dev/null)
@@ -34,6 +42,10 @@ if [ ! -e "$dir/.complete" ]; then
 		ferry_die "debug kernel build failed (log: $dir/build.log)"
 	fi
 	touch "$dir/.complete"
+	# Builds of older fragments are of no further use.
+	for d in "$FERRY_CACHE"/debug-kernel/*; do
+		[ "$d" = "$dir" ] || rm -rf "$d"
+	done
 fi
 printf 'FERRY_KABI=%q\n' "$(cat "$dir/src/include/config/kernel.release")"
 printf 'FERRY_KDIR=%q\n' "$dir/src"

@@ -1,7 +1,15 @@
 #!/bin/bash
 # Run the module selftests inside qemu on one Debian kernel series.
 #
-#   scripts/vm-test.sh 6.1|6.12 TESTDIR [TESTDIR...]
+#   scripts/vm-test.sh 6.1|6.12|debug TESTDIR [TESTDIR...]
+#
+# "debug" is ferry's own 6.1 build with KASAN, lockdep and kmemleak
+# (debug-kernel.sh); there kmemleak is cleared before insmod and scanned
+# after rmmod.  FERRY_VM_FAULTS=1 makes slab and page allocations fail at
+# random under the tests (their verdicts then do not count; the kernel's
+# checks do).  FERRY_VM_APPEND adds to the kernel command line; unknown
+# "KEY=value" words there reach the tests as environment variables
+# (FERRY_FUZZ_CALLS=1000000 for the fuzzer's long run, say).
 #
 # Builds ferry.ko against that kernel's Debian headers (in a private copy
 # under build/vm/<abi>, so two kernels never share objects), packs it with
@@ -9,7 +17,8 @@
 # boots Debian's own kernel image under TCG and relays the tests' TAP from
 # the serial console.  Besides the tests' own cases it checks, per kernel:
 # a warning-free build, insmod, every test binary exiting 0, debugfs
-# counters back to zero, rmmod, and a dmesg free of WARNING/BUG/Oops.
+# counters back to zero, rmmod, and a dmesg free of WARNING/BUG/Oops/KASAN
+# and lockdep reports.
 # Ends with "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -190,7 +199,7 @@ done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2,sock
 	-object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M \
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \
 	-nographic -no-reboot -kernel "$FERRY_VMLINUZ" -initrd "$out/initramfs.cpio.gz" \
-	-append "console=ttyS0 panic=-1 loglevel=3" </dev/null 2>&1)
+	-append "console=ttyS0 panic=-1 loglevel=3 ${FERRY_VM_APPEND:-}" </dev/null 2>&1)
 	[ -z "$insmod_rc" ] || break
 	echo "# boot attempt $attempt died before the tests started:"
 	grep -m 3 -E 'Oops|BUG:|panic' "$log" | sed 's/^/#   /'
