@@ -330,7 +330,8 @@ TEST_F_TIMEOUT(fz, random_ioctl_mmap_fork_sequences, 600)
 	for (unsigned int i = 0; i < nthreads; i++) {
 		t[i] = (struct targ){
 			.seed = seed * 0x9e3779b97f4a7c15ULL + i + 1,
-			.max_calls = envnum("FERRY_FUZZ_CALLS", 0) / nthreads,
+			/* Rounded up: at least the calls asked for, in all. */
+			.max_calls = (envnum("FERRY_FUZZ_CALLS", 0) + nthreads - 1) / nthreads,
 			.until = time(NULL) + (time_t)envnum("FERRY_FUZZ_SECONDS", 20),
 		};
 		ASSERT_EQ(0, pthread_create(&th[i], NULL, worker, &t[i]));
