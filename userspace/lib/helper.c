@@ -56,10 +56,15 @@ static int region_add(struct ferry_helper *h, const struct ferry_ctl *m, int fd)
 	return 0;
 }
 
-/* Apply one control message; errors are the broker's bug, reported. */
+/*
+ * Apply one control message.  A region whose child died between the
+ * broker's REGION_ADD and this import is gone on kmod (-ENOENT): nothing
+ * will name it, and its REGION_DROP follows.  Other errors are the
+ * broker's bug, reported.
+ */
 static void read_ctl(struct ferry_helper *h)
 {
-	struct ferry_ctl m;
+	struct ferry_ctl m = { 0 };
 	int fds[FERRY_CTL_MAX_FDS];
 	unsigned int nfds = 0;
 	int err = ferry_ctl_recv(h->ctl, &m, fds, &nfds, 0);
@@ -79,9 +84,9 @@ static void read_ctl(struct ferry_helper *h)
 out:
 	for (unsigned int i = 0; i < nfds; i++)
 		close(fds[i]);
-	if (err)
-		fprintf(stderr, "ferry: helper %u: control message: %s\n", h->index,
-			strerror(-err));
+	if (err && !(err == -ENOENT && m.type == FERRY_CTL_REGION_ADD))
+		fprintf(stderr, "ferry: helper %u: control message %u (region %u): %s\n", h->index,
+			m.type, m.index, strerror(-err));
 }
 
 /* Send a reply; room is guaranteed by helper_depth, so wait if the broker lags. */
