@@ -54,27 +54,6 @@ struct shared {
 	char chan[];		/* the descriptor channel */
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median_ns(uint64_t *v, size_t n)
-{
-	qsort(v, n, sizeof(*v), cmp_u64);
-	return n ? (double)v[n / 2] : 0;
-}
-
 #define CU(call) do {							\
 	CUresult r_ = (call);						\
 	if (r_ != CUDA_SUCCESS) {					\
@@ -151,7 +130,7 @@ static int64_t one(struct side *s, uint32_t op, CUdeviceptr legacy_buf, size_t l
 {
 	struct ferry_cuda *cu = s->cu;
 	struct ferry_desc d = { .op = op, .len = len, .arg = { use ? FLAG_USE : 0 } };
-	uint64_t t0 = now_ns(), off = 0;
+	uint64_t t0 = bench_now_ns(), off = 0;
 	int err;
 
 	if (op == OP_LEGACY) {
@@ -170,7 +149,7 @@ static int64_t one(struct side *s, uint32_t op, CUdeviceptr legacy_buf, size_t l
 		if (err)
 			return err;
 	}
-	return (int64_t)(now_ns() - t0);
+	return (int64_t)(bench_now_ns() - t0);
 }
 
 /* Median ns of @n tensors of @len the @op way (after 3 to warm up). */
@@ -195,7 +174,7 @@ static double timed(struct side *s, uint32_t op, size_t len, bool use, unsigned 
 			goto out;
 		t[i] = (uint64_t)ns;
 	}
-	med = median_ns(t, n);
+	med = bench_median_ns(t, n);
 out:
 	if (buf)
 		cu->cuMemFree(buf);
@@ -212,16 +191,16 @@ static double copy_gbps(struct side *s, void *host, CUdeviceptr dev, size_t len,
 	uint64_t t[9];
 
 	for (unsigned int i = 0; i < 1 + 9; i++) {
-		uint64_t t0 = now_ns();
+		uint64_t t0 = bench_now_ns();
 		CUresult r = h2d ? cu->cuMemcpyHtoDAsync(dev, host, len, s->st) :
 				   cu->cuMemcpyDtoHAsync(host, dev, len, s->st);
 
 		if (r != CUDA_SUCCESS || cu->cuStreamSynchronize(s->st) != CUDA_SUCCESS)
 			return -1;
 		if (i)
-			t[i - 1] = now_ns() - t0;
+			t[i - 1] = bench_now_ns() - t0;
 	}
-	return len / median_ns(t, 9);	/* bytes per ns = GB/s */
+	return len / bench_median_ns(t, 9);	/* bytes per ns = GB/s */
 }
 
 /*

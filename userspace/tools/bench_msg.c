@@ -26,25 +26,9 @@
 #include "chan.h"
 #include "ferry.h"
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 static double median_us(uint64_t *v, size_t n)
 {
-	qsort(v, n, sizeof(*v), cmp_u64);
-	return n ? v[n / 2] / 1000.0 : 0;
+	return bench_median_ns(v, n) / 1000.0;
 }
 
 /* @t: n samples (ns) out. */
@@ -70,11 +54,11 @@ static double pipe_rt(unsigned int n, uint64_t *t)
 	}
 	for (unsigned int i = 0; i < n; i++) {
 		struct pollfd p = { .fd = b[0], .events = POLLIN };
-		uint64_t t0 = now_ns();
+		uint64_t t0 = bench_now_ns();
 
 		if (write(a[1], msg, 16) != 16 || poll(&p, 1, -1) != 1 || read(b[0], msg, 16) != 16)
 			return -1;
-		t[i] = now_ns() - t0;
+		t[i] = bench_now_ns() - t0;
 	}
 	waitpid(pid, NULL, 0);
 	close(a[0]); close(a[1]); close(b[0]); close(b[1]);
@@ -107,12 +91,12 @@ static double pair_rt(unsigned int n, uint64_t spin_ns, uint64_t *t)
 		return -1;
 	c.spin_ns = spin_ns;
 	for (unsigned int i = 0; i < n; i++) {
-		uint64_t t0 = now_ns();
+		uint64_t t0 = bench_now_ns();
 
 		d.tag = i;
 		if (ferry_chan_send(&c, &d) || ferry_chan_recv_wait(&c, &d, -1, NULL) || d.tag != i)
 			return -1;
-		t[i] = now_ns() - t0;
+		t[i] = bench_now_ns() - t0;
 	}
 	waitpid(pid, NULL, 0);
 	munmap(mem, bytes);
@@ -141,12 +125,12 @@ static int rt_child(struct ferry_child *c, void *arg)
 
 	if (!r->async) {
 		for (unsigned int i = 0; i < r->n; i++) {
-			uint64_t t0 = now_ns();
+			uint64_t t0 = bench_now_ns();
 
 			if (ferry_call(c, &d, &rep) || rep.status)
 				return 1;
 			if (ferry_child_index(c) == 0)
-				r->t[i] = now_ns() - t0;
+				r->t[i] = bench_now_ns() - t0;
 		}
 		return 0;
 	}
@@ -210,7 +194,7 @@ static int broker_run(unsigned int children, unsigned int helpers, unsigned int 
 		o.window = opt_window;
 	if (opt_depth)
 		o.helper_depth = opt_depth;
-	t0 = now_ns();
+	t0 = bench_now_ns();
 	err = ferry_broker_start(&o, &b);
 	if (err)
 		return err;
@@ -220,10 +204,10 @@ static int broker_run(unsigned int children, unsigned int helpers, unsigned int 
 
 		usleep(300000);
 		ferry_broker_stats(b, &s0);
-		t0 = now_ns();
+		t0 = bench_now_ns();
 		usleep(1000000);
 		ferry_broker_stats(b, &st);
-		t1 = now_ns();
+		t1 = bench_now_ns();
 		r->stop = 1;
 		err = ferry_broker_wait(b, -1);
 		ferry_broker_stop(b);
@@ -239,7 +223,7 @@ static int broker_run(unsigned int children, unsigned int helpers, unsigned int 
 		return 0;
 	}
 	err = ferry_broker_wait(b, -1);
-	t1 = now_ns();
+	t1 = bench_now_ns();
 	ferry_broker_stats(b, &st);
 	ferry_broker_stop(b);
 	if (err)
