@@ -218,6 +218,39 @@ TEST(offsets_both_directions_across_fork)
 	ferry_pool_close(p);
 }
 
+/* ferry_pool_send/recv: one message carries the reference and its fd;
+ * anything else on the socket is refused. */
+TEST(send_and_recv_over_a_socket)
+{
+	struct ferry_pool *p, *q;
+	uint64_t off;
+	uint8_t *a, *b;
+	int sv[2];
+
+	ASSERT_EQ(0, socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv));
+	ASSERT_EQ(0, ferry_pool_create(FERRY_POOL_CPU, -1, 1 << 20, &p));
+	ASSERT_EQ(0, ferry_pool_send(sv[0], p));
+	ASSERT_EQ(0, ferry_pool_recv(sv[1], &q));
+	EXPECT_EQ(ferry_pool_size(p), ferry_pool_size(q));
+	ASSERT_EQ(0, ferry_pool_alloc(p, 4096, NULL, &off));
+	a = (uint8_t *)(uintptr_t)ferry_pool_addr(p, off, 4096);
+	b = (uint8_t *)(uintptr_t)ferry_pool_addr(q, off, 4096);
+	ASSERT_NE(NULL, a);
+	ASSERT_NE(NULL, b);
+	fill(a, 4096, 7);
+	EXPECT_EQ(SIZE_MAX, first_diff(b, 4096, 7));	/* the same bytes, two mappings */
+	ferry_pool_close(q);
+
+	ASSERT_EQ(3, send(sv[0], "bad", 3, 0));
+	EXPECT_EQ(-EPROTO, ferry_pool_recv(sv[1], &q));
+	EXPECT_EQ(-EINVAL, ferry_pool_recv(sv[1], NULL));
+	close(sv[0]);
+	EXPECT_EQ(-ECONNRESET, ferry_pool_recv(sv[1], &q));
+	close(sv[1]);
+	ferry_pool_free(p, off);
+	ferry_pool_close(p);
+}
+
 TEST(gpu_entry_points_say_enodev_without_a_driver)
 {
 	struct ferry_pool *p;

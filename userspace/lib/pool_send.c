@@ -7,10 +7,10 @@
  */
 #include <errno.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "ferry.h"
+#include "proto.h"
 
 #define POOL_MSG_MAGIC 0x4c4f4f50u	/* "POOL" */
 #define POOL_MSG_VERSION 1u
@@ -23,32 +23,17 @@ struct pool_msg {
 
 int ferry_pool_send(int sock, const struct ferry_pool *p)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
 	struct pool_msg m = { .magic = POOL_MSG_MAGIC, .version = POOL_MSG_VERSION };
-	struct iovec iov = { .iov_base = &m, .iov_len = sizeof(m) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 	int fd, err = ferry_pool_export(p, &m.ref);
 	ssize_t n;
 
 	if (err)
 		return err;
 	fd = m.ref.fd;
-	if (fd >= 0) {
-		struct cmsghdr *cm;
-
-		mh.msg_control = cbuf;
-		mh.msg_controllen = sizeof(cbuf);
-		cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	if (fd >= 0)
 		m.ref.fd = 1;
-	}
-	do {
-		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-	} while (n < 0 && errno == EINTR);
-	err = n < 0 ? -errno : n != (ssize_t)sizeof(m) ? -EMSGSIZE : 0;
+	n = ferry_send_fds(sock, &m, sizeof(m), &fd, fd >= 0 ? 1 : 0);
+	err = n < 0 ? (int)n : n != (ssize_t)sizeof(m) ? -EMSGSIZE : 0;
 	if (fd >= 0)
 		close(fd);
 	return err;
@@ -56,38 +41,23 @@ int ferry_pool_send(int sock, const struct ferry_pool *p)
 
 int ferry_pool_recv(int sock, struct ferry_pool **out)
 {
-	char cbuf[CMSG_SPACE(4 * sizeof(int))];
 	struct pool_msg m;
-	struct iovec iov = { .iov_base = &m, .iov_len = sizeof(m) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-			     .msg_controllen = sizeof(cbuf) };
-	int fds[4], nfds = 0, err;
-	ssize_t n;
+	unsigned int kept, arrived;
+	int fd = -1, err;
 
 	if (!out)
 		return -EINVAL;
-	do {
-		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-	} while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-			continue;
-		for (size_t k = 0; k < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 4; k++)
-			memcpy(&fds[nfds++], CMSG_DATA(cm) + k * sizeof(int), sizeof(int));
-	}
-	if (n == 0)
-		err = -ECONNRESET;
-	else if (n != (ssize_t)sizeof(m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-		 m.magic != POOL_MSG_MAGIC || m.version != POOL_MSG_VERSION ||
-		 nfds != (m.ref.fd >= 0 ? 1 : 0))
+	err = ferry_recv_fds(sock, &m, sizeof(m), &fd, 1, &kept, &arrived, 0);
+	if (err)
+		return err;
+	if (m.magic != POOL_MSG_MAGIC || m.version != POOL_MSG_VERSION ||
+	    arrived != (m.ref.fd >= 0 ? 1u : 0u)) {
 		err = -EPROTO;
-	else {
-		m.ref.fd = nfds ? fds[0] : -1;
+	} else {
+		m.ref.fd = kept ? fd : -1;
 		err = ferry_pool_import(&m.ref, out);
 	}
-	for (int k = 0; k < nfds; k++)
-		close(fds[k]);
+	if (kept)
+		close(fd);
 	return err;
 }

@@ -7,23 +7,18 @@
 
 #include "proto.h"
 
-int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds)
+ssize_t ferry_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned int nfds)
 {
 	union {
-		char buf[CMSG_SPACE(sizeof(int) * FERRY_CTL_MAX_FDS)];
+		char buf[CMSG_SPACE(sizeof(int) * FERRY_FDS_MAX)];
 		struct cmsghdr align;
 	} u;
-	struct ferry_ctl out = *m;
-	struct iovec iov = { .iov_base = &out, .iov_len = sizeof(out) };
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	ssize_t n;
 
-	if (nfds > FERRY_CTL_MAX_FDS)
+	if (nfds > FERRY_FDS_MAX)
 		return -EINVAL;
-	/* Every message carries them; senders only fill in what they mean. */
-	out.magic = FERRY_PROTO_MAGIC;
-	out.version = FERRY_PROTO_VERSION;
-	out.nfds = nfds;
 	if (nfds) {
 		struct cmsghdr *c;
 
@@ -39,26 +34,27 @@ int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned
 	do {
 		n = sendmsg(sock, &msg, MSG_NOSIGNAL);
 	} while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
-	return n == (ssize_t)sizeof(out) ? 0 : -EIO;
+	return n < 0 ? -errno : n;
 }
 
-int ferry_ctl_recv(int sock, struct ferry_ctl *m, int *fds, unsigned int *nfds_out, int flags)
+int ferry_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned int max,
+		   unsigned int *kept, unsigned int *arrived, int flags)
 {
 	union {
 		char buf[CMSG_SPACE(sizeof(int) * 16)];
 		struct cmsghdr align;
 	} u;
-	struct iovec iov = { .iov_base = m, .iov_len = sizeof(*m) };
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
 	struct msghdr msg = {
 		.msg_iov = &iov, .msg_iovlen = 1,
 		.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
 	};
-	unsigned int got = 0;
+	unsigned int got = 0, all = 0;
 	ssize_t n;
-	int err = 0;
 
+	*kept = 0;
+	if (arrived)
+		*arrived = 0;
 	do {
 		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
 	} while (n < 0 && errno == EINTR);
@@ -76,20 +72,52 @@ int ferry_ctl_recv(int sock, struct ferry_ctl *m, int *fds, unsigned int *nfds_o
 			int fd;
 
 			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-			if (got < FERRY_CTL_MAX_FDS && fds)
+			all++;
+			if (got < max && fds)
 				fds[got++] = fd;
 			else
 				close(fd);
 		}
 	}
-	if (n != (ssize_t)sizeof(*m) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-	    m->magic != FERRY_PROTO_MAGIC || m->version != FERRY_PROTO_VERSION ||
-	    m->nfds != got)
-		err = -EPROTO;
-	if (err) {
+	if (n != (ssize_t)len || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+		for (unsigned int i = 0; i < got; i++)
+			close(fds[i]);
+		return -EPROTO;
+	}
+	*kept = got;
+	if (arrived)
+		*arrived = all;
+	return 0;
+}
+
+int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds)
+{
+	struct ferry_ctl out = *m;
+	ssize_t n;
+
+	if (nfds > FERRY_CTL_MAX_FDS)
+		return -EINVAL;
+	/* Every message carries them; senders only fill in what they mean. */
+	out.magic = FERRY_PROTO_MAGIC;
+	out.version = FERRY_PROTO_VERSION;
+	out.nfds = nfds;
+	n = ferry_send_fds(sock, &out, sizeof(out), fds, nfds);
+	if (n < 0)
+		return (int)n;
+	return n == (ssize_t)sizeof(out) ? 0 : -EIO;
+}
+
+int ferry_ctl_recv(int sock, struct ferry_ctl *m, int *fds, unsigned int *nfds_out, int flags)
+{
+	unsigned int got = 0;
+	int err = ferry_recv_fds(sock, m, sizeof(*m), fds, FERRY_CTL_MAX_FDS, &got, NULL, flags);
+
+	if (!err && (m->magic != FERRY_PROTO_MAGIC || m->version != FERRY_PROTO_VERSION ||
+		     m->nfds != got)) {
 		for (unsigned int i = 0; i < got; i++)
 			close(fds[i]);
 		got = 0;
+		err = -EPROTO;
 	}
 	if (nfds_out)
 		*nfds_out = got;

@@ -9,6 +9,7 @@
 #define FERRY_PROTO_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "ferry.h"
 
@@ -57,6 +58,21 @@ struct ferry_ctl {
 	uint32_t pad;
 	struct ferry_pool_ref pool;	/* fd field: 1 if its fd is attached, else -1 */
 };
+
+/*
+ * One SOCK_SEQPACKET message and its fds (SCM_RIGHTS), the transport under
+ * both the control protocol and ferry_pool_send/recv.  Send: bytes sent or
+ * -errno (-EINVAL for more than FERRY_FDS_MAX fds).  Receive: 0 when exactly
+ * @len bytes arrived whole; fds beyond @max (or all, with @fds NULL) are
+ * closed, *@kept says how many landed in @fds and *@arrived (may be NULL)
+ * how many came; -EPROTO (kept fds closed) for a short or truncated
+ * message, -ECONNRESET at end of stream, -errno.  Received fds are
+ * close-on-exec.
+ */
+#define FERRY_FDS_MAX 4
+ssize_t ferry_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned int nfds);
+int ferry_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned int max,
+		   unsigned int *kept, unsigned int *arrived, int flags);
 
 /* Send @m with @nfds fds (magic, version and nfds are filled in); 0 or -errno. */
 int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds);
