@@ -49,13 +49,27 @@ done
 
 build/ferry-bench msg -n 2000 >"$out" 2>&1; rc=$?
 tail -n 1 "$out" | sed 's/^/# /'
-[ $rc -eq 0 ] && tail -n 1 "$out" | grep -q "^bench=msg .*speedup=.*agg_rps=.*cost_ratio=" &&
-	check OK "ferry-bench msg: baseline and ratio, key=value last line" ||
+[ $rc -eq 0 ] && tail -n 1 "$out" | grep -Eq "^bench=msg rtt_p50_us=[0-9.]+ rtt_p99_us=[0-9.]+ baseline_rtt_p50_us=[0-9.]+ .*speedup=[0-9.]+ rps=[0-9]+ .*agg_rps=[1-9]" &&
+	grep -q "pipes+poll (baseline)" "$out" &&
+	check OK "ferry-bench msg: brokered round trip beside its pipe+poll baseline, key=value last line" ||
 	check FAIL "ferry-bench msg (rc=$rc)"
 
+build/ferry-bench msg --scale -t 0.3 >"$out" 2>&1; rc=$?
+tail -n 1 "$out" | sed 's/^/# /'
+[ $rc -eq 0 ] && tail -n 1 "$out" | grep -Eq "^bench=msg-scale cost_4_ns=[1-9][0-9]* cost_16_ns=[1-9][0-9]* cost_64_ns=[1-9][0-9]* cost_256_ns=[1-9][0-9]* .*cost_ratio_256_vs_4=[0-9.]+$" &&
+	check OK "ferry-bench msg --scale: broker cost at 4..256 children, key=value last line" ||
+	check FAIL "ferry-bench msg --scale (rc=$rc)"
+
+for bad in "-c 0" "--agg 3" "-n 5" "--spin-ns x" "-t 0" "extra"; do
+	build/ferry-bench msg $bad >"$out" 2>&1; rc=$?
+	[ $rc -eq 2 ] && grep -q "^ferry-bench msg: " "$out" && [ "$(wc -l <"$out")" -eq 1 ] &&
+		check OK "ferry-bench msg $bad: refused before running" ||
+		check FAIL "ferry-bench msg $bad: refused before running (rc=$rc)"
+done
+
 plotf=$(mktemp -u /tmp/ferry-plot-XXXXXX).svg
-build/ferry-bench msg -n 1000 --plot "$plotf" >"$out" 2>&1; rc=$?
-[ $rc -eq 0 ] && grep -q "<svg" "$plotf" 2>/dev/null && grep -q "pipe+poll, baseline" "$plotf" &&
+build/ferry-bench msg -n 1000 --no-agg --plot "$plotf" >"$out" 2>&1; rc=$?
+[ $rc -eq 0 ] && grep -q "<svg" "$plotf" 2>/dev/null && grep -q "pipes+poll, baseline" "$plotf" &&
 	grep -q "via the broker" "$plotf" && check OK "ferry-bench msg --plot: an SVG with the baseline beside ferry" ||
 	check FAIL "ferry-bench msg --plot (rc=$rc)"
 rm -f "$plotf"

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* ferry-bench's subcommands. */
+/* ferry-bench's subcommands and what they share. */
 #ifndef FERRY_BENCH_H
 #define FERRY_BENCH_H
 
@@ -9,8 +9,35 @@
 int ferry_bench_msg(int argc, char **argv);
 int ferry_bench_gpu(int argc, char **argv);
 
-/* CLOCK_MONOTONIC in ns; the median of @n samples (sorts them in place). */
+/* CLOCK_MONOTONIC in ns. */
 uint64_t bench_now_ns(void);
+/* The @pct percentile (0..100) of @n samples; sorts them in place. */
+double bench_pct_ns(uint64_t *v, size_t n, double pct);
 double bench_median_ns(uint64_t *v, size_t n);
+
+/* A latency measurement: every round trip's time, and its summary. */
+struct bench_lat {
+	uint64_t *t;	/* n samples (ns), malloc'd; sorted once summarised */
+	size_t n;
+	double p50_us, p99_us, rps;
+};
+
+/*
+ * Packs @children slices of @t (child i's @cnt[i] samples start at
+ * i * @stride) into @out and summarises them.  rps: all round trips over
+ * the busiest child's summed round-trip time, so forking and start-up do
+ * not count.  0, -EIO (no samples) or -ENOMEM.
+ */
+int bench_lat_collect(struct bench_lat *out, const uint64_t *t, const unsigned int *cnt,
+		      unsigned int children, size_t stride);
+
+/*
+ * The pipe+poll baselines (bench_pipe.c).  Each stops after @n round trips
+ * per child or at @deadline_ns (bench_now_ns() clock), whichever is first.
+ * 0 or -errno; @out->t is the caller's to free.
+ */
+int bench_pipe_pair(unsigned int n, uint64_t deadline_ns, struct bench_lat *out);
+int bench_pipe_broker(unsigned int children, unsigned int helpers, unsigned int n,
+		      uint64_t deadline_ns, struct bench_lat *out);
 
 #endif

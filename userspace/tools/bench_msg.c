@@ -1,24 +1,24 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
  * ferry-bench msg: message round trips, each next to its baseline measured
- * in the same run.
- *   pipe    two processes, 16 bytes each way over pipes, poll() then read()
- *   pair    the same two processes over one ferry channel (spin, then sleep)
- *   broker  a child's ferry_call() through the broker to a helper and back
+ * in the same run (the baselines are in bench_pipe.c).
+ *   broker  a child's ferry_call() through the broker to a helper and back,
+ *           against the same path over pipes and poll() (the seed design)
+ *   pair    two processes over one ferry channel, against a pipe pair
  *   agg     C children x H helpers, asynchronous windows: round trips/s
- *   scale   broker CPU per request with 4 and with 256 children
- * Medians of per-round-trip times; the last line is key=value pairs.
+ * ferry-bench msg --scale: the broker's CPU per request with 4, 16, 64 and
+ * 256 children, against 4.  The last line is key=value pairs.
  */
 #include <errno.h>
 #include <getopt.h>
-#include <poll.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -26,82 +26,83 @@
 #include "chan.h"
 #include "ferry.h"
 
-static double median_us(uint64_t *v, size_t n)
+#define SYNC_CHILDREN_MAX 1024u
+#define MAX_WINDOWS 64u
+#define MAX_ROUNDS 32u
+
+struct msg_opts {
+	unsigned int n, children, helpers, window, depth;	/* 0: the library's */
+	unsigned int agg_children, agg_helpers, rounds;
+	double seconds;			/* latency runs: at most; steady windows: exactly */
+	uint64_t spin_ns;		/* UINT64_MAX: the library's */
+	bool scale, agg;
+	const char *plot;
+};
+
+static uint64_t deadline(const struct msg_opts *o)
 {
-	return bench_median_ns(v, n) / 1000.0;
+	return o->seconds > 0 ? bench_now_ns() + (uint64_t)(o->seconds * 1e9) : UINT64_MAX;
 }
 
-/* @t: n samples (ns) out. */
-static double pipe_rt(unsigned int n, uint64_t *t)
-{
-	int a[2], b[2];
-	char msg[16] = "ping";
-	pid_t pid;
-	double med;
-
-	if (pipe(a) || pipe(b))
-		return -1;
-	pid = fork();
-	if (pid == 0) {
-		struct pollfd p = { .fd = a[0], .events = POLLIN };
-
-		for (unsigned int i = 0; i < n; i++) {
-			if (poll(&p, 1, -1) != 1 || read(a[0], msg, 16) != 16 ||
-			    write(b[1], msg, 16) != 16)
-				_exit(1);
-		}
-		_exit(0);
-	}
-	for (unsigned int i = 0; i < n; i++) {
-		struct pollfd p = { .fd = b[0], .events = POLLIN };
-		uint64_t t0 = bench_now_ns();
-
-		if (write(a[1], msg, 16) != 16 || poll(&p, 1, -1) != 1 || read(b[0], msg, 16) != 16)
-			return -1;
-		t[i] = bench_now_ns() - t0;
-	}
-	waitpid(pid, NULL, 0);
-	close(a[0]); close(a[1]); close(b[0]); close(b[1]);
-	med = median_us(t, n);
-	return med;
-}
-
-static double pair_rt(unsigned int n, uint64_t spin_ns, uint64_t *t)
+static int pair_rt(const struct msg_opts *o, struct bench_lat *out)
 {
 	size_t bytes = ferry_chan_bytes(64);
 	void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	uint64_t spin = o->spin_ns == UINT64_MAX ? FERRY_CHAN_SPIN_NS_DEFAULT : o->spin_ns;
+	uint64_t *t = calloc(o->n, sizeof(*t)), end = deadline(o);
 	struct ferry_chan c;
 	struct ferry_desc d = { .op = 1 };
+	unsigned int cnt = 0;
+	int err = 0;
 	pid_t pid;
-	double med;
 
-	if (mem == MAP_FAILED || ferry_chan_format(mem, bytes, 64))
-		return -1;
+	if (mem == MAP_FAILED || !t || ferry_chan_format(mem, bytes, 64)) {
+		err = -ENOMEM;
+		goto out;
+	}
 	pid = fork();
 	if (pid == 0) {
 		if (ferry_chan_attach(&c, mem, bytes, false, FERRY_BELL_FUTEX, NULL))
 			_exit(1);
-		c.spin_ns = spin_ns;
-		for (unsigned int i = 0; i < n; i++)
-			if (ferry_chan_recv_wait(&c, &d, -1, NULL) || ferry_chan_send(&c, &d))
+		c.spin_ns = spin;
+		/* Echo until a descriptor with op 0 says stop. */
+		while (!ferry_chan_recv_wait(&c, &d, -1, NULL) && d.op)
+			if (ferry_chan_send(&c, &d))
 				_exit(1);
 		_exit(0);
 	}
-	if (ferry_chan_attach(&c, mem, bytes, true, FERRY_BELL_FUTEX, NULL))
-		return -1;
-	c.spin_ns = spin_ns;
-	for (unsigned int i = 0; i < n; i++) {
+	if (pid < 0) {
+		err = -errno;
+		goto out;
+	}
+	if (ferry_chan_attach(&c, mem, bytes, true, FERRY_BELL_FUTEX, NULL)) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		err = -EIO;
+		goto out;
+	}
+	c.spin_ns = spin;
+	for (unsigned int i = 0; i < o->n && bench_now_ns() < end; i++) {
 		uint64_t t0 = bench_now_ns();
 
 		d.tag = i;
-		if (ferry_chan_send(&c, &d) || ferry_chan_recv_wait(&c, &d, -1, NULL) || d.tag != i)
-			return -1;
-		t[i] = bench_now_ns() - t0;
+		if (ferry_chan_send(&c, &d) || ferry_chan_recv_wait(&c, &d, -1, NULL) ||
+		    d.tag != i) {
+			err = -EIO;
+			break;
+		}
+		t[cnt++] = bench_now_ns() - t0;
 	}
+	d.op = 0;
+	ferry_chan_send(&c, &d);
 	waitpid(pid, NULL, 0);
-	munmap(mem, bytes);
-	med = median_us(t, n);
-	return med;
+	if (!err)
+		err = bench_lat_collect(out, t, &cnt, 1, o->n);
+out:
+	free(t);
+	if (mem != MAP_FAILED)
+		munmap(mem, bytes);
+	return err;
 }
 
 static int echo(struct ferry_helper *h, const struct ferry_desc *req,
@@ -113,73 +114,55 @@ static int echo(struct ferry_helper *h, const struct ferry_desc *req,
 
 /* Shared with the children (MAP_SHARED before fork). */
 struct results {
-	unsigned int n, async;
-	_Atomic int stop;	/* timed runs: children loop until it is set */
-	uint64_t t[];	/* sync: per-call ns of child 0 */
+	unsigned int n;		/* sync: calls per child; 0: asynchronous */
+	uint64_t deadline_ns;
+	_Atomic int stop;	/* asynchronous: children loop until it is set */
+	unsigned int cnt[SYNC_CHILDREN_MAX];
+	uint64_t t[];		/* sync: child i's samples at i * n */
 };
 
 static int rt_child(struct ferry_child *c, void *arg)
 {
 	struct results *r = arg;
 	struct ferry_desc d = { .op = 1 }, rep;
+	unsigned int me = ferry_child_index(c);
 
-	if (!r->async) {
-		for (unsigned int i = 0; i < r->n; i++) {
+	if (r->n) {
+		uint64_t *t = r->t + (size_t)me * r->n;
+
+		for (unsigned int i = 0; i < r->n && bench_now_ns() < r->deadline_ns; i++) {
 			uint64_t t0 = bench_now_ns();
 
-			if (ferry_call(c, &d, &rep) || rep.status)
+			d.tag = i;
+			if (ferry_call(c, &d, &rep) || rep.status || rep.tag != i)
 				return 1;
-			if (ferry_child_index(c) == 0)
-				r->t[i] = bench_now_ns() - t0;
+			t[r->cnt[me]++] = bench_now_ns() - t0;
 		}
 		return 0;
 	}
-	/* n == 0: until told to stop, then collect what is outstanding. */
-	for (unsigned int sent = 0, done = 0; r->n ? done < r->n : ferry_outstanding(c) || !r->stop;) {
-		while ((r->n ? sent < r->n : !r->stop) && ferry_outstanding(c) < ferry_window(c)) {
+	/* Until told to stop, then collect what is outstanding. */
+	while (ferry_outstanding(c) || !r->stop) {
+		while (!r->stop && ferry_outstanding(c) < ferry_window(c))
 			if (ferry_submit(c, &d))
 				return 1;
-			sent++;
-		}
 		if (!ferry_outstanding(c))
 			continue;
 		if (ferry_complete(c, &rep, -1) || rep.status)
 			return 1;
-		done++;
 	}
 	return 0;
 }
 
-struct run {
-	double med_us, rps, cpu_ns_per_req, bells_per_req;
+struct steady {
+	double rps, cpu_ns_per_req, bells_per_req;
 	int dispatch_cpu;
-	uint64_t *t;	/* sync runs: child 0's n samples (ns) out, if set */
 };
 
-/*
- * n > 0: every child makes n calls (sync: child 0's are timed).  n == 0:
- * asynchronous children run until stopped, and the broker's CPU per reply
- * is taken between two samples, after start-up and before the end, so
- * forking and reaping children does not count.
- */
-static unsigned int opt_window, opt_depth;	/* 0: the library's defaults */
-
-static int broker_run(unsigned int children, unsigned int helpers, unsigned int n,
-		      bool async, uint64_t spin_ns, struct run *out)
+static int start(const struct msg_opts *mo, unsigned int children, unsigned int helpers,
+		 struct results *r, struct ferry_broker **b)
 {
-	size_t bytes = sizeof(struct results) + n * sizeof(uint64_t);
-	struct results *r = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	struct ferry_broker_opts o;
-	struct ferry_broker *b;
-	struct ferry_broker_stats st;
-	uint64_t t0, t1;
-	int err;
 
-	if (r == MAP_FAILED)
-		return -ENOMEM;
-	r->n = n;
-	r->async = async;
 	ferry_broker_opts_init(&o);
 	o.children = children;
 	o.helpers = helpers;
@@ -188,162 +171,356 @@ static int broker_run(unsigned int children, unsigned int helpers, unsigned int 
 	o.child_fn = rt_child;
 	o.child_arg = r;
 	o.gpu = FERRY_GPU_NONE;	/* messages only: helpers need no CUDA */
-	if (spin_ns != UINT64_MAX)
-		o.spin_ns = spin_ns;
-	if (opt_window)
-		o.window = opt_window;
-	if (opt_depth)
-		o.helper_depth = opt_depth;
+	o.spin_ns = mo->spin_ns;
+	if (mo->window)
+		o.window = mo->window;
+	if (mo->depth)
+		o.helper_depth = mo->depth;
+	return ferry_broker_start(&o, b);
+}
+
+/* Synchronous ferry_call()s: every child's round trips, timed. */
+static int broker_rt(const struct msg_opts *mo, struct bench_lat *out)
+{
+	size_t bytes = sizeof(struct results) + (size_t)mo->children * mo->n * sizeof(uint64_t);
+	struct results *r = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker *b;
+	int err;
+
+	if (r == MAP_FAILED)
+		return -ENOMEM;
+	r->n = mo->n;
+	r->deadline_ns = deadline(mo);
+	err = start(mo, mo->children, mo->helpers, r, &b);
+	if (!err) {
+		err = ferry_broker_wait(b, -1) ? -EIO : 0;
+		ferry_broker_stop(b);
+	}
+	if (!err)
+		err = bench_lat_collect(out, r->t, r->cnt, mo->children, mo->n);
+	munmap(r, bytes);
+	return err;
+}
+
+/*
+ * Asynchronous children with full windows.  The rate and the broker's CPU
+ * per reply are taken over @seconds after start-up and before the end, so
+ * forking and reaping children does not count.
+ */
+static int broker_steady(const struct msg_opts *mo, unsigned int children,
+			 unsigned int helpers, struct steady *out)
+{
+	struct results *r = mmap(NULL, sizeof(*r), PROT_READ | PROT_WRITE,
+				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_stats s0, s1, first;
+	double secs = mo->seconds > 0 ? mo->seconds : 1.0;
+	uint64_t t0, t1, replies, cost[MAX_WINDOWS];
+	struct ferry_broker *b;
+	unsigned int nwin;
+	int err;
+
+	if (r == MAP_FAILED)
+		return -ENOMEM;
+	err = start(mo, children, helpers, r, &b);
+	if (err) {
+		munmap(r, sizeof(*r));
+		return err;
+	}
+	out->dispatch_cpu = ferry_broker_dispatch_cpu(b);
+	usleep(300000);
+	/*
+	 * Windows of 0.2 s: the cost is their median, so a burst of noise from
+	 * the rest of the machine in one of them does not move it.
+	 */
+	nwin = (unsigned int)(secs / 0.2 + 0.5);
+	nwin = nwin < 1 ? 1 : nwin > MAX_WINDOWS ? MAX_WINDOWS : nwin;
+	ferry_broker_stats(b, &s0);
+	first = s0;
 	t0 = bench_now_ns();
-	err = ferry_broker_start(&o, &b);
+	for (unsigned int k = 0; k < nwin; k++) {
+		usleep((useconds_t)(secs / nwin * 1e6));
+		ferry_broker_stats(b, &s1);
+		replies = s1.replies - s0.replies;
+		cost[k] = replies ? (uint64_t)((s1.dispatch_cpu_ns - s0.dispatch_cpu_ns) * 1000 /
+					       replies) : UINT64_MAX;
+		if (getenv("DBGW")) fprintf(stderr, "%u:%llu(%llu) ", children, (unsigned long long)cost[k]/1000, (unsigned long long)replies);
+		s0 = s1;
+	}
+	t1 = bench_now_ns();
+	r->stop = 1;
+	err = ferry_broker_wait(b, -1) ? -EIO : 0;
+	ferry_broker_stop(b);
+	munmap(r, sizeof(*r));
+	replies = s1.replies - first.replies;
+	if (!err && !replies)
+		err = -EIO;
 	if (err)
 		return err;
-	out->dispatch_cpu = ferry_broker_dispatch_cpu(b);
-	if (n == 0) {
-		struct ferry_broker_stats s0;
-
-		usleep(300000);
-		ferry_broker_stats(b, &s0);
-		t0 = bench_now_ns();
-		usleep(1000000);
-		ferry_broker_stats(b, &st);
-		t1 = bench_now_ns();
-		r->stop = 1;
-		err = ferry_broker_wait(b, -1);
-		ferry_broker_stop(b);
-		if (err)
-			return -EIO;
-		out->med_us = 0;
-		out->rps = (st.replies - s0.replies) / ((t1 - t0) / 1e9);
-		out->cpu_ns_per_req = st.replies > s0.replies ?
-			(double)(st.dispatch_cpu_ns - s0.dispatch_cpu_ns) / (st.replies - s0.replies) : 0;
-		out->bells_per_req = st.replies > s0.replies ?
-			(double)(st.bells - s0.bells) / (st.replies - s0.replies) : 0;
-		munmap(r, bytes);
-		return 0;
-	}
-	err = ferry_broker_wait(b, -1);
-	t1 = bench_now_ns();
-	ferry_broker_stats(b, &st);
-	ferry_broker_stop(b);
-	if (err)
-		return -EIO;
-	out->med_us = async ? 0 : median_us(r->t, n);
-	if (!async && out->t)
-		memcpy(out->t, r->t, n * sizeof(*out->t));
-	out->rps = st.replies / ((t1 - t0) / 1e9);
-	out->cpu_ns_per_req = st.replies ? (double)st.dispatch_cpu_ns / st.replies : 0;
-	munmap(r, bytes);
+	out->rps = replies / ((t1 - t0) / 1e9);
+	out->cpu_ns_per_req = bench_pct_ns(cost, nwin, 50) / 1000.0;	/* ns, from ps */
+	out->bells_per_req = (double)(s1.bells - first.bells) / replies;
 	return 0;
 }
 
-/* The three round-trip distributions of this run, side by side. */
-static int plot_latency(const char *path, uint64_t *t[3], unsigned int n, double pipe_us,
-			double pair_us, double rt_us)
+/* The round-trip distributions of this run, side by side. */
+static int plot_latency(const char *path, const struct bench_lat *l[4])
 {
-	static double x[3][BENCH_HIST_BINS], y[3][BENCH_HIST_BINS];
-	char names[3][96];
-	struct plot_series s[3];
+	static double x[4][BENCH_HIST_BINS], y[4][BENCH_HIST_BINS];
+	static const char *const what[4] = {
+		"child-broker-helper over pipes+poll, baseline",
+		"ferry_call via the broker",
+		"pipe pair, baseline",
+		"ferry channel pair",
+	};
+	char names[4][96];
+	struct plot_series s[4];
 	const struct plot p = {
 		.title = "ferry-bench msg: round-trip time, share of round trips per bin",
 		.xlabel = "round trip (us, log)", .ylabel = "share of round trips", .logx = true,
 	};
 
-	snprintf(names[0], sizeof(names[0]), "pipe+poll, baseline (median %.2f us)", pipe_us);
-	snprintf(names[1], sizeof(names[1]), "ferry channel pair (median %.2f us)", pair_us);
-	snprintf(names[2], sizeof(names[2]), "ferry_call via the broker (median %.2f us)", rt_us);
-	for (int k = 0; k < 3; k++) {
+	for (int k = 0; k < 4; k++) {
+		snprintf(names[k], sizeof(names[k]), "%s (median %.2f us)", what[k], l[k]->p50_us);
 		s[k].name = names[k];
 		s[k].x = x[k];
 		s[k].y = y[k];
-		s[k].n = bench_hist((const unsigned long long *)t[k], n, x[k], y[k]);
+		s[k].n = bench_hist((const unsigned long long *)l[k]->t, l[k]->n, x[k], y[k]);
 	}
-	return bench_plot(path, &p, s, 3);
+	return bench_plot(path, &p, s, 4);
+}
+
+/*
+ * Each round starts a broker for every child count in turn; a count's cost
+ * is its median over the rounds, so a slow phase of the machine (these are
+ * shared, noisy hosts) weighs on all counts alike instead of on one.
+ */
+static int run_scale(const struct msg_opts *o)
+{
+	static const unsigned int counts[] = { 4, 16, 64, 256 };
+	uint64_t cost[4][MAX_ROUNDS], wakes[4][MAX_ROUNDS];	/* ps, per mille */
+	double med[4], rps[4] = { 0 };
+
+	for (unsigned int r = 0; r < o->rounds; r++) {
+		for (int k = 0; k < 4; k++) {
+			struct steady s;
+			int err = broker_steady(o, counts[k], 4, &s);
+
+			if (err) {
+				fprintf(stderr, "ferry-bench msg --scale: %u children: %s\n",
+					counts[k], strerror(-err));
+				return 1;
+			}
+			cost[k][r] = (uint64_t)(s.cpu_ns_per_req * 1000);
+			wakes[k][r] = (uint64_t)(s.bells_per_req * 1000);
+			rps[k] += s.rps / o->rounds;
+		}
+	}
+	for (int k = 0; k < 4; k++) {
+		med[k] = bench_pct_ns(cost[k], o->rounds, 50) / 1000;
+		printf("broker CPU per request, %3u children x 4 helpers  %7.0f ns  (%.2fx of 4 "
+		       "children; %.2f wakes/reply, %.0f round trips/s)\n", counts[k], med[k],
+		       med[k] / med[0], bench_pct_ns(wakes[k], o->rounds, 50) / 1000, rps[k]);
+	}
+	printf("bench=msg-scale cost_4_ns=%.0f cost_16_ns=%.0f cost_64_ns=%.0f cost_256_ns=%.0f "
+	       "cost_ratio_16_vs_4=%.2f cost_ratio_64_vs_4=%.2f cost_ratio_256_vs_4=%.2f "
+	       "rounds=%u\n", med[0], med[1], med[2], med[3], med[1] / med[0], med[2] / med[0],
+	       med[3] / med[0], o->rounds);
+	return 0;
+}
+
+static int fail(const char *what, int err)
+{
+	fprintf(stderr, "ferry-bench msg: %s: %s\n", what, strerror(-err));
+	return 1;
+}
+
+static int run_msg(const struct msg_opts *o)
+{
+	struct bench_lat base = { 0 }, rt = { 0 }, pbase = { 0 }, pair = { 0 };
+	struct steady agg = { .dispatch_cpu = -1 };
+	int err, rc = 1;
+
+	if ((err = bench_pipe_broker(o->children, o->helpers, o->n, deadline(o), &base))) {
+		fail("pipe+poll baseline", err);
+		goto out;
+	}
+	printf("%-52s p50 %7.2f us  p99 %7.2f us"
+	       "  %8.0f round trips/s\n", "child->broker->helper->child, pipes+poll (baseline)", base.p50_us, base.p99_us, base.rps);
+	if ((err = broker_rt(o, &rt))) {
+		fail("ferry_call via the broker", err);
+		goto out;
+	}
+	printf("%-52s p50 %7.2f us  p99 %7.2f us"
+	       "  %8.0f round trips/s  (%.1fx baseline)\n", "ferry_call via the broker (same path)", rt.p50_us, rt.p99_us, rt.rps,
+	       base.p50_us / rt.p50_us);
+	if ((err = bench_pipe_pair(o->n, deadline(o), &pbase))) {
+		fail("pipe pair baseline", err);
+		goto out;
+	}
+	printf("%-52s p50 %7.2f us  p99 %7.2f us\n",
+	       "pipe pair, poll (baseline)", pbase.p50_us, pbase.p99_us);
+	if ((err = pair_rt(o, &pair))) {
+		fail("ferry channel pair", err);
+		goto out;
+	}
+	printf("%-52s p50 %7.2f us  p99 %7.2f us"
+	       "  (%.1fx pipe pair)\n", "ferry channel pair", pair.p50_us, pair.p99_us, pbase.p50_us / pair.p50_us);
+	if (o->agg) {
+		if ((err = broker_steady(o, o->agg_children, o->agg_helpers, &agg))) {
+			fail("aggregate run", err);
+			goto out;
+		}
+		printf("aggregate, %u children x %u helpers, windows full  %10.0f round trips/s "
+		       "(dispatch CPU %s, %.2f wakes/reply)\n", o->agg_children, o->agg_helpers,
+		       agg.rps, agg.dispatch_cpu >= 0 ? "reserved" : "shared", agg.bells_per_req);
+	}
+	printf("bench=msg rtt_p50_us=%.2f rtt_p99_us=%.2f baseline_rtt_p50_us=%.2f "
+	       "baseline_rtt_p99_us=%.2f speedup=%.2f rps=%.0f baseline_rps=%.0f children=%u "
+	       "helpers=%u pair_rtt_p50_us=%.2f pair_baseline_p50_us=%.2f pair_speedup=%.2f "
+	       "agg_rps=%.0f agg_children=%u agg_helpers=%u agg_dispatch_cpu=%d\n",
+	       rt.p50_us, rt.p99_us, base.p50_us, base.p99_us, base.p50_us / rt.p50_us, rt.rps,
+	       base.rps, o->children, o->helpers, pair.p50_us, pbase.p50_us,
+	       pbase.p50_us / pair.p50_us, o->agg ? agg.rps : 0, o->agg ? o->agg_children : 0,
+	       o->agg ? o->agg_helpers : 0, agg.dispatch_cpu);
+	fflush(stdout);
+	rc = 0;
+	if (o->plot) {
+		const struct bench_lat *l[4] = { &base, &rt, &pbase, &pair };
+
+		rc = plot_latency(o->plot, l) ? 1 : 0;
+	}
+out:
+	free(base.t);
+	free(rt.t);
+	free(pbase.t);
+	free(pair.t);
+	return rc;
 }
 
 static void msg_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ferry-bench msg [options]\n"
-		"  -n N        round trips per measurement (default 20000, at least 100)\n"
-		"  -c N        children in the aggregate run (default 32)\n"
-		"  -h N        helpers in the aggregate run (default 4)\n"
-		"  -w K        requests outstanding per child (default: the library's)\n"
-		"  -d D        requests queued at one helper (default: the library's)\n"
-		"  --plot F    draw the round-trip distributions into F (.png or .svg, gnuplot)\n"
-		"  --help      this text\n"
-		"Measures pipe+poll (the baseline), a ferry channel pair, ferry_call through the\n"
-		"broker, the aggregate rate of C children x H helpers and the broker's CPU per\n"
-		"request with 4 and 256 children, each next to the baseline of the same run.\n"
-		"The last line is key=value pairs.\n");
+		"  -n N             round trips per child per latency run (default 20000, >= 100)\n"
+		"  -t, --seconds S  latency runs stop after S seconds at most; the aggregate and\n"
+		"                   --scale runs measure S seconds of steady state (default 1)\n"
+		"  -c, --children N children in the round-trip runs (default 1, at most %u)\n"
+		"  -h, --helpers N  helpers in the round-trip runs (default 1)\n"
+		"  -w, --window K   requests outstanding per child (default: the library's)\n"
+		"  -d, --depth D    requests queued at one helper (default: the library's)\n"
+		"  --spin-ns NS     spin this long before sleeping (default: the library's,\n"
+		"                   $FERRY_SPIN_NS; 0 sleeps at once)\n"
+		"  --sleep          the same as --spin-ns 0\n"
+		"  --agg CxH        children x helpers of the aggregate run (default 32x4)\n"
+		"  --no-agg         skip the aggregate run\n"
+		"  --scale          only the broker's CPU per request at 4, 16, 64, 256 children\n"
+		"  --rounds R       --scale: medians over R rounds of every count (default 3)\n"
+		"  --plot F         draw the round-trip distributions into F (.png or .svg)\n"
+		"  --help           this text\n"
+		"Measures child->broker->helper->broker->child round trips through ferry and\n"
+		"through pipes+poll (the baseline, same path, same run), a ferry channel pair\n"
+		"against a pipe pair, and the aggregate rate of C children x H helpers.\n"
+		"The last line is key=value pairs; speedup = baseline p50 / ferry p50.\n",
+		SYNC_CHILDREN_MAX);
+}
+
+static int parse_uint(const char *s, unsigned int min, unsigned int max, unsigned int *v)
+{
+	char *end;
+	unsigned long x;
+
+	errno = 0;
+	x = strtoul(s, &end, 0);
+	if (errno || end == s || *end || *s == '-' || x < min || x > max)
+		return -1;
+	*v = (unsigned int)x;
+	return 0;
 }
 
 int ferry_bench_msg(int argc, char **argv)
 {
-	unsigned int n = 20000, agg_children = 32, agg_helpers = 4;
-	struct run br = { 0 }, agg = { 0 }, s4 = { 0 }, s256 = { 0 };
-	double pipe_us, pair_us;
-	const char *plot = NULL;
-	uint64_t *t[3];
-	int opt;
-	static const struct option longs[] = {
-		{ "plot", required_argument, NULL, 'P' }, { "help", no_argument, NULL, 'H' }, { 0 }
+	struct msg_opts o = {
+		.n = 20000, .children = 1, .helpers = 1, .agg_children = 32, .agg_helpers = 4,
+		.spin_ns = UINT64_MAX, .agg = true, .rounds = 3,
 	};
+	static const struct option longs[] = {
+		{ "seconds", required_argument, NULL, 't' },
+		{ "children", required_argument, NULL, 'c' },
+		{ "helpers", required_argument, NULL, 'h' },
+		{ "window", required_argument, NULL, 'w' },
+		{ "depth", required_argument, NULL, 'd' },
+		{ "spin-ns", required_argument, NULL, 'S' },
+		{ "sleep", no_argument, NULL, 'Z' },
+		{ "agg", required_argument, NULL, 'A' },
+		{ "no-agg", no_argument, NULL, 'N' },
+		{ "scale", no_argument, NULL, 's' },
+		{ "rounds", required_argument, NULL, 'R' },
+		{ "plot", required_argument, NULL, 'P' },
+		{ "help", no_argument, NULL, 'H' },
+		{ 0 }
+	};
+	const char *bad = NULL;
+	int opt;
 
-	while ((opt = getopt_long(argc, argv, "n:c:h:w:d:", longs, NULL)) != -1) {
+	while (!bad && (opt = getopt_long(argc, argv, "n:t:c:h:w:d:", longs, NULL)) != -1) {
+		char *end;
+
 		switch (opt) {
-		case 'n': n = (unsigned int)strtoul(optarg, NULL, 0); break;
-		case 'c': agg_children = (unsigned int)strtoul(optarg, NULL, 0); break;
-		case 'h': agg_helpers = (unsigned int)strtoul(optarg, NULL, 0); break;
-		case 'w': opt_window = (unsigned int)strtoul(optarg, NULL, 0); break;
-		case 'd': opt_depth = (unsigned int)strtoul(optarg, NULL, 0); break;
-		case 'P': plot = optarg; break;
+		case 'n': bad = parse_uint(optarg, 100, 100000000, &o.n) ? "-n" : NULL; break;
+		case 'c':
+			bad = parse_uint(optarg, 1, SYNC_CHILDREN_MAX, &o.children) ? "--children" : NULL;
+			break;
+		case 'h': bad = parse_uint(optarg, 1, 1024, &o.helpers) ? "--helpers" : NULL; break;
+		case 'w': bad = parse_uint(optarg, 1, 65536, &o.window) ? "--window" : NULL; break;
+		case 'd': bad = parse_uint(optarg, 1, 1024, &o.depth) ? "--depth" : NULL; break;
+		case 't':
+			o.seconds = strtod(optarg, &end);
+			bad = end == optarg || *end || !(o.seconds > 0 && o.seconds <= 3600) ?
+				"--seconds" : NULL;
+			break;
+		case 'S':
+			errno = 0;
+			o.spin_ns = strtoull(optarg, &end, 0);
+			bad = errno || end == optarg || *end || *optarg == '-' ||
+			      o.spin_ns == UINT64_MAX ? "--spin-ns" : NULL;
+			break;
+		case 'Z': o.spin_ns = 0; break;
+		case 'A':
+			if (sscanf(optarg, "%ux%u", &o.agg_children, &o.agg_helpers) != 2 ||
+			    !o.agg_children || o.agg_children > 65536 || !o.agg_helpers ||
+			    o.agg_helpers > 1024 || strspn(optarg, "0123456789x") != strlen(optarg))
+				bad = "--agg";
+			break;
+		case 'N': o.agg = false; break;
+		case 's': o.scale = true; break;
+		case 'R':
+			bad = parse_uint(optarg, 1, MAX_ROUNDS, &o.rounds) ? "--rounds" : NULL;
+			break;
+		case 'P': o.plot = optarg; break;
 		case 'H': msg_usage(stdout); return 0;
 		default: msg_usage(stderr); return 2;
 		}
 	}
-	if (n < 100) {
-		fprintf(stderr, "ferry-bench msg: -n must be at least 100\n");
+	if (bad) {
+		fprintf(stderr, "ferry-bench msg: bad value for %s: '%s' (see --help)\n", bad, optarg);
 		return 2;
 	}
-	if (plot && bench_plot_check(plot))
+	if (optind < argc) {
+		fprintf(stderr, "ferry-bench msg: unexpected argument '%s' (see --help)\n",
+			argv[optind]);
 		return 2;
-	for (int k = 0; k < 3; k++)
-		if (!(t[k] = calloc(n, sizeof(*t[k]))))
-			return 1;
-	printf("# ferry-bench msg: %u round trips per measurement, %ld CPUs\n", n,
-	       sysconf(_SC_NPROCESSORS_ONLN));
-	pipe_us = pipe_rt(n, t[0]);
-	printf("pipe+poll round trip (baseline)      median %8.2f us\n", pipe_us);
-	pair_us = pair_rt(n, FERRY_CHAN_SPIN_NS_DEFAULT, t[1]);
-	printf("ferry channel pair, default spin     median %8.2f us  (%.1fx pipe)\n",
-	       pair_us, pipe_us / pair_us);
-	br.t = t[2];
-	if (broker_run(1, 1, n, false, UINT64_MAX, &br))
-		return 1;
-	printf("ferry_call via broker, 1 child 1 helper median %5.2f us  (%.1fx pipe)\n",
-	       br.med_us, pipe_us / br.med_us);
-	/* Steady state: 1 s between two samples, after start-up. */
-	if (broker_run(agg_children, agg_helpers, 0, true, UINT64_MAX, &agg))
-		return 1;
-	printf("aggregate, %u children x %u helpers    %10.0f round trips/s (dispatch CPU %s, "
-	       "%.2f wakes/reply)\n", agg_children, agg_helpers, agg.rps,
-	       agg.dispatch_cpu >= 0 ? "reserved" : "shared", agg.bells_per_req);
-	/* Broker cost per request must not grow with the number of peers. */
-	if (broker_run(4, 4, 0, true, 0, &s4) || broker_run(256, 4, 0, true, 0, &s256))
-		return 1;
-	printf("broker CPU per request: 4 children %.0f ns, 256 children %.0f ns (%.2fx); "
-	       "wakes/reply %.2f and %.2f\n", s4.cpu_ns_per_req, s256.cpu_ns_per_req,
-	       s256.cpu_ns_per_req / s4.cpu_ns_per_req, s4.bells_per_req, s256.bells_per_req);
-	printf("bench=msg pipe_rt_us=%.2f pair_rt_us=%.2f pair_speedup=%.2f rt_us=%.2f "
-	       "speedup=%.2f agg_rps=%.0f agg_children=%u agg_helpers=%u cost4_ns=%.0f "
-	       "cost256_ns=%.0f cost_ratio=%.2f agg_dispatch_cpu=%d\n",
-	       pipe_us, pair_us, pipe_us / pair_us, br.med_us, pipe_us / br.med_us, agg.rps,
-	       agg_children, agg_helpers, s4.cpu_ns_per_req, s256.cpu_ns_per_req,
-	       s256.cpu_ns_per_req / s4.cpu_ns_per_req, agg.dispatch_cpu);
-	if (plot && plot_latency(plot, t, n, pipe_us, pair_us, br.med_us))
-		return 1;
-	for (int k = 0; k < 3; k++)
-		free(t[k]);
-	return 0;
+	}
+	if (o.plot && bench_plot_check(o.plot))
+		return 2;
+	printf("# ferry-bench msg%s: %ld CPUs, spin %s", o.scale ? " --scale" : "",
+	       sysconf(_SC_NPROCESSORS_ONLN), o.spin_ns == UINT64_MAX ? "library default" : "");
+	if (o.spin_ns != UINT64_MAX)
+		printf("%llu ns", (unsigned long long)o.spin_ns);
+	if (!o.scale)
+		printf(", %u round trips per child per run, %u children x %u helpers",
+		       o.n, o.children, o.helpers);
+	printf("\n");
+	fflush(stdout);
+	return o.scale ? run_scale(&o) : run_msg(&o);
 }
