@@ -15,12 +15,13 @@ t_start=$(date +%s)
 
 # tally NAME CMD...: run one runner, relay its output, add its last line up.
 tally() {
-	local name=$1 tmp rc last p f
+	local name=$1 tmp rc last p f t0=$(date +%s)
 	shift
 	tmp=$(mktemp)
 	echo "# ==== $name"
 	"$@" 2>&1 | tee "$tmp"
 	rc=${PIPESTATUS[0]}
+	echo "# ==== $name: $(( $(date +%s) - t0 )) s"
 	last=$(tail -n 1 "$tmp")
 	rm -f "$tmp"
 	if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
@@ -66,6 +67,7 @@ tap() {
 
 "$here/deps.sh" || exit 1
 make -s lib tools build-tests sanitize-tests fuzz-build || { echo "0 passed, 1 failed"; exit 1; }
+echo "# deps and build: $(( $(date +%s) - t_start )) s"
 
 tally "uapi header (host)" tap build/tests/uapi/*
 if ls build/tests/userspace/* >/dev/null 2>&1; then

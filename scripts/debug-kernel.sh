@@ -4,6 +4,8 @@
 # kmemleak, DEBUG_VM, DEBUG_LIST, fault injection, NUMA, io_uring, modules).
 # Prints the same assignments as kernel.sh, for eval:
 #   FERRY_KABI=<version>  FERRY_KDIR=<build tree>  FERRY_VMLINUZ=<bzImage>
+# and FERRY_KAPPEND, what its command line needs (two emulated NUMA nodes:
+# the kernel has no ACPI to read qemu's from).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -16,7 +18,7 @@ if [ ! -e "$dir/.complete" ]; then
 	rm -rf "$dir" && mkdir -p "$dir"
 	# A build of an earlier fragment, if any, is reused: only what the
 	# changed options touch gets rebuilt.
-	prev=$(ls -dt "$FERRY_CACHE"/debug-kernel/*/.complete 2>/dev/null | head -n 1)
+	prev=$(ls -dt "$FERRY_CACHE"/debug-kernel/*/.complete 2>/dev/null | head -n 1 || true)
 	if [ -n "$prev" ]; then
 		ferry_log "debug kernel: starting from $(dirname "$prev")"
 		cp -a "$(dirname "$prev")/src" "$dir/src"
@@ -50,3 +52,4 @@ fi
 printf 'FERRY_KABI=%q\n' "$(cat "$dir/src/include/config/kernel.release")"
 printf 'FERRY_KDIR=%q\n' "$dir/src"
 printf 'FERRY_VMLINUZ=%q\n' "$dir/src/arch/x86/boot/bzImage"
+printf 'FERRY_KAPPEND=%q\n' "numa=fake=2"

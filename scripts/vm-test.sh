@@ -28,6 +28,7 @@ repo=$(dirname "$here")
 [ $# -ge 2 ] || ferry_die "usage: vm-test.sh 6.1|6.12 TESTDIR..."
 series=$1; shift
 kenv=$("$here/kernel.sh" "$series") || exit 1
+FERRY_KAPPEND=
 eval "$kenv"
 busybox=$(ferry_busybox) || exit 1
 
@@ -205,7 +206,7 @@ done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2,sock
 	-object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M \
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \
 	-nographic -no-reboot -kernel "$FERRY_VMLINUZ" -initrd "$out/initramfs.cpio.gz" \
-	-append "console=ttyS0 panic=-1 loglevel=3 ${FERRY_VM_APPEND:-}" </dev/null 2>&1)
+	-append "console=ttyS0 panic=-1 loglevel=3 $FERRY_KAPPEND ${FERRY_VM_APPEND:-}" </dev/null 2>&1)
 	[ -z "$insmod_rc" ] || break
 	echo "# boot attempt $attempt died before the tests started:"
 	grep -m 3 -E 'Oops|BUG:|panic' "$log" | sed 's/^/#   /'

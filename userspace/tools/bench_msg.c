@@ -244,7 +244,6 @@ static int broker_steady(const struct msg_opts *mo, unsigned int children,
 		replies = s1.replies - s0.replies;
 		cost[k] = replies ? (uint64_t)((s1.dispatch_cpu_ns - s0.dispatch_cpu_ns) * 1000 /
 					       replies) : UINT64_MAX;
-		if (getenv("DBGW")) fprintf(stderr, "%u:%llu(%llu) ", children, (unsigned long long)cost[k]/1000, (unsigned long long)replies);
 		s0 = s1;
 	}
 	t1 = bench_now_ns();
