@@ -47,6 +47,13 @@ extern struct list_head ferry_sessions;
 extern struct list_head ferry_all_regions;
 /* Live regions by id; an entry holds one region reference. */
 extern struct xarray ferry_regions;
+/*
+ * One slab cache per object kind, named ferry_<kind>: kmemleak and
+ * /proc/slabinfo name our objects, and slub_debug=A,ferry_* with failslab's
+ * cache-filter aims fault injection at this module's allocations alone.
+ */
+extern struct kmem_cache *ferry_session_cache, *ferry_region_cache;
+extern struct kmem_cache *ferry_access_cache, *ferry_map_cache;
 
 struct ferry_session {
 	struct kref ref;

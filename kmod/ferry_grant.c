@@ -104,7 +104,7 @@ static void ferry_access_release(struct kref *ref)
 	struct ferry_access *a = container_of(ref, struct ferry_access, ref);
 
 	put_pid(a->pid);
-	kfree(a);
+	kmem_cache_free(ferry_access_cache, a);
 }
 
 void ferry_access_put(struct ferry_access *a)
@@ -177,7 +177,7 @@ int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights)
 		ret = -ESRCH;
 		goto put_pid;
 	}
-	fresh = kzalloc(sizeof(*fresh), GFP_KERNEL);
+	fresh = kmem_cache_zalloc(ferry_access_cache, GFP_KERNEL);
 	if (!fresh) {
 		ret = -ENOMEM;
 		goto put_pid;
@@ -205,7 +205,8 @@ int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights)
 
 	if (zap)
 		ferry_region_zap(r);
-	kfree(fresh);
+	if (fresh)	/* unlike kfree(), this one takes no NULL */
+		kmem_cache_free(ferry_access_cache, fresh);
 put_pid:
 	put_pid(pid);
 	return ret;

@@ -38,6 +38,30 @@ LIST_HEAD(ferry_sessions);
 LIST_HEAD(ferry_all_regions);
 DEFINE_XARRAY_ALLOC1(ferry_regions);
 
+struct kmem_cache *ferry_session_cache, *ferry_region_cache;
+struct kmem_cache *ferry_access_cache, *ferry_map_cache;
+
+static void ferry_caches_destroy(void)
+{
+	kmem_cache_destroy(ferry_map_cache);
+	kmem_cache_destroy(ferry_access_cache);
+	kmem_cache_destroy(ferry_region_cache);
+	kmem_cache_destroy(ferry_session_cache);
+}
+
+static int ferry_caches_init(void)
+{
+	ferry_session_cache = KMEM_CACHE(ferry_session, 0);
+	ferry_region_cache = KMEM_CACHE(ferry_region, 0);
+	ferry_access_cache = KMEM_CACHE(ferry_access, 0);
+	ferry_map_cache = KMEM_CACHE(ferry_map, 0);
+	if (ferry_session_cache && ferry_region_cache && ferry_access_cache &&
+	    ferry_map_cache)
+		return 0;
+	ferry_caches_destroy();
+	return -ENOMEM;
+}
+
 static atomic64_t ferry_session_serial = ATOMIC64_INIT(0);
 static bool ferry_have_debugfs;
 
@@ -54,7 +78,7 @@ static void ferry_session_release(struct kref *ref)
 	list_del(&s->node);
 	mutex_unlock(&ferry_global_lock);
 	put_pid(s->owner);
-	kfree(s);
+	kmem_cache_free(ferry_session_cache, s);
 }
 
 void ferry_session_put(struct ferry_session *s)
@@ -66,7 +90,7 @@ static int ferry_open(struct inode *inode, struct file *file)
 {
 	struct ferry_session *s;
 
-	s = kzalloc(sizeof(*s), GFP_KERNEL);
+	s = kmem_cache_zalloc(ferry_session_cache, GFP_KERNEL);
 	if (!s)
 		return -ENOMEM;
 	kref_init(&s->ref);
@@ -306,10 +330,14 @@ static int __init ferry_init(void)
 	ret = ferry_pidfd_init();
 	if (ret)
 		return ret;
+	ret = ferry_caches_init();
+	if (ret)
+		return ret;
 	ferry_have_debugfs = ferry_debugfs_init();
 	ret = misc_register(&ferry_misc);
 	if (ret) {
 		ferry_debugfs_exit();
+		ferry_caches_destroy();
 		return ret;
 	}
 	return 0;
@@ -322,6 +350,9 @@ static void __exit ferry_exit(void)
 	/* Every session and map held a module reference: all are gone. */
 	WARN_ON(!xa_empty(&ferry_regions));
 	xa_destroy(&ferry_regions);
+	/* An object still allocated here makes SLUB complain: the VM tests
+	 * fail on that. */
+	ferry_caches_destroy();
 }
 
 module_init(ferry_init);

@@ -46,7 +46,7 @@ static void ferry_map_release(struct kref *ref)
 		ferry_access_put(map->access);
 	mmdrop(map->mm);
 	ferry_region_put(map->region);
-	kfree(map);
+	kmem_cache_free(ferry_map_cache, map);
 }
 
 /* A VMA was split off or moved: it shares the map. */
@@ -171,7 +171,7 @@ int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 		ret = -EINVAL;
 		goto put_region;
 	}
-	map = kzalloc(sizeof(*map), GFP_KERNEL);
+	map = kmem_cache_zalloc(ferry_map_cache, GFP_KERNEL);
 	if (!map) {
 		ret = -ENOMEM;
 		goto put_region;
@@ -226,7 +226,7 @@ int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 	return 0;
 
 free_map:
-	kfree(map);
+	kmem_cache_free(ferry_map_cache, map);
 put_region:
 	ferry_region_put(r);
 	return ret;

@@ -71,7 +71,7 @@ static int ferry_memfd_claim(struct file *file, u64 *size)
 /* The last VMA of the region is gone (or there never was one). */
 static int ferry_vfile_release(struct inode *inode, struct file *file)
 {
-	kfree(file->private_data);
+	kmem_cache_free(ferry_region_cache, file->private_data);
 	return 0;
 }
 
@@ -152,7 +152,7 @@ int ferry_region_create(struct ferry_session *s, struct ferry_create *arg)
 	if (!file)
 		return -EBADF;
 
-	r = kzalloc(sizeof(*r), GFP_KERNEL);
+	r = kmem_cache_zalloc(ferry_region_cache, GFP_KERNEL);
 	if (!r) {
 		ret = -ENOMEM;
 		goto put_file;
@@ -215,7 +215,7 @@ unlock:
 	fput(r->vfile);		/* its release frees @r */
 	goto put_file;
 free_region:
-	kfree(r);
+	kmem_cache_free(ferry_region_cache, r);
 put_file:
 	fput(file);
 	return ret;

@@ -5,9 +5,11 @@
 #
 # "debug" is ferry's own 6.1 build with KASAN, lockdep and kmemleak
 # (debug-kernel.sh); there kmemleak is cleared before insmod and scanned
-# after rmmod.  FERRY_VM_FAULTS=1 makes slab and page allocations fail at
-# random (1%) under the tests (their verdicts then do not count; the kernel's
-# checks do).  FERRY_VM_APPEND adds to the kernel command line; unknown
+# after rmmod.  FERRY_VM_FAULTS=1 makes 10% of the allocations from the
+# module's slab caches fail (failslab, cache filter) and 1% of the tests'
+# page allocations (fail_page_alloc), and checks that both injected
+# failures; the tests' own verdicts then do not count, the kernel's
+# checks do.  FERRY_VM_APPEND adds to the kernel command line; unknown
 # "KEY=value" words there reach the tests as environment variables
 # (FERRY_FUZZ_CALLS=1000000 for the fuzzer's long run, say).
 #
@@ -30,6 +32,8 @@ series=$1; shift
 kenv=$("$here/kernel.sh" "$series") || exit 1
 FERRY_KAPPEND=
 eval "$kenv"
+# Marks the module's slab caches (ferry_*) for failslab's cache filter.
+[ -n "${FERRY_VM_FAULTS:-}" ] && FERRY_KAPPEND+=" slub_debug=A,ferry_*"
 busybox=$(ferry_busybox) || exit 1
 
 out=$repo/build/vm/$FERRY_KABI
@@ -106,15 +110,23 @@ echo
 [ -e /sys/kernel/debug/kmemleak ] && echo clear >/sys/kernel/debug/kmemleak
 insmod /ferry.ko; echo "FERRY-VM insmod $?"
 if [ -e /faults ] && [ -d /sys/kernel/debug/failslab ]; then
-	# Fault injection: the tests' own processes (make-it-fail, inherited by
-	# everything they fork) see slab and page allocations fail at random.
+	# Fault injection.  failslab: 10% of the allocations from the module's
+	# own caches (slub_debug=A,ferry_* on the command line marks them; the
+	# cache filter spares every other cache), whoever makes them.
+	# fail_page_alloc: 1% of the page allocations of the tests' processes
+	# (make-it-fail, inherited by what they fork).  "times" counts down
+	# with each failure injected: what is left says how many there were.
 	for f in failslab fail_page_alloc; do
 		d=/sys/kernel/debug/$f
 		[ -d $d ] || continue
-		echo Y >$d/task-filter; echo 1 >$d/probability; echo 1 >$d/interval
-		echo -1 >$d/times; echo 0 >$d/space; echo 0 >$d/verbose
+		echo 1 >$d/interval; echo 1000000000 >$d/times; echo 0 >$d/space
+		echo 0 >$d/verbose
 		[ -e $d/ignore-gfp-wait ] && echo N >$d/ignore-gfp-wait
 	done
+	d=/sys/kernel/debug/failslab
+	echo Y >$d/cache-filter; echo N >$d/task-filter; echo 10 >$d/probability
+	d=/sys/kernel/debug/fail_page_alloc
+	[ -d $d ] && { echo Y >$d/task-filter; echo 1 >$d/probability; }
 	echo "FERRY-VM faults on"
 fi
 for t in /tests/*; do
@@ -127,7 +139,10 @@ for t in /tests/*; do
 	echo "FERRY-VM rc ${t##*/} $?"
 done
 for f in failslab fail_page_alloc; do
-	[ -e /sys/kernel/debug/$f/probability ] && echo 0 >/sys/kernel/debug/$f/probability
+	d=/sys/kernel/debug/$f
+	[ -e $d/probability ] || continue
+	echo 0 >$d/probability
+	[ -e /faults ] && echo "FERRY-VM faults-left $f $(cat $d/times)"
 done
 echo "FERRY-VM stats $(tr '\n' ' ' </sys/kernel/debug/ferry/stats)"
 rmmod ferry; echo "FERRY-VM rmmod $?"
@@ -149,6 +164,7 @@ chmod +x "$root/init"
 # --- boot and relay ---------------------------------------------------------
 log=$out/console.log
 insmod_rc= rmmod_rc= stats= bad_rc=() in_dmesg=0 dmesg_bad=() in_leak=0 leaks=() have_kmemleak=0
+declare -A injected=()
 t0=$(date +%s)
 # A boot that dies before our init runs (Debian's 6.12 occasionally oopses
 # in early boot under multi-threaded TCG while patching kernel text) ran
@@ -185,6 +201,9 @@ while IFS= read -r line; do
 		set -- ${line#FERRY-VM rc }
 		[ "$2" = 0 ] || bad_rc+=("$1 exited $2") ;;
 	"FERRY-VM stats "*) stats=${line#FERRY-VM stats } ;;
+	"FERRY-VM faults-left "*)
+		set -- ${line#FERRY-VM faults-left }
+		injected[$1]=$((1000000000 - $2)) ;;
 	"FERRY-VM rmmod "*) rmmod_rc=${line##* } ;;
 	"FERRY-VM dmesg-begin") in_dmesg=1 ;;
 	"FERRY-VM kmemleak-begin") in_leak=1 have_kmemleak=1 ;;
@@ -216,6 +235,12 @@ echo "# boot + tests: $(( $(date +%s) - t0 )) s"
 
 [ "$insmod_rc" = 0 ] && check OK "insmod ferry.ko" || check FAIL "insmod ferry.ko (rc=${insmod_rc:-none: VM died or timed out after ${timeout_s}s})"
 if [ -n "${FERRY_VM_FAULTS:-}" ]; then
+	[ "${injected[failslab]:-0}" -gt 0 ] &&
+		check OK "failslab: ${injected[failslab]} allocations from the module's caches failed" ||
+		check FAIL "failslab injected no failure into the module's caches"
+	[ "${injected[fail_page_alloc]:-0}" -gt 0 ] &&
+		check OK "fail_page_alloc: ${injected[fail_page_alloc]} page allocations of the tests failed" ||
+		check FAIL "fail_page_alloc injected no failure"
 	echo "# under fault injection $((nt - ${#bad_rc[@]})) of $nt test binaries still exited 0:"
 	for b in "${bad_rc[@]}"; do echo "#   $b"; done
 	[ -n "$rmmod_rc" ] && check OK "every test binary ran to its end under fault injection" ||
