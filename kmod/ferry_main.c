@@ -10,6 +10,7 @@
  */
 #include <linux/atomic.h>
 #include <linux/compat.h>
+#include <linux/fdtable.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
@@ -107,21 +108,44 @@ static int ferry_open(struct inode *inode, struct file *file)
 	return 0;
 }
 
+static int ferry_same_file(const void *file, struct file *f, unsigned int fd)
+{
+	return f == file;
+}
+
+/* Whether some thread of the caller's group still has @file in its fd table. */
+static bool ferry_group_holds(struct file *file)
+{
+	struct task_struct *t;
+	bool held = false;
+
+	rcu_read_lock();
+	for_each_thread(current, t) {
+		/* ->files goes NULL, under task_lock, as a thread exits. */
+		task_lock(t);
+		held = t->files && iterate_fd(t->files, 0, ferry_same_file, file);
+		task_unlock(t);
+		if (held)
+			break;
+	}
+	rcu_read_unlock();
+	return held;
+}
+
 /*
- * The owner is going away: its regions go with it even when a copy of the
- * fd lives on in a child that inherited it by accident.  flush() runs on
- * every close of every copy; only the owner's exit ends the session here.
+ * The owner let go of the session: its regions go, even when a copy of the
+ * fd lives on in a child that inherited it (a copy that is useless there:
+ * every verb checks the caller).  flush() runs on every close of every
+ * copy, before release() and also when the process exits; the close being
+ * flushed is already out of the fd table.  A thread with its own fd table
+ * closing its copy is not the owner letting go while another thread still
+ * holds one.
  */
 static int ferry_flush(struct file *file, fl_owner_t id)
 {
 	struct ferry_session *s = file->private_data;
 
-	/*
-	 * A thread with a private fd table (unshare(CLONE_FILES)) exiting is
-	 * not the owner leaving: wait for the last thread of the group.
-	 */
-	if (ferry_caller_is(s->owner) && (current->flags & PF_EXITING) &&
-	    atomic_read(&current->signal->live) == 0)
+	if (ferry_caller_is(s->owner) && !ferry_group_holds(file))
 		ferry_session_destroy_regions(s);
 	return 0;
 }

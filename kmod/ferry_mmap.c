@@ -49,11 +49,20 @@ static void ferry_map_release(struct kref *ref)
 	kmem_cache_free(ferry_map_cache, map);
 }
 
-/* A VMA was split off or moved: it shares the map. */
+/*
+ * A VMA was split off or moved, and shares the map; or fork() copied it
+ * into a child because MADV_DOFORK undid our VM_DONTCOPY.  The child may
+ * not use its copy (ferry_map_allows() refuses another mm), and it must not
+ * inherit the page-table entries either: fork copies those of a
+ * VM_MIXEDMAP VMA unless the copy is VM_WIPEONFORK, which fork looks at
+ * after calling open.
+ */
 static void ferry_vm_open(struct vm_area_struct *vma)
 {
 	struct ferry_map *map = vma->vm_private_data;
 
+	if (vma->vm_mm != map->mm)
+		ferry_vma_mod_flags(vma, VM_WIPEONFORK, 0);
 	kref_get(&map->ref);
 	atomic_inc(&map->region->nr_maps);
 	__module_get(THIS_MODULE);

@@ -403,10 +403,11 @@ TEST_F(session, owner_exit_destroys_regions_a_child_still_has_fd_to)
 }
 
 /*
- * Known bug: if the owner closed its copy of the session fd before
- * exiting while another process holds a copy, ferry_flush() never sees
- * the owner exit, and the owner's regions outlive it (still in the id
- * table, still mappable by grantees, owner_pid 0) until that copy closes.
+ * Regression (was a bug): if the owner closed its copy of the session fd
+ * before exiting while another process held a copy, ferry_flush() never
+ * saw the owner exit, and the owner's regions outlived it (still in the id
+ * table, still mappable by grantees, owner_pid 0) until that copy closed.
+ * Now the owner's last close ends them.
  */
 TEST_F(session, owner_exit_destroys_regions_after_owner_closed_its_copy)
 {
@@ -415,7 +416,6 @@ TEST_F(session, owner_exit_destroys_regions_after_owner_closed_its_copy)
 	uint32_t id = 0;
 	pid_t owner;
 
-	FERRY_KNOWN_BUG("regions outlive an owner that closed its fd while a child still holds a copy");
 	ASSERT_EQ(0, pipe(idpipe));
 	ASSERT_EQ(0, pipe(hold));
 	owner = fork();
@@ -453,6 +453,40 @@ TEST_F(session, owner_exit_destroys_regions_after_owner_closed_its_copy)
 	}
 	ASSERT_EQ(1, write(hold[1], "x", 1));
 	close(hold[1]);
+}
+
+/*
+ * The owner's last close ends its regions at once, while it lives on and a
+ * forked child still holds a copy of the fd (useless to the child).
+ */
+TEST_F(session, owner_close_ends_regions_a_child_still_has_fd_to)
+{
+	struct ferry_test_region r;
+	struct ferry_info info;
+	int hold[2], other = ferry_open();
+	pid_t holder;
+
+	ASSERT_LE(0, other);
+	ASSERT_EQ(0, ferry_region_new(self->fd, 1, 14, &r));
+	ASSERT_EQ(0, pipe(hold));
+	holder = fork();
+	ASSERT_LE(0, holder);
+	if (holder == 0) {
+		char c;
+
+		close(hold[1]);
+		_exit(read(hold[0], &c, 1) == 1 ? 0 : 3);
+	}
+	close(hold[0]);
+	EXPECT_EQ(0, ferry_info(other, r.id, &info));
+	close(self->fd);
+	self->fd = -1;
+	EXPECT_EQ(-ENOENT, ferry_info(other, r.id, &info));
+	ASSERT_EQ(1, write(hold[1], "x", 1));
+	close(hold[1]);
+	EXPECT_EQ(0, ferry_wait(holder));
+	close(other);
+	ferry_region_close_memfd(&r);
 }
 
 static void *unshare_files_thread(void *arg)

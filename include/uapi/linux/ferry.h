@@ -6,7 +6,9 @@
  * open("/dev/ferry") makes a session bound to the opening process (its
  * thread group).  Every ioctl and mmap on that file from any other process
  * fails with -EPERM, so a session fd inherited across fork() or received
- * over SCM_RIGHTS is worth nothing.
+ * over SCM_RIGHTS is worth nothing.  The session's regions are destroyed
+ * once no thread of the owner holds the fd any more (close, exit, exec),
+ * whoever else still has a copy.
  *
  * Rules common to every struct below:
  *  - fields marked "in" are read, fields marked "out" are written;
