@@ -56,7 +56,7 @@ tail -n 1 "$out" | sed 's/^/# /'
 
 build/ferry-bench msg --scale -t 0.3 >"$out" 2>&1; rc=$?
 tail -n 1 "$out" | sed 's/^/# /'
-[ $rc -eq 0 ] && tail -n 1 "$out" | grep -Eq "^bench=msg-scale cost_4_ns=[1-9][0-9]* cost_16_ns=[1-9][0-9]* cost_64_ns=[1-9][0-9]* cost_256_ns=[1-9][0-9]* .*cost_ratio_256_vs_4=[0-9.]+$" &&
+[ $rc -eq 0 ] && tail -n 1 "$out" | grep -Eq "^bench=msg-scale cost_4_ns=[1-9][0-9]* cost_16_ns=[1-9][0-9]* cost_64_ns=[1-9][0-9]* cost_256_ns=[1-9][0-9]* .*cost_ratio_256_vs_4=[0-9.]+ rounds=[0-9]+$" &&
 	check OK "ferry-bench msg --scale: broker cost at 4..256 children, key=value last line" ||
 	check FAIL "ferry-bench msg --scale (rc=$rc)"
 
