@@ -127,7 +127,6 @@ u32 ferry_region_rights_locked(struct ferry_region *r, struct pid *tgid);
 void ferry_region_zap(struct ferry_region *r);
 
 /* ferry_grant.c */
-int ferry_pidfd_init(void);
 int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights);
 int ferry_region_revoke(struct ferry_region *r, int pidfd);
 struct ferry_access *ferry_access_find_locked(struct ferry_region *r,

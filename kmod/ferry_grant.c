@@ -9,7 +9,6 @@
  * revoked and their next fault fails even if the process is granted again
  * later (it must map again).
  */
-#include <linux/anon_inodes.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
@@ -26,47 +25,24 @@
 /*
  * The kernel exports no pidfd-to-pid helper to modules, so recognise
  * pidfds by what they are: since 6.9 files of the pidfs filesystem whose
- * inode carries the pid, before that anon-inode files named "[pidfd]" whose
- * private data is the pid.
+ * inode carries the pid, before that files of the anon-inode filesystem
+ * named "[pidfd]" whose private data is the pid.  (No probe file made at
+ * load time to learn the anon inode: its deferred fput() would outlive a
+ * load that fails later.)
  */
-#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
-static struct inode *ferry_anon_inode;
-static const struct file_operations ferry_probe_fops;
-
-int ferry_pidfd_init(void)
-{
-	struct file *probe;
-
-	/* Every anon_inode_getfile() file shares one inode: learn it. */
-	probe = anon_inode_getfile("[ferry-probe]", &ferry_probe_fops, NULL,
-				   O_RDONLY);
-	if (IS_ERR(probe))
-		return PTR_ERR(probe);
-	ferry_anon_inode = file_inode(probe);
-	fput(probe);
-	return 0;
-}
-
 static struct pid *ferry_file_pid(struct file *f)
 {
-	if (file_inode(f) != ferry_anon_inode ||
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
+	if (file_inode(f)->i_sb->s_magic != ANON_INODE_FS_MAGIC ||
 	    strcmp(f->f_path.dentry->d_name.name, "[pidfd]"))
 		return NULL;
 	return f->private_data;
-}
 #else
-int ferry_pidfd_init(void)
-{
-	return 0;
-}
-
-static struct pid *ferry_file_pid(struct file *f)
-{
 	if (file_inode(f)->i_sb->s_magic != PID_FS_MAGIC)
 		return NULL;
 	return file_inode(f)->i_private;
-}
 #endif
+}
 
 /* A referenced struct pid for @fd, or -EBADF when it is not a pidfd. */
 static struct pid *ferry_pidfd_pid(int fd)

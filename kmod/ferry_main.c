@@ -42,6 +42,18 @@ DEFINE_XARRAY_ALLOC1(ferry_regions);
 struct kmem_cache *ferry_session_cache, *ferry_region_cache;
 struct kmem_cache *ferry_access_cache, *ferry_map_cache;
 
+/*
+ * Unmerged, so the caches keep their names and a leftover object is
+ * reported at unload.  Before 6.5 there is no such flag: SLUB may merge
+ * them into same-sized caches unless a debug flag is set on them (as
+ * slub_debug=A,ferry_* does for fault injection).
+ */
+#ifdef SLAB_NO_MERGE
+#define FERRY_CACHE_FLAGS SLAB_NO_MERGE
+#else
+#define FERRY_CACHE_FLAGS 0
+#endif
+
 static void ferry_caches_destroy(void)
 {
 	kmem_cache_destroy(ferry_map_cache);
@@ -52,10 +64,10 @@ static void ferry_caches_destroy(void)
 
 static int ferry_caches_init(void)
 {
-	ferry_session_cache = KMEM_CACHE(ferry_session, 0);
-	ferry_region_cache = KMEM_CACHE(ferry_region, 0);
-	ferry_access_cache = KMEM_CACHE(ferry_access, 0);
-	ferry_map_cache = KMEM_CACHE(ferry_map, 0);
+	ferry_session_cache = KMEM_CACHE(ferry_session, FERRY_CACHE_FLAGS);
+	ferry_region_cache = KMEM_CACHE(ferry_region, FERRY_CACHE_FLAGS);
+	ferry_access_cache = KMEM_CACHE(ferry_access, FERRY_CACHE_FLAGS);
+	ferry_map_cache = KMEM_CACHE(ferry_map, FERRY_CACHE_FLAGS);
 	if (ferry_session_cache && ferry_region_cache && ferry_access_cache &&
 	    ferry_map_cache)
 		return 0;
@@ -116,6 +128,7 @@ static int ferry_same_file(const void *file, struct file *f, unsigned int fd)
 /* Whether some thread of the caller's group still has @file in its fd table. */
 static bool ferry_group_holds(struct file *file)
 {
+	struct files_struct *seen = NULL;
 	struct task_struct *t;
 	bool held = false;
 
@@ -123,7 +136,10 @@ static bool ferry_group_holds(struct file *file)
 	for_each_thread(current, t) {
 		/* ->files goes NULL, under task_lock, as a thread exits. */
 		task_lock(t);
-		held = t->files && iterate_fd(t->files, 0, ferry_same_file, file);
+		if (t->files && t->files != seen) {
+			seen = t->files;	/* threads mostly share one table */
+			held = iterate_fd(t->files, 0, ferry_same_file, file);
+		}
 		task_unlock(t);
 		if (held)
 			break;
@@ -351,9 +367,6 @@ static int __init ferry_init(void)
 {
 	int ret;
 
-	ret = ferry_pidfd_init();
-	if (ret)
-		return ret;
 	ret = ferry_caches_init();
 	if (ret)
 		return ret;

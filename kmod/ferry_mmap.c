@@ -55,7 +55,9 @@ static void ferry_map_release(struct kref *ref)
  * not use its copy (ferry_map_allows() refuses another mm), and it must not
  * inherit the page-table entries either: fork copies those of a
  * VM_MIXEDMAP VMA unless the copy is VM_WIPEONFORK, which fork looks at
- * after calling open.
+ * after calling open.  (That order is mainline's since 6.9 and 6.1.y's
+ * again in recent updates, Debian's 6.1.192 among them; a 6.1.y between
+ * the backport's revert and its return calls open after copying.)
  */
 static void ferry_vm_open(struct vm_area_struct *vma)
 {

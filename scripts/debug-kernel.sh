@@ -13,6 +13,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 frag=$here/debug-kernel/ferry-debug.config
 sum=$(sha256sum "$frag" | cut -c1-12)
 dir=$FERRY_CACHE/debug-kernel/$sum
+# make check starts a build early, in the background: a second caller
+# waits for it here instead of building the same tree beside it.
+ferry_cache_init
+mkdir -p "$FERRY_CACHE/debug-kernel"
+exec 9>"$FERRY_CACHE/debug-kernel/.lock"
+flock 9
 if [ ! -e "$dir/.complete" ]; then
 	deb=$(ferry_deb linux-source-6.1) || exit 1
 	rm -rf "$dir" && mkdir -p "$dir"

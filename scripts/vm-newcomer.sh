@@ -33,23 +33,10 @@ finish() {
 }
 echo "TAP version 13"
 
-# --- the userspace, made once -------------------------------------------------
-base=$FERRY_CACHE/rootfs/bookworm-dkms
-if [ ! -e "$base/.complete" ]; then
-	command -v debootstrap >/dev/null || ferry_die "debootstrap is missing (scripts/deps.sh installs it)"
-	ferry_log "debootstrap: bookworm with dkms, gcc, udev (once, cached in $base)"
-	rm -rf "$base" && mkdir -p "$base"
-	mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
-	if ! debootstrap --variant=minbase \
-		--include=udev,kmod,dkms,gcc,make,libc6-dev,passwd,libelf1,libssl3,zlib1g,dwarves,linux-base \
-		bookworm "$base/root" "${mirror:-http://deb.debian.org/debian}" >"$base.log" 2>&1; then
-		tail -n 20 "$base.log" | sed 's/^/# /'
-		check FAIL "debootstrap of the VM's userspace"
-		finish
-	fi
-	rm -rf "$base/root"/var/cache/apt/archives/*.deb "$base/root"/var/lib/apt/lists/* \
-	       "$base/root"/usr/share/{doc,man,info,locale}
-	touch "$base/.complete"
+# --- the userspace, made once (cached) ---------------------------------------
+if ! base=$("$here/newcomer-rootfs.sh"); then
+	check FAIL "debootstrap of the VM's userspace"
+	finish
 fi
 
 # --- this kernel's headers in a copy of it, and the repository --------------
