@@ -104,7 +104,9 @@ done
 # test, the fuzzer and libferry again; any report fails.  Then the module's
 # tests with slab and page allocations failing at random under them.
 if [ -z "${FERRY_NO_DEBUG_KERNEL:-}" ]; then
-	tally "module + libferry on the debug kernel (qemu)" "$here/vm-test.sh" debug "${vm_dirs[@]}"
+	# The fuzzer runs 20 s in every other VM pass and 60 s here: 2 min in all.
+	tally "module + libferry on the debug kernel (qemu)" \
+		env FERRY_VM_APPEND="FERRY_FUZZ_SECONDS=60" "$here/vm-test.sh" debug "${vm_dirs[@]}"
 	tally "module under fault injection, debug kernel (qemu)" \
 		env FERRY_VM_FAULTS=1 "$here/vm-test.sh" debug build/tests/kmod
 fi

@@ -221,11 +221,15 @@ while IFS= read -r line; do
 		pass=$((pass + 1)); echo "$line" ;;
 	*) echo "$line" ;;
 	esac
+# tsc=reliable: the guest finds the two sockets' TSCs "unsynchronized"
+# and would fall back to HPET, or to jiffies (a 4 ms clock) on the debug
+# kernel, which has no ACPI; clock_gettime() then is a system call and
+# every test that spins on the clock crawls.  qemu's TSC is one host clock.
 done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2,sockets=2,cores=1,threads=1 -m 1024 \
 	-object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M \
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \
 	-nographic -no-reboot -kernel "$FERRY_VMLINUZ" -initrd "$out/initramfs.cpio.gz" \
-	-append "console=ttyS0 panic=-1 loglevel=3 $FERRY_KAPPEND ${FERRY_VM_APPEND:-}" </dev/null 2>&1)
+	-append "console=ttyS0 panic=-1 loglevel=3 tsc=reliable $FERRY_KAPPEND ${FERRY_VM_APPEND:-}" </dev/null 2>&1)
 	[ -z "$insmod_rc" ] || break
 	echo "# boot attempt $attempt died before the tests started:"
 	grep -m 3 -E 'Oops|BUG:|panic' "$log" | sed 's/^/#   /'
