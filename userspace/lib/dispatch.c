@@ -581,11 +581,16 @@ static bool service(struct ferry_broker *b)
 }
 
 /*
- * Idle: look at every ring for up to spin_ns before sleeping.  Spin with
- * pause for a few µs first, then yield between looks.  On an oversubscribed
+ * Idle: look for work for up to spin_ns before sleeping.  Spin with pause
+ * for a few µs first, then yield between looks.  On an oversubscribed
  * machine, pause only while replies are due (a helper on another CPU
  * answers within µs) and yield at once otherwise: the child that is to
  * send the next request may be waiting for this very CPU.
+ *
+ * A look costs the helpers plus the children that changed state since the
+ * last sleep (the arm list), not every child: a child whose bell is armed
+ * rings it when it sends, and that shows in the completion ring; a parked
+ * one (window full) comes back through slot_done().
  */
 static bool spin(struct ferry_broker *b)
 {
@@ -601,7 +606,10 @@ static bool spin(struct ferry_broker *b)
 			if (b->helper[h].alive && !b->helper[h].corrupt &&
 			    ferry_chan_pending(&b->helper[h].chan.ch, FERRY_TO_BROKER))
 				return true;
-		for (uint32_t i = 0; i < b->nslots_total; i++) {
+		if (ferry_waitset_fired(b->ws))
+			return true;
+		for (unsigned int k = 0; k < b->narm; k++) {
+			uint32_t i = b->arm[k];
 			struct bchild *c = &b->child[i];
 
 			if (c->alive && !c->ready && c->in_flight < b->o.window &&

@@ -509,3 +509,8 @@ int ferry_waitset_fd(const struct ferry_waitset *ws)
 {
 	return ws->ring.ring_fd;
 }
+
+bool ferry_waitset_fired(struct ferry_waitset *ws)
+{
+	return io_uring_cq_ready(&ws->ring) > 0;
+}

@@ -99,5 +99,11 @@ int ferry_waitset_flush(struct ferry_waitset *ws);
  */
 int ferry_waitset_wait(struct ferry_waitset *ws, uint32_t *keys, unsigned int max,
 		       int64_t timeout_ns);
+/*
+ * Whether a wait has fired since the last ferry_waitset_wait() took it: a
+ * look at the completion ring in shared memory, no system call.  (A wait
+ * armed but not yet submitted cannot have fired.)
+ */
+bool ferry_waitset_fired(struct ferry_waitset *ws);
 
 #endif /* FERRY_WAITSET_H */
