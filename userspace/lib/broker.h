@@ -122,6 +122,7 @@ struct ferry_broker {
 	bool thread_done;		/* under lock: snap has its final CPU time */
 	clockid_t cpu_clock;		/* the dispatch thread's CPU clock */
 	uint64_t snap_ns;		/* when snap was last refreshed */
+	uint64_t queued_ns;		/* when st.queued was last counted */
 	bool wakes_queued;		/* futex wakes wait in the io_uring's SQ */
 	/*
 	 * More busy processes than CPUs (children + helpers + the dispatch

@@ -384,7 +384,10 @@ static void snapshot_locked(struct ferry_broker *b)
 /*
  * Refresh the readers' snapshot if counters moved: before each sleep, and
  * at most once a millisecond while busy.  (The CPU time is read by the
- * readers themselves, from this thread's clock.)
+ * readers themselves, from this thread's clock.)  Counting what waits in
+ * the ready children's rings touches one ring per child, so while busy
+ * that count is refreshed only every 100 ms: per request, the broker's
+ * cost must not grow with the number of children.
  */
 static void publish(struct ferry_broker *b, bool sleeping)
 {
@@ -393,9 +396,12 @@ static void publish(struct ferry_broker *b, bool sleeping)
 	if (!sleeping && now - b->snap_ns < 1000000)
 		return;
 	b->snap_ns = now;
-	for (uint32_t i = b->ready_head; i != NONE; i = b->child[i].next_ready)
-		queued += child_pending(b, i);
-	b->st.queued = queued;
+	if (sleeping || now - b->queued_ns >= 100000000) {
+		b->queued_ns = now;
+		for (uint32_t i = b->ready_head; i != NONE; i = b->child[i].next_ready)
+			queued += child_pending(b, i);
+		b->st.queued = queued;
+	}
 	/* Only this thread writes snap: reading it unlocked here is fine. */
 	if (memcmp(&b->snap, &b->st, offsetof(struct ferry_broker_stats, wakeups)) == 0)
 		return;
