@@ -27,7 +27,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 . "$here/lib.sh"
 
-[ $# -ge 2 ] || ferry_die "usage: vm-test.sh 6.1|6.12 TESTDIR..."
+[ $# -ge 2 ] || ferry_die "usage: vm-test.sh 6.1|6.12|debug TESTDIR..."
 series=$1; shift
 kenv=$("$here/kernel.sh" "$series") || exit 1
 FERRY_KAPPEND=
@@ -166,6 +166,11 @@ log=$out/console.log
 insmod_rc= rmmod_rc= stats= bad_rc=() in_dmesg=0 dmesg_bad=() in_leak=0 leaks=() have_kmemleak=0
 declare -A injected=()
 t0=$(date +%s)
+# The kernel gets tsc=reliable: the guest finds the two sockets' TSCs
+# "unsynchronized" and would fall back to HPET, or to jiffies (a 4 ms
+# clock) on the debug kernel, which has no ACPI; clock_gettime() then is a
+# system call and every test that spins on the clock crawls.  qemu's TSC
+# is one host clock.
 # A boot that dies before our init runs (Debian's 6.12 occasionally oopses
 # in early boot under multi-threaded TCG while patching kernel text) ran
 # nothing of ours: boot again, at most twice more, and say so.
@@ -221,10 +226,6 @@ while IFS= read -r line; do
 		pass=$((pass + 1)); echo "$line" ;;
 	*) echo "$line" ;;
 	esac
-# tsc=reliable: the guest finds the two sockets' TSCs "unsynchronized"
-# and would fall back to HPET, or to jiffies (a 4 ms clock) on the debug
-# kernel, which has no ACPI; clock_gettime() then is a system call and
-# every test that spins on the clock crawls.  qemu's TSC is one host clock.
 done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2,sockets=2,cores=1,threads=1 -m 1024 \
 	-object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M \
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \

@@ -22,6 +22,27 @@ struct bench_lat {
 	double p50_us, p99_us, rps;
 };
 
+/* The most children whose round trips one run times. */
+#define BENCH_CHILDREN_MAX 1024u
+
+/*
+ * Round-trip times written by forked children into memory mapped shared
+ * before the fork: child i keeps up to @n samples at t[i * n], counts them
+ * in cnt[i], and stops at @deadline_ns (bench_now_ns() clock).
+ */
+struct bench_samples {
+	unsigned int children, n;	/* n == 0: no samples kept */
+	uint64_t deadline_ns;
+	_Atomic int stop;		/* free-running children stop when set */
+	unsigned int cnt[BENCH_CHILDREN_MAX];
+	uint64_t t[];
+};
+
+/* Zeroed shared memory for @children (<= BENCH_CHILDREN_MAX); NULL if none. */
+struct bench_samples *bench_samples_map(unsigned int children, unsigned int n,
+					uint64_t deadline_ns);
+void bench_samples_unmap(struct bench_samples *s);
+
 /*
  * Packs @children slices of @t (child i's @cnt[i] samples start at
  * i * @stride) into @out and summarises them.  rps: all round trips over
@@ -30,6 +51,8 @@ struct bench_lat {
  */
 int bench_lat_collect(struct bench_lat *out, const uint64_t *t, const unsigned int *cnt,
 		      unsigned int children, size_t stride);
+/* bench_lat_collect() over the children's samples in @s. */
+int bench_samples_collect(const struct bench_samples *s, struct bench_lat *out);
 
 /*
  * The pipe+poll baselines (bench_pipe.c).  Each stops after @n round trips

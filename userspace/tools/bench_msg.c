@@ -26,7 +26,6 @@
 #include "chan.h"
 #include "ferry.h"
 
-#define SYNC_CHILDREN_MAX 1024u
 #define MAX_WINDOWS 64u
 #define MAX_ROUNDS 32u
 
@@ -112,18 +111,10 @@ static int echo(struct ferry_helper *h, const struct ferry_desc *req,
 	return 0;
 }
 
-/* Shared with the children (MAP_SHARED before fork). */
-struct results {
-	unsigned int n;		/* sync: calls per child; 0: asynchronous */
-	uint64_t deadline_ns;
-	_Atomic int stop;	/* asynchronous: children loop until it is set */
-	unsigned int cnt[SYNC_CHILDREN_MAX];
-	uint64_t t[];		/* sync: child i's samples at i * n */
-};
-
+/* n > 0: n timed ferry_call()s; n == 0: full windows until told to stop. */
 static int rt_child(struct ferry_child *c, void *arg)
 {
-	struct results *r = arg;
+	struct bench_samples *r = arg;
 	struct ferry_desc d = { .op = 1 }, rep;
 	unsigned int me = ferry_child_index(c);
 
@@ -159,7 +150,7 @@ struct steady {
 };
 
 static int start(const struct msg_opts *mo, unsigned int children, unsigned int helpers,
-		 struct results *r, struct ferry_broker **b)
+		 struct bench_samples *r, struct ferry_broker **b)
 {
 	struct ferry_broker_opts o;
 
@@ -182,24 +173,20 @@ static int start(const struct msg_opts *mo, unsigned int children, unsigned int 
 /* Synchronous ferry_call()s: every child's round trips, timed. */
 static int broker_rt(const struct msg_opts *mo, struct bench_lat *out)
 {
-	size_t bytes = sizeof(struct results) + (size_t)mo->children * mo->n * sizeof(uint64_t);
-	struct results *r = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct bench_samples *r = bench_samples_map(mo->children, mo->n, deadline(mo));
 	struct ferry_broker *b;
 	int err;
 
-	if (r == MAP_FAILED)
+	if (!r)
 		return -ENOMEM;
-	r->n = mo->n;
-	r->deadline_ns = deadline(mo);
 	err = start(mo, mo->children, mo->helpers, r, &b);
 	if (!err) {
 		err = ferry_broker_wait(b, -1) ? -EIO : 0;
 		ferry_broker_stop(b);
 	}
 	if (!err)
-		err = bench_lat_collect(out, r->t, r->cnt, mo->children, mo->n);
-	munmap(r, bytes);
+		err = bench_samples_collect(r, out);
+	bench_samples_unmap(r);
 	return err;
 }
 
@@ -211,8 +198,7 @@ static int broker_rt(const struct msg_opts *mo, struct bench_lat *out)
 static int broker_steady(const struct msg_opts *mo, unsigned int children,
 			 unsigned int helpers, struct steady *out)
 {
-	struct results *r = mmap(NULL, sizeof(*r), PROT_READ | PROT_WRITE,
-				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct bench_samples *r = bench_samples_map(0, 0, UINT64_MAX);	/* none timed */
 	struct ferry_broker_stats s0, s1, first;
 	double secs = mo->seconds > 0 ? mo->seconds : 1.0;
 	uint64_t t0, t1, replies, cost[MAX_WINDOWS];
@@ -220,11 +206,11 @@ static int broker_steady(const struct msg_opts *mo, unsigned int children,
 	unsigned int nwin;
 	int err;
 
-	if (r == MAP_FAILED)
+	if (!r)
 		return -ENOMEM;
 	err = start(mo, children, helpers, r, &b);
 	if (err) {
-		munmap(r, sizeof(*r));
+		bench_samples_unmap(r);
 		return err;
 	}
 	out->dispatch_cpu = ferry_broker_dispatch_cpu(b);
@@ -250,7 +236,7 @@ static int broker_steady(const struct msg_opts *mo, unsigned int children,
 	r->stop = 1;
 	err = ferry_broker_wait(b, -1) ? -EIO : 0;
 	ferry_broker_stop(b);
-	munmap(r, sizeof(*r));
+	bench_samples_unmap(r);
 	replies = s1.replies - first.replies;
 	if (!err && !replies)
 		err = -EIO;
@@ -421,7 +407,7 @@ static void msg_usage(FILE *f)
 		"through pipes+poll (the baseline, same path, same run), a ferry channel pair\n"
 		"against a pipe pair, and the aggregate rate of C children x H helpers.\n"
 		"The last line is key=value pairs; speedup = baseline p50 / ferry p50.\n",
-		SYNC_CHILDREN_MAX);
+		BENCH_CHILDREN_MAX);
 }
 
 static int parse_uint(const char *s, unsigned int min, unsigned int max, unsigned int *v)
@@ -468,7 +454,7 @@ int ferry_bench_msg(int argc, char **argv)
 		switch (opt) {
 		case 'n': bad = parse_uint(optarg, 100, 100000000, &o.n) ? "-n" : NULL; break;
 		case 'c':
-			bad = parse_uint(optarg, 1, SYNC_CHILDREN_MAX, &o.children) ? "--children" : NULL;
+			bad = parse_uint(optarg, 1, BENCH_CHILDREN_MAX, &o.children) ? "--children" : NULL;
 			break;
 		case 'h': bad = parse_uint(optarg, 1, 1024, &o.helpers) ? "--helpers" : NULL; break;
 		case 'w': bad = parse_uint(optarg, 1, 65536, &o.window) ? "--window" : NULL; break;

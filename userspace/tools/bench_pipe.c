@@ -16,7 +16,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,46 +47,23 @@ static int wait_in(int fd)
 	return poll(&p, 1, -1) == 1 ? 0 : -EIO;
 }
 
-/* Samples shared with the forked children (MAP_SHARED before fork). */
-struct shared {
-	uint64_t deadline_ns;
-	unsigned int n;
-	unsigned int cnt[];	/* per child; the samples follow */
-};
-
-static uint64_t *samples(struct shared *s, unsigned int children)
-{
-	return (uint64_t *)((char *)s + sizeof(*s) +
-			    ((children * sizeof(unsigned int) + 7) & ~(size_t)7));
-}
-
-static size_t shared_bytes(unsigned int children, unsigned int n)
-{
-	return sizeof(struct shared) + ((children * sizeof(unsigned int) + 7) & ~(size_t)7) +
-	       (size_t)children * n * sizeof(uint64_t);
-}
-
 int bench_pipe_pair(unsigned int n, uint64_t deadline_ns, struct bench_lat *out)
 {
-	size_t bytes = shared_bytes(1, n);
-	struct shared *s = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	uint64_t *t = calloc(n, sizeof(*t));
 	struct pmsg m = { 0 };
 	int a[2], b[2], st = 0, err;
-	uint64_t *t;
+	unsigned int cnt = 0;
 	pid_t pid;
 
-	if (s == MAP_FAILED)
+	if (!t)
 		return -ENOMEM;
-	t = samples(s, 1);
-	s->n = n;
 	if (pipe(a)) {
-		munmap(s, bytes);
+		free(t);
 		return -errno;
 	}
 	if (pipe(b)) {
 		close(a[0]); close(a[1]);
-		munmap(s, bytes);
+		free(t);
 		return -errno;
 	}
 	pid = fork();
@@ -108,15 +84,15 @@ int bench_pipe_pair(unsigned int n, uint64_t deadline_ns, struct bench_lat *out)
 		if (put(a[1], &m) || wait_in(b[0]) || get(b[0], &m) != 1 || m.seq != i)
 			err = -EIO;
 		else
-			t[s->cnt[0]++] = bench_now_ns() - c0;
+			t[cnt++] = bench_now_ns() - c0;
 	}
 	close(a[1]);	/* the echo process sees end of file */
 	if (pid > 0 && (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st)))
 		err = err ? err : -EIO;
 	if (!err)
-		err = bench_lat_collect(out, t, s->cnt, 1, n);
+		err = bench_lat_collect(out, t, &cnt, 1, n);
 	close(b[0]);
-	munmap(s, bytes);
+	free(t);
 	return err;
 }
 
@@ -163,9 +139,9 @@ static void pipe_helper(struct pipes *p, unsigned int h)
 	_exit(0);
 }
 
-static void pipe_child(struct pipes *p, struct shared *s, unsigned int c)
+static void pipe_child(struct pipes *p, struct bench_samples *s, unsigned int c)
 {
-	uint64_t *t = samples(s, p->children) + (size_t)c * s->n;
+	uint64_t *t = s->t + (size_t)c * s->n;
 	struct pmsg m = { 0 };
 	int out = p->creq[c][1], in = p->crep[c][0];
 
@@ -298,20 +274,16 @@ static void pipes_free(struct pipes *p)
 int bench_pipe_broker(unsigned int children, unsigned int helpers, unsigned int n,
 		      uint64_t deadline_ns, struct bench_lat *out)
 {
-	size_t bytes = shared_bytes(children, n);
-	struct shared *s = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct bench_samples *s = bench_samples_map(children, n, deadline_ns);
 	struct pipes p = { 0 };
 	int err;
 
-	if (s == MAP_FAILED)
+	if (!s)
 		return -ENOMEM;
-	s->n = n;
-	s->deadline_ns = deadline_ns;
 	err = pipes_alloc(&p, children, helpers);
 	if (err) {
 		pipes_free(&p);
-		munmap(s, bytes);
+		bench_samples_unmap(s);
 		return err;
 	}
 	/* Helpers first, then children, as the broker forks them. */
@@ -352,8 +324,8 @@ int bench_pipe_broker(unsigned int children, unsigned int helpers, unsigned int 
 			err = err ? err : -EIO;
 	}
 	if (!err)
-		err = bench_lat_collect(out, samples(s, children), s->cnt, children, n);
+		err = bench_samples_collect(s, out);
 	pipes_free(&p);
-	munmap(s, bytes);
+	bench_samples_unmap(s);
 	return err;
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "bench.h"
@@ -22,15 +23,18 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* The @pct percentile of @n samples already sorted. */
+static double pct_sorted(const uint64_t *v, size_t n, double pct)
+{
+	size_t k = (size_t)(pct / 100.0 * (double)n);
+
+	return n ? (double)v[k < n ? k : n - 1] : 0;
+}
+
 double bench_pct_ns(uint64_t *v, size_t n, double pct)
 {
-	size_t k;
-
-	if (!n)
-		return 0;
 	qsort(v, n, sizeof(*v), cmp_u64);
-	k = (size_t)(pct / 100.0 * (double)n);
-	return (double)v[k < n ? k : n - 1];
+	return pct_sorted(v, n, pct);
 }
 
 double bench_median_ns(uint64_t *v, size_t n)
@@ -63,8 +67,40 @@ int bench_lat_collect(struct bench_lat *out, const uint64_t *t, const unsigned i
 		memcpy(out->t + out->n, ti, cnt[i] * sizeof(*ti));
 		out->n += cnt[i];
 	}
-	out->p50_us = bench_pct_ns(out->t, out->n, 50) / 1000.0;
-	out->p99_us = bench_pct_ns(out->t, out->n, 99) / 1000.0;
+	out->p50_us = bench_pct_ns(out->t, out->n, 50) / 1000.0;	/* sorts them */
+	out->p99_us = pct_sorted(out->t, out->n, 99) / 1000.0;
 	out->rps = busy_max ? out->n / (busy_max / 1e9) : 0;
 	return 0;
+}
+
+static size_t samples_bytes(unsigned int children, unsigned int n)
+{
+	return sizeof(struct bench_samples) + (size_t)children * n * sizeof(uint64_t);
+}
+
+struct bench_samples *bench_samples_map(unsigned int children, unsigned int n,
+					uint64_t deadline_ns)
+{
+	struct bench_samples *s;
+
+	if (children > BENCH_CHILDREN_MAX)
+		return NULL;
+	s = mmap(NULL, samples_bytes(children, n), PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (s == MAP_FAILED)
+		return NULL;
+	s->children = children;
+	s->n = n;
+	s->deadline_ns = deadline_ns;
+	return s;
+}
+
+void bench_samples_unmap(struct bench_samples *s)
+{
+	munmap(s, samples_bytes(s->children, s->n));
+}
+
+int bench_samples_collect(const struct bench_samples *s, struct bench_lat *out)
+{
+	return bench_lat_collect(out, s->t, s->cnt, s->children, s->n);
 }
