@@ -8,13 +8,17 @@
  * process holds on one region.  A map is what one mmap() made; VMAs split
  * from it by munmap/mremap share it.
  *
+ * A user is everything one real uid holds (ferry_user.c).
+ *
  * Lifetimes (each object is freed when its last reference goes):
+ *   user:    while it has a session
  *   session: the open file + every region charged to it
  *   region:  the id table while live + every map + short lookups
  *   access:  the region's grant list while granted + every map made under it
  *   map:     every VMA that points at it
  *
- * Lock order: session->lock -> ferry_regions (xarray spinlock);
+ * Lock order: memfd inode lock -> session->lock -> ferry_regions (xarray
+ * spinlock), ferry_global_lock, ferry_users_lock;
  * mmap_lock -> region->lock -> folio lock -> page table lock.
  * ferry_global_lock (object lists for debugfs) is a leaf except for the
  * xarray.  No lock here is held across copy_to_user()/copy_from_user().
@@ -28,18 +32,23 @@
 #include <linux/mutex.h>
 #include <linux/rwsem.h>
 #include <linux/types.h>
+#include <linux/uidgid.h>
 #include <linux/xarray.h>
 #include <linux/ferry.h>
 
 struct file;
 struct mm_struct;
 struct pid;
+struct seq_file;
 struct vm_area_struct;
 
 /* Module parameters (ferry_main.c); read with READ_ONCE, root may change. */
 extern unsigned int ferry_max_regions;
 extern unsigned long long ferry_max_bytes;
 extern unsigned int ferry_max_grants;
+extern unsigned int ferry_max_user_sessions;
+extern unsigned int ferry_max_user_regions;
+extern unsigned long long ferry_max_user_bytes;
 
 /* Every object below is on one of these lists so debugfs can show it. */
 extern struct mutex ferry_global_lock;
@@ -55,9 +64,20 @@ extern struct xarray ferry_regions;
 extern struct kmem_cache *ferry_session_cache, *ferry_region_cache;
 extern struct kmem_cache *ferry_access_cache, *ferry_map_cache;
 
+/* What one real uid holds; counters under ferry_users_lock. */
+struct ferry_user {
+	struct hlist_node node;
+	kuid_t uid;
+	unsigned int nr_sessions;
+	unsigned int nr_regions;
+	u64 bytes;
+};
+
 struct ferry_session {
 	struct kref ref;
 	struct pid *owner;		/* thread group that opened it */
+	u64 owner_exec;			/* its self_exec_id then (exec ends it) */
+	struct ferry_user *user;	/* charged for the session, its regions */
 	u64 serial;			/* for debugfs only */
 	struct mutex lock;		/* the fields below */
 	struct list_head regions;	/* live regions created here */
@@ -71,6 +91,7 @@ struct ferry_access {
 	struct kref ref;
 	struct list_head node;		/* region->grants while granted */
 	struct pid *pid;		/* grantee thread group */
+	u64 exec_id;			/* its self_exec_id at grant: exec lapses it */
 	u32 rights;			/* FERRY_RIGHT_*, under region->lock */
 	bool revoked;			/* under region->lock */
 };
@@ -85,11 +106,21 @@ struct ferry_region {
 	 * whose mmap refuses and whose address_space holds exactly this
 	 * region's VMAs, so remap_file_pages() cannot turn a ferry mapping
 	 * into an unchecked shmem one, and a zap reaches only our mappings.
-	 * @r is freed by that file's release, when the last VMA let go.
+	 * Made at the first mmap (a region never mapped costs no file);
+	 * once it exists, @r is freed by its release, when the last VMA let
+	 * go.
 	 */
 	struct file *vfile;
 	struct address_space vmap;
+	/*
+	 * Pages handed to unpinnable mappings (ferry_mmap.c), one reference
+	 * each, by page index: their page-table entries are PFN entries that
+	 * hold no reference and that reclaim cannot see, so the region holds
+	 * the pages until it is freed.
+	 */
+	struct xarray pages;
 	struct pid *owner;
+	u64 owner_exec;			/* owner's self_exec_id at create */
 	struct ferry_session *session;	/* charged; holds a reference */
 	/*
 	 * Taken for reading by every fault that installs a page and for
@@ -110,11 +141,20 @@ struct ferry_map {
 	struct ferry_region *region;
 	struct ferry_access *access;	/* NULL: mapped by the owner */
 	struct mm_struct *mm;		/* the address space it was made for */
+	bool pinnable;			/* ordinary pages, not PFN entries */
 };
 
 /* ferry_main.c */
 bool ferry_caller_is(struct pid *tgid);
+bool ferry_caller_is_image(struct pid *tgid, u64 exec_id);
 void ferry_session_put(struct ferry_session *s);
+
+/* ferry_user.c */
+int ferry_user_open_session(struct ferry_user **out);
+void ferry_user_close_session(struct ferry_user *u);
+int ferry_user_charge_region(struct ferry_user *u, u64 size);
+void ferry_user_uncharge_region(struct ferry_user *u, u64 size);
+void ferry_users_show(struct seq_file *m);
 
 /* ferry_region.c */
 int ferry_region_create(struct ferry_session *s, struct ferry_create *arg);
@@ -123,7 +163,9 @@ void ferry_region_put(struct ferry_region *r);
 int ferry_region_destroy(struct ferry_region *r);
 void ferry_session_destroy_regions(struct ferry_session *s);
 int ferry_region_info(struct ferry_region *r, struct ferry_info *arg);
-u32 ferry_region_rights_locked(struct ferry_region *r, struct pid *tgid);
+bool ferry_caller_owns(struct ferry_region *r);
+u32 ferry_region_rights_locked(struct ferry_region *r);
+struct file *ferry_region_vfile(struct ferry_region *r);
 void ferry_region_zap(struct ferry_region *r);
 
 /* ferry_grant.c */
@@ -131,6 +173,7 @@ int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights);
 int ferry_region_revoke(struct ferry_region *r, int pidfd);
 struct ferry_access *ferry_access_find_locked(struct ferry_region *r,
 					      struct pid *tgid);
+struct ferry_access *ferry_access_of_caller_locked(struct ferry_region *r);
 unsigned int ferry_region_prune_grants_locked(struct ferry_region *r);
 void ferry_region_drop_grants(struct ferry_region *r);
 void ferry_access_put(struct ferry_access *a);

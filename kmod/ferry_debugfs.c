@@ -83,16 +83,24 @@ static int ferry_grants_show(struct seq_file *m, void *unused)
 		/* The grant list itself changes only under the region lock. */
 		down_read(&r->lock);
 		list_for_each_entry(a, &r->grants, node)
-			seq_printf(m, "grant region %u pid %d rights %s%s\n",
+			seq_printf(m, "grant region %u pid %d rights %s%s%s\n",
 				   r->id, pid_nr(a->pid),
 				   a->rights & FERRY_RIGHT_READ ? "r" : "",
-				   a->rights & FERRY_RIGHT_WRITE ? "w" : "");
+				   a->rights & FERRY_RIGHT_WRITE ? "w" : "",
+				   a->rights & FERRY_RIGHT_PIN ? "p" : "");
 		up_read(&r->lock);
 	}
 	mutex_unlock(&ferry_global_lock);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(ferry_grants);
+
+static int ferry_users_debugfs_show(struct seq_file *m, void *unused)
+{
+	ferry_users_show(m);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(ferry_users_debugfs);
 
 bool ferry_debugfs_init(void)
 {
@@ -104,6 +112,7 @@ bool ferry_debugfs_init(void)
 	debugfs_create_file("sessions", 0444, dir, NULL, &ferry_sessions_fops);
 	debugfs_create_file("regions", 0444, dir, NULL, &ferry_regions_fops);
 	debugfs_create_file("grants", 0444, dir, NULL, &ferry_grants_fops);
+	debugfs_create_file("users", 0444, dir, NULL, &ferry_users_debugfs_fops);
 	ferry_debugfs_dir = dir;
 	return true;
 }

@@ -7,7 +7,10 @@
  * number, so a recycled number can never inherit someone else's rights.
  * Maps made under a grant hold a reference to it: revoking marks it
  * revoked and their next fault fails even if the process is granted again
- * later (it must map again).
+ * later (it must map again).  A grant is also bound to the program the
+ * grantee runs when it is made: an exec (setuid or not, after a privilege
+ * drop or not) ends it, as an exit does, so a new program never inherits
+ * rights to tensors.
  */
 #include <linux/file.h>
 #include <linux/fs.h>
@@ -62,8 +65,11 @@ static struct pid *ferry_pidfd_pid(int fd)
 	return pid ? pid : ERR_PTR(-EBADF);
 }
 
-/* Is the thread group led by @pid still running (not exited or reaped)? */
-static bool ferry_tgid_alive(struct pid *pid)
+/*
+ * Is the thread group led by @pid still running (not exited or reaped)?
+ * If so, *exec_id is the program it runs (its leader's self_exec_id).
+ */
+static bool ferry_tgid_alive(struct pid *pid, u64 *exec_id)
 {
 	struct task_struct *task;
 	bool alive;
@@ -71,8 +77,18 @@ static bool ferry_tgid_alive(struct pid *pid)
 	rcu_read_lock();
 	task = pid_task(pid, PIDTYPE_TGID);
 	alive = task && !(task->exit_state && thread_group_empty(task));
+	if (alive)
+		*exec_id = READ_ONCE(task->self_exec_id);
 	rcu_read_unlock();
 	return alive;
+}
+
+/* The grantee of @a still runs the program it was granted to. */
+static bool ferry_access_current(struct ferry_access *a)
+{
+	u64 exec_id;
+
+	return ferry_tgid_alive(a->pid, &exec_id) && exec_id == a->exec_id;
 }
 
 static void ferry_access_release(struct kref *ref)
@@ -99,6 +115,16 @@ struct ferry_access *ferry_access_find_locked(struct ferry_region *r,
 	return NULL;
 }
 
+/* The caller's grant on @r, unless an exec since ended it. */
+struct ferry_access *ferry_access_of_caller_locked(struct ferry_region *r)
+{
+	struct ferry_access *a = ferry_access_find_locked(r, task_tgid(current));
+
+	if (a && READ_ONCE(current->self_exec_id) != a->exec_id)
+		return NULL;
+	return a;
+}
+
 /* Take @a off the region's list; its maps now fault SIGBUS. */
 static void ferry_access_unlink_locked(struct ferry_region *r,
 				       struct ferry_access *a)
@@ -108,13 +134,13 @@ static void ferry_access_unlink_locked(struct ferry_region *r,
 	a->revoked = true;
 }
 
-/* Grants die with their process; returns the grants left. */
+/* Grants die with their process or program; returns the grants left. */
 unsigned int ferry_region_prune_grants_locked(struct ferry_region *r)
 {
 	struct ferry_access *a, *tmp;
 
 	list_for_each_entry_safe(a, tmp, &r->grants, node) {
-		if (ferry_tgid_alive(a->pid))
+		if (ferry_access_current(a))
 			continue;
 		ferry_access_unlink_locked(r, a);
 		ferry_access_put(a);
@@ -138,6 +164,7 @@ int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights)
 	struct ferry_access *fresh = NULL, *a;
 	struct pid *pid;
 	bool zap = false;
+	u64 exec_id;
 	int ret = 0;
 
 	if (!(rights & FERRY_RIGHT_READ) || (rights & ~FERRY_RIGHTS_ALL))
@@ -149,7 +176,7 @@ int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights)
 		ret = -EINVAL;
 		goto put_pid;
 	}
-	if (!ferry_tgid_alive(pid)) {
+	if (!ferry_tgid_alive(pid, &exec_id)) {
 		ret = -ESRCH;
 		goto put_pid;
 	}
@@ -171,6 +198,7 @@ int ferry_region_grant(struct ferry_region *r, int pidfd, u32 rights)
 	} else {
 		kref_init(&fresh->ref);
 		fresh->pid = pid;
+		fresh->exec_id = exec_id;
 		fresh->rights = rights;
 		list_add_tail(&fresh->node, &r->grants);
 		r->nr_grants++;

@@ -3,10 +3,11 @@
  * ferry_main.c - the /dev/ferry misc device: limits, sessions, the ioctl
  * switch, module init and exit.
  *
- * A session belongs to the thread group that opened the device.  Every
- * ioctl and mmap checks the caller against that owner, so an fd that leaked
- * into another process (fork, SCM_RIGHTS) is useless there: access is
- * decided by who calls, not by who holds the fd.
+ * A session belongs to the thread group that opened the device, and to
+ * the program it was running then.  Every ioctl and mmap checks the caller
+ * against that owner, so an fd that leaked into another process (fork,
+ * SCM_RIGHTS) or survived an exec is useless there: access is decided by
+ * who calls, not by who holds the fd.
  */
 #include <linux/atomic.h>
 #include <linux/compat.h>
@@ -34,6 +35,18 @@ unsigned int ferry_max_grants = 1024;
 module_param_named(max_grants, ferry_max_grants, uint, 0644);
 MODULE_PARM_DESC(max_grants, "Grants one region may carry (default 1024)");
 
+unsigned int ferry_max_user_sessions = 1024;
+module_param_named(max_user_sessions, ferry_max_user_sessions, uint, 0644);
+MODULE_PARM_DESC(max_user_sessions, "Sessions one uid may hold open (default 1024)");
+
+unsigned int ferry_max_user_regions = 8192;
+module_param_named(max_user_regions, ferry_max_user_regions, uint, 0644);
+MODULE_PARM_DESC(max_user_regions, "Regions one uid may hold over all its sessions (default 8192)");
+
+unsigned long long ferry_max_user_bytes = 256ULL << 30;
+module_param_named(max_user_bytes, ferry_max_user_bytes, ullong, 0644);
+MODULE_PARM_DESC(max_user_bytes, "Bytes of regions one uid may hold over all its sessions (default 256 GiB)");
+
 DEFINE_MUTEX(ferry_global_lock);
 LIST_HEAD(ferry_sessions);
 LIST_HEAD(ferry_all_regions);
@@ -43,15 +56,17 @@ struct kmem_cache *ferry_session_cache, *ferry_region_cache;
 struct kmem_cache *ferry_access_cache, *ferry_map_cache;
 
 /*
- * Unmerged, so the caches keep their names and a leftover object is
- * reported at unload.  Before 6.5 there is no such flag: SLUB may merge
- * them into same-sized caches unless a debug flag is set on them (as
- * slub_debug=A,ferry_* does for fault injection).
+ * Charged to the allocating task's memory cgroup (SLAB_ACCOUNT): what a
+ * user makes here counts against its own memory limit.  Unmerged, so the
+ * caches keep their names and a leftover object is reported at unload.
+ * Before 6.5 there is no such flag: SLUB may merge them into same-sized
+ * caches unless a debug flag is set on them (as slub_debug=A,ferry_* does
+ * for fault injection).
  */
 #ifdef SLAB_NO_MERGE
-#define FERRY_CACHE_FLAGS SLAB_NO_MERGE
+#define FERRY_CACHE_FLAGS (SLAB_ACCOUNT | SLAB_NO_MERGE)
 #else
-#define FERRY_CACHE_FLAGS 0
+#define FERRY_CACHE_FLAGS SLAB_ACCOUNT
 #endif
 
 static void ferry_caches_destroy(void)
@@ -83,6 +98,16 @@ bool ferry_caller_is(struct pid *tgid)
 	return task_tgid(current) == tgid;
 }
 
+/*
+ * The caller is @tgid and still runs the program it ran when @exec_id was
+ * read: exec bumps self_exec_id, and every thread of a group carries the
+ * same value (threads copy it at clone; exec leaves one thread).
+ */
+bool ferry_caller_is_image(struct pid *tgid, u64 exec_id)
+{
+	return ferry_caller_is(tgid) && READ_ONCE(current->self_exec_id) == exec_id;
+}
+
 static void ferry_session_release(struct kref *ref)
 {
 	struct ferry_session *s = container_of(ref, struct ferry_session, ref);
@@ -90,6 +115,7 @@ static void ferry_session_release(struct kref *ref)
 	mutex_lock(&ferry_global_lock);
 	list_del(&s->node);
 	mutex_unlock(&ferry_global_lock);
+	ferry_user_close_session(s->user);
 	put_pid(s->owner);
 	kmem_cache_free(ferry_session_cache, s);
 }
@@ -102,12 +128,19 @@ void ferry_session_put(struct ferry_session *s)
 static int ferry_open(struct inode *inode, struct file *file)
 {
 	struct ferry_session *s;
+	int ret;
 
 	s = kmem_cache_zalloc(ferry_session_cache, GFP_KERNEL);
 	if (!s)
 		return -ENOMEM;
+	ret = ferry_user_open_session(&s->user);	/* -EMFILE past the cap */
+	if (ret) {
+		kmem_cache_free(ferry_session_cache, s);
+		return ret;
+	}
 	kref_init(&s->ref);
 	s->owner = get_pid(task_tgid(current));
+	s->owner_exec = READ_ONCE(current->self_exec_id);
 	s->serial = atomic64_inc_return(&ferry_session_serial);
 	mutex_init(&s->lock);
 	INIT_LIST_HEAD(&s->regions);
@@ -181,7 +214,9 @@ static int ferry_ioc_version(struct ferry_version *arg)
 		return -EINVAL;
 	arg->abi_version = FERRY_ABI_VERSION;
 	arg->features = FERRY_FEAT_REGIONS | FERRY_FEAT_GRANTS |
-			FERRY_FEAT_REVOKE_ZAP;
+			FERRY_FEAT_REVOKE_ZAP | FERRY_FEAT_PIN |
+			FERRY_FEAT_USER_LIMITS | FERRY_FEAT_EXEC_ENDS |
+			FERRY_FEAT_SEAL_WRITES;
 	if (ferry_have_debugfs)
 		arg->features |= FERRY_FEAT_DEBUGFS;
 	arg->max_regions = READ_ONCE(ferry_max_regions);
@@ -196,7 +231,7 @@ static int ferry_owned_region(u32 id, struct ferry_region **out)
 
 	if (!r)
 		return -ENOENT;
-	if (!ferry_caller_is(r->owner)) {
+	if (!ferry_caller_owns(r)) {
 		ferry_region_put(r);
 		return -EPERM;
 	}
@@ -290,7 +325,7 @@ static long ferry_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
 	default:
 		return -ENOTTY;
 	}
-	if (!ferry_caller_is(s->owner))
+	if (!ferry_caller_is_image(s->owner, s->owner_exec))
 		return -EPERM;
 	if (copy_from_user(&arg, uptr, size))
 		return -EFAULT;
@@ -340,7 +375,7 @@ static int ferry_mmap_checked(struct file *file, struct vm_area_struct *vma)
 {
 	struct ferry_session *s = file->private_data;
 
-	if (!ferry_caller_is(s->owner))
+	if (!ferry_caller_is_image(s->owner, s->owner_exec))
 		return -EPERM;
 	return ferry_mmap(file, vma);
 }

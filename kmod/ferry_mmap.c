@@ -8,12 +8,23 @@
  * a mapping re-created from vm_file cannot escape these checks, and its
  * address_space holds exactly the region's VMAs, so one
  * unmap_mapping_range() reaches every mapping of the region and nothing
- * else.  Pages are the memfd's own shmem pages, inserted with
- * vm_insert_page (VM_MIXEDMAP), so get_user_pages works on them; the price
- * is that reclaim cannot unmap them from our VMAs while they are mapped.
- * A page is installed only under the region lock, after the rights check;
- * a revoke that takes the lock for writing and then zaps therefore leaves
- * no page behind.
+ * else.  A page is installed only under the region lock, after the rights
+ * check; a revoke that takes the lock for writing and then zaps therefore
+ * leaves no page behind.
+ *
+ * Two kinds of mapping, chosen at mmap by the caller's rights:
+ *  - pinnable (the owner, grantees holding FERRY_RIGHT_PIN): the memfd's
+ *    own pages inserted as ordinary pages (VM_MIXEDMAP), so
+ *    get_user_pages works on them (cuMemHostRegister, O_DIRECT, futexes).
+ *    Pins taken that way outlive a revoke: only trusted grantees get PIN.
+ *  - unpinnable (every other grantee): PFN entries (VM_PFNMAP), which
+ *    get_user_pages refuses, fast path and slow; a process can then reach
+ *    the pages only through its page tables, and a revoke's zap ends that.
+ *    A PFN entry holds no page reference and is invisible to reclaim and
+ *    migration, so the region keeps one reference per page it handed out
+ *    (r->pages) until it is freed.  (PFN entries must never sit in the
+ *    memfd's own address_space: an rmap walk there would take them for
+ *    the page's mappings and drop references they never held.)
  */
 #include <linux/fs.h>
 #include <linux/mm.h>
@@ -89,6 +100,9 @@ static bool ferry_map_allows(const struct ferry_map *map,
 
 	if (vm_flags & VM_WRITE)
 		need |= FERRY_RIGHT_WRITE;
+	/* A pinnable mapping stays one only while the grant carries PIN. */
+	if (map->pinnable)
+		need |= FERRY_RIGHT_PIN;
 	/* Copied into a child despite VM_DONTCOPY (MADV_DOFORK): no. */
 	if (vma->vm_mm != map->mm)
 		return false;
@@ -97,40 +111,79 @@ static bool ferry_map_allows(const struct ferry_map *map,
 	return !map->access->revoked && (map->access->rights & need) == need;
 }
 
+/* Pinnable mapping: the memfd's page itself, as an ordinary page. */
+static vm_fault_t ferry_fault_page(struct vm_fault *vmf, struct ferry_region *r)
+{
+	struct address_space *mapping = r->file->f_mapping;
+	struct folio *folio;
+	struct page *page;
+	vm_fault_t ret;
+
+	page = shmem_read_mapping_page_gfp(mapping, vmf->pgoff,
+					   mapping_gfp_mask(mapping));
+	if (IS_ERR(page))
+		return vmf_error(PTR_ERR(page));
+	folio = page_folio(page);
+	folio_lock(folio);
+	/* Off the file meanwhile (the seals forbid it): look again. */
+	if (folio->mapping == mapping)
+		ret = vmf_insert_page(vmf->vma, vmf->address, page);
+	else
+		ret = VM_FAULT_NOPAGE;
+	folio_unlock(folio);
+	put_page(page);
+	return ret;
+}
+
+/*
+ * Unpinnable mapping: a PFN entry for the page, which the region holds
+ * (r->pages) from its first use until it is freed.  The seals keep the
+ * page in the file meanwhile, and the reference keeps reclaim, migration
+ * and THP collapse from replacing it, so the memfd and every mapping see
+ * the same page.
+ */
+static vm_fault_t ferry_fault_pfn(struct vm_fault *vmf, struct ferry_region *r)
+{
+	struct address_space *mapping = r->file->f_mapping;
+	struct page *page, *old;
+
+	page = xa_load(&r->pages, vmf->pgoff);
+	if (!page) {
+		page = shmem_read_mapping_page_gfp(mapping, vmf->pgoff,
+						   mapping_gfp_mask(mapping));
+		if (IS_ERR(page))
+			return vmf_error(PTR_ERR(page));
+		old = xa_cmpxchg(&r->pages, vmf->pgoff, NULL, page,
+				 GFP_KERNEL_ACCOUNT);
+		if (xa_is_err(old)) {
+			put_page(page);
+			return vmf_error(xa_err(old));
+		}
+		if (old) {		/* a racing fault stored it first */
+			put_page(page);
+			page = old;
+		}
+	}
+	return vmf_insert_pfn(vmf->vma, vmf->address, page_to_pfn(page));
+}
+
 static vm_fault_t ferry_vm_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct ferry_map *map = vma->vm_private_data;
 	struct ferry_region *r = map->region;
-	struct address_space *mapping = r->file->f_mapping;
-	struct folio *folio;
-	struct page *page;
 	vm_fault_t ret;
 
 	if (vmf->pgoff >= (r->size >> PAGE_SHIFT))
 		return VM_FAULT_SIGBUS;
 
 	down_read(&r->lock);
-	if (!ferry_map_allows(map, vma, vma->vm_flags)) {
+	if (!ferry_map_allows(map, vma, vma->vm_flags))
 		ret = VM_FAULT_SIGBUS;
-		goto unlock;
-	}
-	page = shmem_read_mapping_page_gfp(mapping, vmf->pgoff,
-					   mapping_gfp_mask(mapping));
-	if (IS_ERR(page)) {
-		ret = vmf_error(PTR_ERR(page));
-		goto unlock;
-	}
-	folio = page_folio(page);
-	folio_lock(folio);
-	/* A hole punched meanwhile took the page out of the file: retry. */
-	if (folio->mapping == mapping)
-		ret = vmf_insert_page(vma, vmf->address, page);
+	else if (map->pinnable)
+		ret = ferry_fault_page(vmf, r);
 	else
-		ret = VM_FAULT_NOPAGE;
-	folio_unlock(folio);
-	put_page(page);
-unlock:
+		ret = ferry_fault_pfn(vmf, r);
 	up_read(&r->lock);
 	return ret;
 }
@@ -158,16 +211,23 @@ static const struct vm_operations_struct ferry_vm_ops = {
 	.mprotect	= ferry_vm_mprotect,
 };
 
-/* Called with the caller already checked against the session's owner. */
+/*
+ * Called with the caller already checked against the session's owner.
+ * Rights are checked before anything about the region is: a process
+ * without a grant learns nothing (not its size, not its seals) but
+ * -EACCES, or -ENOENT for an id that names no region at all.
+ */
 int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	u64 off = (u64)vma->vm_pgoff << PAGE_SHIFT;
 	u64 start = off & (FERRY_REGION_MAX_SIZE - 1);
 	u64 len = vma->vm_end - vma->vm_start;
-	vm_flags_t clear = VM_MAYEXEC;
+	vm_flags_t clear = VM_MAYEXEC, set;
 	struct ferry_access *a = NULL;
 	struct ferry_region *r;
 	struct ferry_map *map;
+	struct file *vfile;
+	bool pinnable = true;
 	int ret;
 
 	/* A private copy of a region would escape revoke: shared only. */
@@ -178,66 +238,68 @@ int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 	r = ferry_region_get(off >> FERRY_MMAP_SHIFT);
 	if (!r)
 		return -ENOENT;
-	if (start >= r->size || len > r->size - start) {
-		ret = -EINVAL;
-		goto put_region;
-	}
-	map = kmem_cache_zalloc(ferry_map_cache, GFP_KERNEL);
-	if (!map) {
-		ret = -ENOMEM;
-		goto put_region;
-	}
 
-	/*
-	 * Write seals added after create bind us as they bind shmem's own
-	 * mmap: no new writable mapping, no mprotect to writable later.
-	 */
-	if (READ_ONCE(SHMEM_I(file_inode(r->file))->seals) &
-	    (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) {
-		if (vma->vm_flags & VM_WRITE) {
-			ret = -EPERM;
-			goto free_map;
-		}
-		clear |= VM_MAYWRITE;
-	}
-
-	if (!ferry_caller_is(r->owner)) {
+	if (!ferry_caller_owns(r)) {
 		down_read(&r->lock);
-		a = ferry_access_find_locked(r, task_tgid(current));
+		a = ferry_access_of_caller_locked(r);
 		if (a && !(a->rights & FERRY_RIGHT_WRITE)) {
 			/* No later mprotect(PROT_WRITE) either. */
 			clear |= VM_MAYWRITE;
 			if (vma->vm_flags & VM_WRITE)
 				a = NULL;
 		}
-		if (a)
+		if (a) {
 			kref_get(&a->ref);
+			pinnable = a->rights & FERRY_RIGHT_PIN;
+		}
 		up_read(&r->lock);
 		if (!a) {
 			ret = -EACCES;
-			goto free_map;
+			goto put_region;
 		}
+	}
+	/*
+	 * Only now what the caller may know.  No write seal needs checking:
+	 * the region's writable-mapping count keeps F_SEAL_WRITE off, and
+	 * F_SEAL_FUTURE_WRITE is ferry's own (ferry_region.c).
+	 */
+	if (start >= r->size || len > r->size - start) {
+		ret = -EINVAL;
+		goto put_access;
+	}
+	vfile = ferry_region_vfile(r);
+	if (IS_ERR(vfile)) {
+		ret = PTR_ERR(vfile);
+		goto put_access;
+	}
+	map = kmem_cache_zalloc(ferry_map_cache, GFP_KERNEL);
+	if (!map) {
+		ret = -ENOMEM;
+		goto put_access;
 	}
 
 	kref_init(&map->ref);
 	map->region = r;		/* the lookup's reference moves here */
-	map->access = a;
+	map->access = a;		/* and the grant's */
 	map->mm = vma->vm_mm;
+	map->pinnable = pinnable;
 	mmgrab(map->mm);
 
-	/* VM_MIXEDMAP and VM_DONTEXPAND also keep the VMA from merging. */
-	ferry_vma_mod_flags(vma, VM_MIXEDMAP | VM_DONTEXPAND | VM_DONTCOPY,
-			    clear);
+	/* VM_MIXEDMAP, VM_PFNMAP, VM_DONTEXPAND keep the VMA from merging. */
+	set = VM_DONTEXPAND | VM_DONTCOPY;
+	set |= pinnable ? VM_MIXEDMAP : VM_PFNMAP | VM_DONTDUMP;
+	ferry_vma_mod_flags(vma, set, clear);
 	vma->vm_pgoff = start >> PAGE_SHIFT;
-	vma_set_file(vma, r->vfile);
+	vma_set_file(vma, vfile);
 	vma->vm_ops = &ferry_vm_ops;
 	vma->vm_private_data = map;
 	atomic_inc(&r->nr_maps);
 	__module_get(THIS_MODULE);
 	return 0;
 
-free_map:
-	kmem_cache_free(ferry_map_cache, map);
+put_access:
+	if (a)
+		ferry_access_put(a);
 put_region:
 	ferry_region_put(r);
 	return ret;

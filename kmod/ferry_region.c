@@ -1,14 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * ferry_region.c - regions: checking a memfd before trusting it, the id
- * table, what each session is charged, destroy, info and the final free.
+ * table, what each session and user is charged, destroy, info and the
+ * final free.
  *
  * A region holds its own reference to the memfd's file and a "writable
  * mapping" count on it.  The count keeps F_SEAL_WRITE from being added for
  * as long as the region exists, so writable mappings handed out by ferry
  * can never contradict a seal added later.  F_SEAL_SHRINK is required up
- * front so nobody can truncate pages out from under a mapping (and SIGBUS a
- * peer that trusted the region's size).
+ * front so nobody can truncate pages out from under a mapping (and SIGBUS
+ * a peer that trusted the region's size), and CREATE adds
+ * F_SEAL_FUTURE_WRITE itself: without it the owner could punch a hole
+ * (fallocate, MADV_REMOVE) under a grantee's mapping.  Shmem's own
+ * invalidation cannot reach ferry's mappings (they live in the region's
+ * address space, and unpinnable ones hold PFN entries that must never be
+ * in the memfd's), so no page may leave the memfd while a region of it
+ * exists.  The seal is ferry's: mappings of the region stay writable, and
+ * more regions may be made of the memfd while one of them lives.
  */
 #include <linux/anon_inodes.h>
 #include <linux/file.h>
@@ -26,15 +34,32 @@
 /* Ids are the mmap offset's top bits; keep the offset a positive off_t. */
 #define FERRY_MAX_ID	((1U << (63 - FERRY_MMAP_SHIFT)) - 1)
 
+/* Is some region (live or still mapped) already built on @inode? */
+static bool ferry_inode_backs_region(struct inode *inode)
+{
+	struct ferry_region *r;
+	bool found = false;
+
+	mutex_lock(&ferry_global_lock);
+	list_for_each_entry(r, &ferry_all_regions, all_node) {
+		if (file_inode(r->file) == inode) {
+			found = true;
+			break;
+		}
+	}
+	mutex_unlock(&ferry_global_lock);
+	return found;
+}
+
 /*
  * Check @file is a memfd we can build on and take the writable-mapping
  * count on it.  *size comes in as the caller's request (0 = whole file) and
- * leaves as the region's size.
+ * leaves as the region's size.  Returns with the inode locked on success,
+ * so that the create can finish, and seal, before anyone else adds seals.
  */
 static int ferry_memfd_claim(struct file *file, u64 *size)
 {
 	struct inode *inode = file_inode(file);
-	const unsigned int bad_seals = F_SEAL_WRITE | F_SEAL_FUTURE_WRITE;
 	unsigned int seals;
 	loff_t isize;
 	int ret = 0;
@@ -51,8 +76,13 @@ static int ferry_memfd_claim(struct file *file, u64 *size)
 	inode_lock(inode);
 	seals = READ_ONCE(SHMEM_I(inode)->seals);
 	isize = i_size_read(inode);
-	if (!(seals & F_SEAL_SHRINK) || (seals & bad_seals))
+	if (!(seals & F_SEAL_SHRINK) || (seals & F_SEAL_WRITE))
 		ret = -EINVAL;
+	else if ((seals & F_SEAL_FUTURE_WRITE) &&
+		 !ferry_inode_backs_region(inode))
+		ret = -EINVAL;	/* someone else's promise: nobody writes */
+	else if (!(seals & F_SEAL_FUTURE_WRITE) && (seals & F_SEAL_SEAL))
+		ret = -EPERM;	/* we could not seal it against hole punching */
 	else if (isize <= 0 || !PAGE_ALIGNED(isize))
 		ret = -EINVAL;
 	else if (*size && (!PAGE_ALIGNED(*size) || *size > isize))
@@ -61,17 +91,21 @@ static int ferry_memfd_claim(struct file *file, u64 *size)
 		ret = -EINVAL;
 	else if (mapping_map_writable(file->f_mapping))
 		ret = -EINVAL;	/* write-denied: a seal is being added */
-	inode_unlock(inode);
-
-	if (!ret && !*size)
+	if (ret) {
+		inode_unlock(inode);
+		return ret;
+	}
+	if (!*size)
 		*size = isize;
-	return ret;
+	return 0;
 }
 
-/* The last VMA of the region is gone (or there never was one). */
+/* The last VMA of the region is gone and the region let go of the file. */
 static int ferry_vfile_release(struct inode *inode, struct file *file)
 {
-	kmem_cache_free(ferry_region_cache, file->private_data);
+	/* NULL: a file that lost the race to become the region's vfile. */
+	if (file->private_data)
+		kmem_cache_free(ferry_region_cache, file->private_data);
 	return 0;
 }
 
@@ -80,6 +114,23 @@ static const struct file_operations ferry_vfile_fops = {
 	.release	= ferry_vfile_release,
 	/* no .mmap: remap_file_pages() and friends get -ENODEV */
 };
+
+/*
+ * Give back the pages unpinnable mappings used.  Their PFN entries never
+ * marked the pages dirty, so do it now: a clean shmem page can be dropped
+ * by reclaim, and these may hold data written through those entries.
+ */
+static void ferry_region_release_pages(struct ferry_region *r)
+{
+	struct page *page;
+	unsigned long index;
+
+	xa_for_each(&r->pages, index, page) {
+		set_page_dirty_lock(page);
+		put_page(page);
+	}
+	xa_destroy(&r->pages);
+}
 
 static void ferry_region_release(struct kref *ref)
 {
@@ -92,6 +143,8 @@ static void ferry_region_release(struct kref *ref)
 	mutex_unlock(&ferry_global_lock);
 
 	ferry_region_drop_grants(r);
+	/* Every map held a reference: no VMA, hence no PFN entry, is left. */
+	ferry_region_release_pages(r);
 	mapping_unmap_writable(r->file->f_mapping);
 	fput(r->file);
 	put_pid(r->owner);
@@ -100,9 +153,13 @@ static void ferry_region_release(struct kref *ref)
 	s->nr_regions--;
 	s->bytes -= r->size;
 	mutex_unlock(&s->lock);
+	ferry_user_uncharge_region(s->user, r->size);
 
 	ferry_session_put(s);
-	fput(r->vfile);		/* frees @r once VMAs dropped theirs too */
+	if (r->vfile)
+		fput(r->vfile);	/* frees @r once VMAs dropped theirs too */
+	else
+		kmem_cache_free(ferry_region_cache, r);
 }
 
 void ferry_region_put(struct ferry_region *r)
@@ -140,6 +197,7 @@ static int ferry_session_charge(struct ferry_session *s, u64 size)
 int ferry_region_create(struct ferry_session *s, struct ferry_create *arg)
 {
 	struct ferry_region *r;
+	struct inode *inode;
 	struct file *file;
 	u64 size = arg->size;
 	int ret;
@@ -151,33 +209,24 @@ int ferry_region_create(struct ferry_session *s, struct ferry_create *arg)
 	file = fget(arg->memfd);
 	if (!file)
 		return -EBADF;
+	inode = file_inode(file);
 
 	r = kmem_cache_zalloc(ferry_region_cache, GFP_KERNEL);
 	if (!r) {
 		ret = -ENOMEM;
 		goto put_file;
 	}
-	ret = ferry_memfd_claim(file, &size);
+	ret = ferry_memfd_claim(file, &size);	/* locks the inode */
 	if (ret)
 		goto free_region;
 
 	address_space_init_once(&r->vmap);
-	r->vfile = anon_inode_getfile("[ferry-region]", &ferry_vfile_fops, r, O_RDWR);
-	if (IS_ERR(r->vfile)) {
-		ret = PTR_ERR(r->vfile);
-		mapping_unmap_writable(file->f_mapping);
-		goto free_region;
-	}
-	/* Borrow what the mm looks up through a mapping from the anon inode. */
-	r->vmap.host = file_inode(r->vfile);
-	r->vmap.a_ops = r->vmap.host->i_mapping->a_ops;
-	r->vmap.flags = r->vmap.host->i_mapping->flags;
-	r->vfile->f_mapping = &r->vmap;
-
+	xa_init(&r->pages);
 	kref_init(&r->ref);		/* the id table's reference */
 	r->size = size;
 	r->file = file;
 	r->owner = get_pid(s->owner);
+	r->owner_exec = s->owner_exec;
 	r->session = s;
 	init_rwsem(&r->lock);
 	INIT_LIST_HEAD(&r->grants);
@@ -187,9 +236,13 @@ int ferry_region_create(struct ferry_session *s, struct ferry_create *arg)
 	ret = ferry_session_charge(s, size);
 	if (ret)
 		goto unlock;
+	ret = ferry_user_charge_region(s->user, size);
+	if (ret)
+		goto unlock;
 	ret = xa_alloc(&ferry_regions, &r->id, r, XA_LIMIT(1, FERRY_MAX_ID),
-		       GFP_KERNEL);
+		       GFP_KERNEL_ACCOUNT);
 	if (ret) {
+		ferry_user_uncharge_region(s->user, size);
 		ret = ret == -EBUSY ? -ENOSPC : ret;
 		goto unlock;
 	}
@@ -206,19 +259,52 @@ int ferry_region_create(struct ferry_session *s, struct ferry_create *arg)
 	arg->size = size;
 	arg->mmap_offset = (u64)r->id << FERRY_MMAP_SHIFT;
 	mutex_unlock(&s->lock);
+	/* Nothing can fail any more: seal, as memfd_add_seals() would. */
+	WRITE_ONCE(SHMEM_I(inode)->seals,
+		   SHMEM_I(inode)->seals | F_SEAL_FUTURE_WRITE);
+	inode_unlock(inode);
 	return 0;
 
 unlock:
 	mutex_unlock(&s->lock);
 	put_pid(r->owner);
 	mapping_unmap_writable(file->f_mapping);
-	fput(r->vfile);		/* its release frees @r */
-	goto put_file;
+	inode_unlock(inode);
 free_region:
 	kmem_cache_free(ferry_region_cache, r);
 put_file:
 	fput(file);
 	return ret;
+}
+
+/*
+ * The region's own file, made on first use.  Two racing first mmaps may
+ * both make one; the loser's is dropped before it ever holds a VMA.
+ */
+struct file *ferry_region_vfile(struct ferry_region *r)
+{
+	struct file *f = smp_load_acquire(&r->vfile);
+
+	if (f)
+		return f;
+	f = anon_inode_getfile("[ferry-region]", &ferry_vfile_fops, NULL, O_RDWR);
+	if (IS_ERR(f))
+		return f;
+	/*
+	 * Borrow what the mm looks up through a mapping from the anon inode
+	 * (one inode for all anon files: racing writers store the same).
+	 */
+	r->vmap.host = file_inode(f);
+	r->vmap.a_ops = r->vmap.host->i_mapping->a_ops;
+	r->vmap.flags = r->vmap.host->i_mapping->flags;
+	f->f_mapping = &r->vmap;
+	f->private_data = r;
+	if (cmpxchg(&r->vfile, NULL, f)) {
+		f->private_data = NULL;
+		fput(f);
+		return smp_load_acquire(&r->vfile);
+	}
+	return f;
 }
 
 /* Take @r out of the id table; maps made earlier keep it alive. */
@@ -262,13 +348,20 @@ void ferry_session_destroy_regions(struct ferry_session *s)
 	}
 }
 
-u32 ferry_region_rights_locked(struct ferry_region *r, struct pid *tgid)
+/* The caller is the region's owner, still running the program it ran. */
+bool ferry_caller_owns(struct ferry_region *r)
+{
+	return ferry_caller_is_image(r->owner, r->owner_exec);
+}
+
+/* The caller's rights on @r. */
+u32 ferry_region_rights_locked(struct ferry_region *r)
 {
 	struct ferry_access *a;
 
-	if (tgid == r->owner)
+	if (ferry_caller_owns(r))
 		return FERRY_RIGHTS_ALL;
-	a = ferry_access_find_locked(r, tgid);
+	a = ferry_access_of_caller_locked(r);
 	return a ? a->rights : 0;
 }
 
@@ -278,7 +371,7 @@ int ferry_region_info(struct ferry_region *r, struct ferry_info *arg)
 	u32 rights;
 
 	down_write(&r->lock);
-	rights = ferry_region_rights_locked(r, task_tgid(current));
+	rights = ferry_region_rights_locked(r);
 	nr_grants = ferry_region_prune_grants_locked(r);
 	up_write(&r->lock);
 	if (!rights)

@@ -4,11 +4,26 @@
  * region's owner granted them to.
  *
  * open("/dev/ferry") makes a session bound to the opening process (its
- * thread group).  Every ioctl and mmap on that file from any other process
- * fails with -EPERM, so a session fd inherited across fork() or received
- * over SCM_RIGHTS is worth nothing.  The session's regions are destroyed
- * once no thread of the owner holds the fd any more (close, exit, exec),
- * whoever else still has a copy.
+ * thread group) and the program it runs.  Every ioctl and mmap on that
+ * file from any other process, or from the same process after an exec,
+ * fails with -EPERM, so a session fd inherited across fork() or exec, or
+ * received over SCM_RIGHTS, is worth nothing.  The session's regions are
+ * destroyed once no thread of the owner holds the fd any more (close,
+ * exit, exec of an O_CLOEXEC fd), whoever else still has a copy.
+ *
+ * A region's memfd must be sealed with F_SEAL_SHRINK (not F_SEAL_WRITE or
+ * F_SEAL_SEAL); CREATE adds F_SEAL_FUTURE_WRITE to it, so from then on no
+ * one can write(), punch a hole in, or newly map writable the memfd
+ * itself: its pages change only through mappings, and no page can leave
+ * it under a mapping.  More regions may be made of a memfd while one
+ * lives.  Grants end at the grantee's exit or exec.
+ *
+ * Mappings a grantee makes without FERRY_RIGHT_PIN hold PFN entries:
+ * get_user_pages() fails on them (-EFAULT from vmsplice, O_DIRECT,
+ * io_uring fixed buffers, process_vm_readv, shared futexes), so nothing
+ * outlives a revoke.  With FERRY_RIGHT_PIN the mapping holds ordinary
+ * pages that can be pinned (cuMemHostRegister needs that); pins taken
+ * survive a revoke until they are released.
  *
  * Rules common to every struct below:
  *  - fields marked "in" are read, fields marked "out" are written;
@@ -29,16 +44,26 @@
 #define FERRY_DEVICE_NAME	"ferry"
 #define FERRY_ABI_VERSION	1
 
-/* Rights a grant carries.  READ is required; WRITE adds to it. */
+/*
+ * Rights a grant carries.  READ is required; WRITE and PIN add to it.
+ * PIN: the grantee's mappings may be pinned (get_user_pages); such pins
+ * outlive a revoke.  The owner holds every right.
+ */
 #define FERRY_RIGHT_READ	(1U << 0)
 #define FERRY_RIGHT_WRITE	(1U << 1)
-#define FERRY_RIGHTS_ALL	(FERRY_RIGHT_READ | FERRY_RIGHT_WRITE)
+#define FERRY_RIGHT_PIN		(1U << 2)
+#define FERRY_RIGHTS_ALL	(FERRY_RIGHT_READ | FERRY_RIGHT_WRITE | \
+				 FERRY_RIGHT_PIN)
 
 /* Features reported by FERRY_IOC_VERSION. */
 #define FERRY_FEAT_REGIONS	(1ULL << 0)	/* create/destroy/info/mmap */
 #define FERRY_FEAT_GRANTS	(1ULL << 1)	/* grant/revoke by pidfd */
 #define FERRY_FEAT_REVOKE_ZAP	(1ULL << 2)	/* revoke zaps live mappings */
 #define FERRY_FEAT_DEBUGFS	(1ULL << 3)	/* <debugfs>/ferry/ is present */
+#define FERRY_FEAT_PIN		(1ULL << 4)	/* FERRY_RIGHT_PIN; others unpinnable */
+#define FERRY_FEAT_USER_LIMITS	(1ULL << 5)	/* per-uid caps (module parameters) */
+#define FERRY_FEAT_EXEC_ENDS	(1ULL << 6)	/* exec ends grants and sessions */
+#define FERRY_FEAT_SEAL_WRITES	(1ULL << 7)	/* CREATE adds F_SEAL_FUTURE_WRITE */
 
 /*
  * mmap offsets: region id in the bits at and above FERRY_MMAP_SHIFT, byte
@@ -68,7 +93,7 @@ struct ferry_create {
 struct ferry_grant {
 	__u32 id;		/* in: region owned by the caller */
 	__s32 pidfd;		/* in: pidfd of the grantee process */
-	__u32 rights;		/* in: FERRY_RIGHT_READ [| FERRY_RIGHT_WRITE] */
+	__u32 rights;		/* in: FERRY_RIGHT_READ [| _WRITE] [| _PIN] */
 	__u32 flags;		/* in: 0 */
 };
 
