@@ -175,10 +175,22 @@ TEST_F(create, other_seals_are_fine)
 {
 	struct ferry_create c;
 
-	EXPECT_EQ(0, create_from(self->fd, 2,
-				 F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL,
+	EXPECT_EQ(0, create_from(self->fd, 2, F_SEAL_SHRINK | F_SEAL_GROW,
 				 0, &c));
 	EXPECT_EQ(2 * self->ps, c.size);
+}
+
+/*
+ * CREATE must add F_SEAL_FUTURE_WRITE (so no hole can be punched under a
+ * mapping); a memfd that forbids more seals cannot be used.
+ */
+TEST_F(create, seal_seal_without_future_write_eperm)
+{
+	struct ferry_create c;
+
+	EXPECT_EQ(-EPERM, create_from(self->fd, 2,
+				      F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL,
+				      0, &c));
 }
 
 TEST_F(create, pipe_ebadf)
@@ -683,25 +695,69 @@ TEST_F(limits, lowering_a_limit_keeps_existing_regions)
 }
 
 /*
- * Regression (was a bug): F_SEAL_FUTURE_WRITE, refused at create, can still be added
- * afterwards (it takes no writable-mapping count), and ferry keeps handing
- * out writable mappings of the sealed memfd.
+ * CREATE seals the memfd with F_SEAL_FUTURE_WRITE: write() and new
+ * writable shmem mappings are refused from then on, a mapping made before
+ * keeps working, and ferry's own mappings stay writable (the seal is
+ * ferry's).  Adding the seal again changes nothing.
  */
-TEST_F(create, future_write_seal_after_create_is_honoured)
+TEST_F(create, create_adds_future_write_seal)
 {
-	struct ferry_test_region r;
-	void *p;
-	int sealed, mapped;
+	size_t len = 2 * self->ps;
+	struct ferry_create c;
+	uint8_t *before, *mine;
+	uint8_t b = 1;
+	void *v;
+	int memfd;
 
-	ASSERT_EQ(0, ferry_region_new(self->fd, 1, 7, &r));
-	sealed = fcntl(r.memfd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) == 0;
-	mapped = ferry_map(self->fd, r.off, r.size, PROT_READ | PROT_WRITE,
-			   &p) == 0;
-	if (mapped)
-		munmap(p, r.size);
-	/* Either the seal is refused or it is obeyed. */
-	EXPECT_FALSE(sealed && mapped);
-	ferry_region_close_memfd(&r);
+	memfd = ferry_memfd(2, F_SEAL_SHRINK, 0);
+	ASSERT_LE(0, memfd);
+	before = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	ASSERT_NE(MAP_FAILED, before);
+	EXPECT_EQ(0, fcntl(memfd, F_GET_SEALS) & F_SEAL_FUTURE_WRITE);
+	ASSERT_EQ(0, ferry_create(self->fd, memfd, 0, &c));
+	EXPECT_NE(0, fcntl(memfd, F_GET_SEALS) & F_SEAL_FUTURE_WRITE);
+
+	EXPECT_EQ(-1, pwrite(memfd, &b, 1, 0));
+	EXPECT_EQ(EPERM, errno);
+	EXPECT_EQ(MAP_FAILED, mmap(NULL, len, PROT_READ | PROT_WRITE,
+				   MAP_SHARED, memfd, 0));
+	EXPECT_EQ(0, fcntl(memfd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE));
+
+	ASSERT_EQ(0, ferry_map(self->fd, c.mmap_offset, len,
+			       PROT_READ | PROT_WRITE, &v));
+	mine = v;
+	before[7] = 0x17;			/* the earlier mapping still writes */
+	EXPECT_EQ(0x17, ferry_probe_read(mine + 7));
+	mine[self->ps + 3] = 0x29;		/* and ferry's too */
+	EXPECT_EQ(0x29, before[self->ps + 3]);
+	ASSERT_EQ(1, pread(memfd, &b, 1, self->ps + 3));
+	EXPECT_EQ(0x29, b);
+	munmap(v, len);
+	munmap(before, len);
+	close(memfd);
+}
+
+/*
+ * A memfd sealed F_SEAL_FUTURE_WRITE by someone else promised that nobody
+ * writes it any more: refused.  One sealed by a live region of ferry's may
+ * back more regions.
+ */
+TEST_F(create, future_write_is_ferrys_only_while_a_region_lives)
+{
+	struct ferry_create a, b;
+	struct ferry_destroy d;
+	int memfd = ferry_memfd(2, F_SEAL_SHRINK, 0);
+
+	ASSERT_LE(0, memfd);
+	ASSERT_EQ(0, ferry_create(self->fd, memfd, 0, &a));
+	ASSERT_EQ(0, ferry_create(self->fd, memfd, self->ps, &b));
+	memset(&d, 0, sizeof(d));
+	d.id = a.id;
+	ASSERT_EQ(0, ferry_ioctl(self->fd, FERRY_IOC_DESTROY, &d));
+	d.id = b.id;
+	ASSERT_EQ(0, ferry_ioctl(self->fd, FERRY_IOC_DESTROY, &d));
+	EXPECT_EQ(-EINVAL, ferry_create(self->fd, memfd, 0, &a));
+	close(memfd);
 }
 
 TEST_HARNESS_MAIN

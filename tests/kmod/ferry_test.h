@@ -34,10 +34,12 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <linux/ferry.h>
+#include <linux/futex.h>
 
 /*
  * The harness is not ours and Debian 6.1's copy trips -Wunused-parameter
@@ -636,6 +638,48 @@ static inline int ferry_param_write(const char *name, unsigned long long val)
 	return ret;
 }
 
+/* ---- what the kernel said about itself -------------------------------- */
+
+/* /proc/sys/kernel/tainted, or -errno. */
+static inline long long ferry_tainted(void)
+{
+	long long v = -EPROTO;
+	FILE *f = fopen("/proc/sys/kernel/tainted", "re");
+
+	if (!f)
+		return -errno;
+	if (fscanf(f, "%lld", &v) != 1)
+		v = -EPROTO;
+	fclose(f);
+	return v;
+}
+
+/*
+ * Does the kernel log (syslog(2), all of it still buffered) contain
+ * @needle?  1 or 0, or -errno where it cannot be read.
+ */
+static inline int ferry_dmesg_has(const char *needle)
+{
+	int len = (int)syscall(SYS_syslog, 10 /* SIZE_BUFFER */, NULL, 0);
+	char *buf;
+	int n, found;
+
+	if (len <= 0)
+		return len < 0 ? -errno : 0;
+	buf = malloc((size_t)len + 1);
+	if (!buf)
+		return -ENOMEM;
+	n = (int)syscall(SYS_syslog, 3 /* READ_ALL */, buf, len);
+	if (n < 0) {
+		free(buf);
+		return -errno;
+	}
+	buf[n] = 0;
+	found = strstr(buf, needle) != NULL;
+	free(buf);
+	return found;
+}
+
 /* ---- the peer: another process with its own session ------------------ */
 
 enum ferry_peer_op {
@@ -654,6 +698,24 @@ enum ferry_peer_op {
 	FERRY_PEER_REMAP,	/* slot, off, len, val: remap_file_pages()
 				 * of [off, off + len) to file page val */
 	FERRY_PEER_EXIT,	/* exits with status val */
+	FERRY_PEER_GUP,		/* slot, off, len, val (enum ferry_gup) ->
+				 * 0/-errno: get_user_pages on the mapping */
+	FERRY_PEER_PIPE_CHECK,	/* len, seed, off: the vmsplice pipe holds
+				 * @seed's pattern for offsets from off ->
+				 * 0/1/-errno */
+};
+
+/*
+ * Ways a process takes references on its own pages (FERRY_PEER_GUP), all
+ * through get_user_pages: fast path first, then the slow one.
+ */
+enum ferry_gup {
+	FERRY_GUP_VMSPLICE = 1,	/* into a pipe the peer keeps */
+	FERRY_GUP_FUTEX,	/* a shared futex key: FUTEX_WAIT on a value
+				 * that does not match, -EAGAIN means the key
+				 * was made */
+	FERRY_GUP_IOURING,	/* io_uring fixed buffers (long-term pin) */
+	FERRY_GUP_REMOTE,	/* process_vm_readv on itself */
 };
 
 #define FERRY_PEER_SLOTS	8
@@ -690,11 +752,66 @@ struct ferry_peer {
 /* The transport failed: the peer died or never answered. */
 #define FERRY_PEER_LOST		INT64_MIN
 
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+#ifndef __NR_io_uring_register
+#define __NR_io_uring_register 427
+#endif
+#define FERRY_IORING_REGISTER_BUFFERS 0
+
+/* get_user_pages on [p, p + len) as @how does it; 0 or -errno. */
+static inline int ferry_gup(int how, uint8_t *p, size_t len, int *pipe_rd)
+{
+	struct iovec iov = { .iov_base = p, .iov_len = len };
+	uint32_t params[30];	/* struct io_uring_params: 120 bytes */
+	static uint8_t buf[65536];
+	int ret, fds[2], ring;
+
+	switch (how) {
+	case FERRY_GUP_VMSPLICE:
+		if (pipe2(fds, O_CLOEXEC))
+			return -errno;
+		ret = vmsplice(fds[1], &iov, 1, 0) == (ssize_t)len ? 0 : -errno;
+		close(fds[1]);
+		if (ret || *pipe_rd >= 0) {
+			close(fds[0]);
+			return ret ? ret : -EBUSY;
+		}
+		*pipe_rd = fds[0];
+		return 0;
+	case FERRY_GUP_FUTEX:
+		ret = (int)syscall(SYS_futex, p, FUTEX_WAIT,
+				   ~*(volatile uint32_t *)p, NULL, NULL, 0);
+		return ret ? -errno : -EPROTO;
+	case FERRY_GUP_IOURING:
+		memset(params, 0, sizeof(params));
+		ring = (int)syscall(__NR_io_uring_setup, 4, params);
+		if (ring < 0)
+			return -errno;
+		ret = (int)syscall(__NR_io_uring_register, ring,
+				   FERRY_IORING_REGISTER_BUFFERS, &iov, 1);
+		ret = ret ? -errno : 0;
+		close(ring);
+		return ret;
+	case FERRY_GUP_REMOTE: {
+		struct iovec local = { .iov_base = buf, .iov_len = len };
+
+		if (len > sizeof(buf))
+			return -E2BIG;
+		return process_vm_readv(getpid(), &local, 1, &iov, 1, 0) ==
+		       (ssize_t)len ? 0 : -errno;
+	}
+	}
+	return -EINVAL;
+}
+
 static inline int ferry_peer_serve(int cmd_fd, int res_fd)
 {
 	struct { uint8_t *addr; size_t len; uint64_t base; } map[FERRY_PEER_SLOTS];
 	struct ferry_peer_cmd c;
 	struct ferry_peer_res r;
+	int pipe_rd = -1;
 	int fd = ferry_open();
 	int parent = ferry_pidfd_open(getppid());
 
@@ -778,6 +895,25 @@ static inline int ferry_peer_serve(int cmd_fd, int res_fd)
 			break;
 		case FERRY_PEER_EXIT:
 			_exit((int)c.val);
+		case FERRY_PEER_GUP:
+			r.ret = at ? ferry_gup((int)c.val, at, c.len, &pipe_rd) :
+				-EFAULT;
+			break;
+		case FERRY_PEER_PIPE_CHECK: {
+			uint8_t b;
+
+			r.ret = pipe_rd < 0 ? -ENOENT : 0;
+			for (uint64_t i = 0; !r.ret && i < c.len; i++) {
+				if (read(pipe_rd, &b, 1) != 1)
+					r.ret = -EIO;
+				else if (b != ferry_pat(c.seed, c.off + i))
+					r.ret = 1;
+			}
+			if (pipe_rd >= 0)
+				close(pipe_rd);
+			pipe_rd = -1;
+			break;
+		}
 		default:
 			r.ret = -EINVAL;
 			break;
@@ -930,6 +1066,27 @@ static inline int64_t ferry_peer_remap(struct ferry_peer *p, uint32_t slot,
 {
 	struct ferry_peer_cmd c = { .op = FERRY_PEER_REMAP, .slot = slot,
 				    .off = off, .len = len, .val = pgoff };
+
+	return ferry_peer_call(p, &c, NULL);
+}
+
+/* get_user_pages on the peer's mapping in @slot, the way @how does it. */
+static inline int64_t ferry_peer_gup(struct ferry_peer *p, uint32_t slot,
+				     uint64_t off, uint64_t len, int how)
+{
+	struct ferry_peer_cmd c = { .op = FERRY_PEER_GUP, .slot = slot,
+				    .off = off, .len = len, .val = (uint32_t)how };
+
+	return ferry_peer_call(p, &c, NULL);
+}
+
+/* Does the peer's vmsplice pipe hold @seed's pattern from region @off? */
+static inline int64_t ferry_peer_pipe_check(struct ferry_peer *p,
+					    uint64_t off, uint64_t len,
+					    unsigned int seed)
+{
+	struct ferry_peer_cmd c = { .op = FERRY_PEER_PIPE_CHECK, .off = off,
+				    .len = len, .seed = seed };
 
 	return ferry_peer_call(p, &c, NULL);
 }

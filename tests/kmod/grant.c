@@ -50,14 +50,23 @@ FIXTURE_TEARDOWN(grant)
 
 TEST_F(grant, read_grant_maps_read_only)
 {
+	void *v;
+
 	ASSERT_EQ(0, ferry_grant(self->fd, self->r.id, PIDFD, FERRY_RIGHT_READ));
 	ASSERT_EQ(0, ferry_peer_map(PEER, 0, self->r.off, self->len,
 				    PROT_READ));
 	EXPECT_EQ(0, ferry_peer_check(PEER, 0, 0, self->len, G_SEED));
 	EXPECT_EQ(-SIGSEGV, ferry_peer_write(PEER, 0, 0, 1));
-	/* A later write by the owner is seen: same pages, not a copy. */
-	ASSERT_EQ(0, ferry_fill_fd(self->r.memfd, self->ps, self->ps, 8));
+	/*
+	 * A later write by the owner is seen: same pages, not a copy.  (The
+	 * memfd itself is sealed against write() since CREATE: the owner
+	 * writes through its mapping.)
+	 */
+	ASSERT_EQ(0, ferry_map(self->fd, self->r.off, self->len, RW, &v));
+	ASSERT_EQ(0, ferry_probe_fill((uint8_t *)v + self->ps, self->ps, 8,
+				      self->ps));
 	EXPECT_EQ(0, ferry_peer_check(PEER, 0, self->ps, self->ps, 8));
+	munmap(v, self->len);
 }
 
 TEST_F(grant, read_grant_refuses_writable_mapping)
@@ -163,8 +172,10 @@ TEST_F(grant, grant_to_self_einval)
 TEST_F(grant, bad_rights_einval)
 {
 	static const uint32_t bad[] = {
-		0, FERRY_RIGHT_WRITE, 1u << 2, FERRY_RIGHT_READ | (1u << 2),
-		FERRY_RIGHTS_ALL | 0x80000000u, 0xffffffffu,
+		0, FERRY_RIGHT_WRITE, FERRY_RIGHT_PIN,
+		FERRY_RIGHT_WRITE | FERRY_RIGHT_PIN, 1u << 3,
+		FERRY_RIGHT_READ | (1u << 3), FERRY_RIGHTS_ALL | 0x80000000u,
+		0xffffffffu,
 	};
 	struct ferry_info info;
 
@@ -336,7 +347,7 @@ TEST_F(grant, revoke_rejects_flags_and_pad)
 TEST_F(grant, downgrade_to_read_zaps_writable_mappings)
 {
 	ASSERT_EQ(0, ferry_grant(self->fd, self->r.id, PIDFD,
-				 FERRY_RIGHTS_ALL));
+				 FERRY_RIGHT_READ | FERRY_RIGHT_WRITE));
 	ASSERT_EQ(0, ferry_peer_map(PEER, 0, self->r.off, self->len, RW));
 	ASSERT_EQ(0, ferry_peer_write(PEER, 0, 0, 0x33));
 	ASSERT_EQ(0, ferry_peer_map(PEER, 1, self->r.off, self->len,
@@ -496,6 +507,51 @@ TEST_F(grant, remap_file_pages_cannot_escape_the_grant)
 	ASSERT_EQ(0, ferry_revoke(self->fd, c.id, PIDFD));
 	EXPECT_GT(0, ferry_peer_read(PEER, 0, 0));
 	EXPECT_EQ(0, ferry_check_fd(self->r.memfd, 0, self->len, G_SEED));
+}
+
+/*
+ * mmap checks rights before anything else: a process without a grant gets
+ * -EACCES whatever offset, length or protection it asks for, so it cannot
+ * learn a region's size (bounds: -EINVAL) or its seals; a read-only
+ * grantee asking for a writable mapping past the end learns no more.  The
+ * owner still gets -EINVAL for bounds.  (Before, a stranger found the size
+ * in ~20 calls.)
+ */
+TEST_F(grant, mmap_tells_a_stranger_nothing)
+{
+	const uint64_t big = 1ULL << 30;
+	const struct { uint64_t off, len; int prot; } ask[] = {
+		{ 0, self->ps, PROT_READ },
+		{ 0, self->len, PROT_READ },
+		{ 0, self->len + self->ps, PROT_READ },
+		{ self->len, self->ps, PROT_READ },
+		{ big, self->ps, PROT_READ },
+		{ 0, self->ps, RW },
+		{ self->len - self->ps, 2 * self->ps, RW },
+	};
+	void *v;
+
+	for (size_t i = 0; i < sizeof(ask) / sizeof(ask[0]); i++) {
+		EXPECT_EQ(-EACCES, ferry_peer_map(PEER, 0, self->r.off + ask[i].off,
+						  ask[i].len, ask[i].prot)) {
+			TH_LOG("stranger: off %llu len %llu prot %d",
+			       (unsigned long long)ask[i].off,
+			       (unsigned long long)ask[i].len, ask[i].prot);
+		}
+	}
+	ASSERT_EQ(0, ferry_grant(self->fd, self->r.id, PIDFD, FERRY_RIGHT_READ));
+	EXPECT_EQ(-EACCES, ferry_peer_map(PEER, 0, self->r.off + self->len,
+					  self->ps, RW));
+	EXPECT_EQ(-EINVAL, ferry_peer_map(PEER, 0, self->r.off + self->len,
+					  self->ps, PROT_READ));
+	ASSERT_EQ(0, ferry_revoke(self->fd, self->r.id, PIDFD));
+	EXPECT_EQ(-EACCES, ferry_peer_map(PEER, 0, self->r.off + self->len,
+					  self->ps, PROT_READ));
+	/* The owner may know its own region's size. */
+	EXPECT_EQ(-EINVAL, ferry_map(self->fd, self->r.off + self->len, self->ps,
+				     PROT_READ, &v));
+	EXPECT_EQ(-EINVAL, ferry_map(self->fd, self->r.off, self->len + self->ps,
+				     PROT_READ, &v));
 }
 
 TEST_HARNESS_MAIN

@@ -41,26 +41,36 @@ FIXTURE_TEARDOWN(map)
 TEST_F(map, owner_rw_mapping_is_the_memfd_both_ways)
 {
 	size_t len = MAP_PAGES * self->ps;
-	uint8_t *p, b;
+	struct ferry_create c;
+	uint8_t *p, *shm, b;
+	int memfd;
 	void *v;
 
-	ASSERT_EQ(0, ferry_map(self->fd, self->r.off, len,
+	/* The memfd is written only through mappings once CREATE sealed it. */
+	memfd = ferry_memfd(MAP_PAGES, F_SEAL_SHRINK, MAP_SEED);
+	ASSERT_LE(0, memfd);
+	shm = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	ASSERT_NE(MAP_FAILED, shm);
+	ASSERT_EQ(0, ferry_create(self->fd, memfd, 0, &c));
+	ASSERT_EQ(0, ferry_map(self->fd, c.mmap_offset, len,
 			       PROT_READ | PROT_WRITE, &v));
 	p = v;
 	EXPECT_EQ(0, ferry_probe_check(p, len, MAP_SEED, 0));
 
 	/* memfd -> mapping */
-	ASSERT_EQ(0, ferry_fill_fd(self->r.memfd, self->ps, self->ps, 77));
+	EXPECT_EQ(0, ferry_probe_fill(shm + self->ps, self->ps, 77, self->ps));
 	EXPECT_EQ(0, ferry_probe_check(p + self->ps, self->ps, 77, self->ps));
 
 	/* mapping -> memfd */
 	EXPECT_EQ(0, ferry_probe_fill(p + 3 * self->ps, self->ps, 78,
 				      3 * self->ps));
-	EXPECT_EQ(0, ferry_check_fd(self->r.memfd, 3 * self->ps, self->ps, 78));
+	EXPECT_EQ(0, ferry_check_fd(memfd, 3 * self->ps, self->ps, 78));
 	p[5] = 0xa5;
-	ASSERT_EQ(1, pread(self->r.memfd, &b, 1, 5));
+	ASSERT_EQ(1, pread(memfd, &b, 1, 5));
 	EXPECT_EQ(0xa5, b);
 	munmap(p, len);
+	munmap(shm, len);
+	close(memfd);
 }
 
 TEST_F(map, private_mapping_einval)
