@@ -19,7 +19,8 @@
 # boots Debian's own kernel image under TCG and relays the tests' TAP from
 # the serial console.  Besides the tests' own cases it checks, per kernel:
 # a warning-free build, insmod, every test binary exiting 0, debugfs
-# counters back to zero, rmmod, and a dmesg free of WARNING/BUG/Oops/KASAN
+# counters back to zero, rmmod, no taint flag beyond what insmod set, and a
+# dmesg free of WARNING/BUG/Oops/KASAN
 # and lockdep reports.
 # Ends with "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
@@ -108,7 +109,10 @@ mount -t tmpfs tmp /tmp
 echo
 # kmemleak (debug kernel): forget what boot left, report only what follows.
 [ -e /sys/kernel/debug/kmemleak ] && echo clear >/sys/kernel/debug/kmemleak
+echo "FERRY-VM taint-boot $(cat /proc/sys/kernel/tainted)"
 insmod /ferry.ko; echo "FERRY-VM insmod $?"
+# Loading an out-of-tree, unsigned module taints (O, E): that is the base.
+echo "FERRY-VM taint-insmod $(cat /proc/sys/kernel/tainted)"
 if [ -e /faults ] && [ -d /sys/kernel/debug/failslab ]; then
 	# Fault injection.  failslab: 10% of the allocations from the module's
 	# own caches (slub_debug=A,ferry_* on the command line marks them; the
@@ -146,6 +150,7 @@ for f in failslab fail_page_alloc; do
 done
 echo "FERRY-VM stats $(tr '\n' ' ' </sys/kernel/debug/ferry/stats)"
 rmmod ferry; echo "FERRY-VM rmmod $?"
+echo "FERRY-VM taint-end $(cat /proc/sys/kernel/tainted)"
 if [ -e /sys/kernel/debug/kmemleak ]; then
 	# Objects must stay unreferenced a while before a scan reports them.
 	sleep 6; echo scan >/sys/kernel/debug/kmemleak; echo scan >/sys/kernel/debug/kmemleak
@@ -163,7 +168,7 @@ chmod +x "$root/init"
 
 # --- boot and relay ---------------------------------------------------------
 log=$out/console.log
-insmod_rc= rmmod_rc= stats= bad_rc=() in_dmesg=0 dmesg_bad=() in_leak=0 leaks=() have_kmemleak=0
+insmod_rc= rmmod_rc= stats= bad_rc=() taint_boot= taint_insmod= taint_end= in_dmesg=0 dmesg_bad=() in_leak=0 leaks=() have_kmemleak=0
 declare -A injected=()
 t0=$(date +%s)
 # The kernel gets tsc=reliable: the guest finds the two sockets' TSCs
@@ -201,6 +206,9 @@ while IFS= read -r line; do
 	fi
 	case "$line" in
 	"FERRY-VM insmod "*) insmod_rc=${line##* } ;;
+	"FERRY-VM taint-boot "*) taint_boot=${line##* } ;;
+	"FERRY-VM taint-insmod "*) taint_insmod=${line##* } ;;
+	"FERRY-VM taint-end "*) taint_end=${line##* } ;;
 	"FERRY-VM run "*) echo "# ${line#FERRY-VM }" ;;
 	"FERRY-VM rc "*)
 		set -- ${line#FERRY-VM rc }
@@ -265,6 +273,14 @@ done
 [ $zero = 1 ] && check OK "debugfs counters zero after the tests" ||
 	check FAIL "debugfs counters zero after the tests (got: ${stats:-nothing})"
 [ "$rmmod_rc" = 0 ] && check OK "rmmod ferry" || check FAIL "rmmod ferry (rc=${rmmod_rc:-none})"
+# /proc/sys/kernel/tainted: whatever insmod added is the base; any flag
+# the tests added (bad page, warning, oops, ...) fails the run.
+if [ -n "$taint_insmod" ] && [ -n "$taint_end" ] &&
+   [ $(( taint_end & ~taint_insmod )) -eq 0 ]; then
+	check OK "kernel not tainted by the tests (boot $taint_boot, after insmod $taint_insmod, end $taint_end)"
+else
+	check FAIL "kernel tainted by the tests (after insmod ${taint_insmod:-?}, end ${taint_end:-?})"
+fi
 if [ ${#dmesg_bad[@]} -eq 0 ] && [ -n "$rmmod_rc" ]; then
 	check OK "dmesg free of kernel warnings"
 else
