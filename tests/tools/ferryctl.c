@@ -126,6 +126,9 @@ TEST(regions_grants_sessions_show_what_we_made)
 	ASSERT_EQ(0, run("sessions", out, sizeof(out)));
 	snprintf(want, sizeof(want), "owner_pid=%d  regions=1  bytes=%d", (int)getpid(), 3 << 20);
 	EXPECT_NE(NULL, strstr(out, want)) TH_LOG("sessions:\n%s", out);
+	ASSERT_EQ(0, run("users", out, sizeof(out)));
+	snprintf(want, sizeof(want), "%d  sessions=", (int)getuid());
+	EXPECT_NE(NULL, strstr(out, want)) TH_LOG("users:\n%s", out);
 	ASSERT_EQ(0, run("--json regions", out, sizeof(out)));
 	EXPECT_EQ('[', out[0]);
 	EXPECT_NE(NULL, strstr(out, "\"state\":\"live\"")) TH_LOG("regions json:\n%s", out);

@@ -3,7 +3,7 @@
  * ferryctl: what ferry is doing on this host.
  *   status                   module loaded?  ABI, features, limits, /dev/ferry
  *                            permissions, the backend libferry picks, GPUs
- *   regions|sessions|grants  the module's debugfs view (root), like ipcs
+ *   regions|sessions|grants|users  the module's debugfs view (root), like ipcs
  *   stats [--socket PATH]    a running broker's counters (opts.stats_path)
  * --json gives each as JSON.  Exit status: 0, 1 when what was asked for is
  * not there (with a line saying why), 2 for bad usage.
@@ -37,6 +37,8 @@ static void usage(FILE *f)
 		"  regions                 regions the module holds (debugfs, root)\n"
 		"  sessions                open /dev/ferry sessions (debugfs, root)\n"
 		"  grants                  who may map which region (debugfs, root)\n"
+		"  users                   what each uid holds against the per-user caps\n"
+		"                          (debugfs, root)\n"
 		"  stats [--socket PATH]   a running broker's counters; PATH is its\n"
 		"                          opts.stats_path ($FERRY_STATS_SOCKET)\n"
 		"  --json                  print JSON instead of a table\n");
@@ -314,7 +316,7 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "status") == 0)
 		return status();
 	if (strcmp(cmd, "regions") == 0 || strcmp(cmd, "sessions") == 0 ||
-	    strcmp(cmd, "grants") == 0)
+	    strcmp(cmd, "grants") == 0 || strcmp(cmd, "users") == 0)
 		return debugfs_view(cmd);
 	if (strcmp(cmd, "stats") == 0)
 		return stats(sock);
