@@ -35,17 +35,17 @@ unsigned int ferry_max_grants = 1024;
 module_param_named(max_grants, ferry_max_grants, uint, 0644);
 MODULE_PARM_DESC(max_grants, "Grants one region may carry (default 1024)");
 
-unsigned int ferry_max_user_sessions = 1024;
+unsigned int ferry_max_user_sessions = 16384;
 module_param_named(max_user_sessions, ferry_max_user_sessions, uint, 0644);
-MODULE_PARM_DESC(max_user_sessions, "Sessions one uid may hold open (default 1024)");
+MODULE_PARM_DESC(max_user_sessions, "Sessions one uid may hold open (default 16384)");
 
-unsigned int ferry_max_user_regions = 8192;
+unsigned int ferry_max_user_regions = 65536;
 module_param_named(max_user_regions, ferry_max_user_regions, uint, 0644);
-MODULE_PARM_DESC(max_user_regions, "Regions one uid may hold over all its sessions (default 8192)");
+MODULE_PARM_DESC(max_user_regions, "Regions one uid may hold over all its sessions (default 65536)");
 
-unsigned long long ferry_max_user_bytes = 256ULL << 30;
+unsigned long long ferry_max_user_bytes = 1ULL << 40;
 module_param_named(max_user_bytes, ferry_max_user_bytes, ullong, 0644);
-MODULE_PARM_DESC(max_user_bytes, "Bytes of regions one uid may hold over all its sessions (default 256 GiB)");
+MODULE_PARM_DESC(max_user_bytes, "Bytes of regions one uid may hold over all its sessions (default 1 TiB)");
 
 DEFINE_MUTEX(ferry_global_lock);
 LIST_HEAD(ferry_sessions);
