@@ -283,6 +283,7 @@ put_file:
  */
 struct file *ferry_region_vfile(struct ferry_region *r)
 {
+	/* Pairs with the cmpxchg below: a file seen is fully set up. */
 	struct file *f = smp_load_acquire(&r->vfile);
 
 	if (f)
@@ -302,6 +303,7 @@ struct file *ferry_region_vfile(struct ferry_region *r)
 	if (cmpxchg(&r->vfile, NULL, f)) {
 		f->private_data = NULL;
 		fput(f);
+		/* The winner's file, published by its cmpxchg. */
 		return smp_load_acquire(&r->vfile);
 	}
 	return f;
