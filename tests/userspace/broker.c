@@ -3,7 +3,8 @@
  * The broker end to end: children and helpers forked for real, every reply
  * checked byte for byte, processes killed mid-request, hostile descriptors,
  * services attaching over the socket.  Runs on whichever backend AUTO picks
- * (memfd on a host, kmod in the VM with the module loaded).
+ * (memfd on a host, kmod in the VM with the module loaded); what only kmod
+ * can show (rights to pin) SKIPs on the host.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -21,8 +22,9 @@
 #include "chan.h"
 #include "ferry.h"
 #include "kselftest_harness.h"
+#include "pin.h"
 
-enum { OP_XFORM = 1, OP_SLEEP = 2, OP_WHO = 3, OP_TOUCH = 4, OP_ONCPU = 5 };
+enum { OP_XFORM = 1, OP_SLEEP = 2, OP_WHO = 3, OP_TOUCH = 4, OP_ONCPU = 5, OP_PIN = 6 };
 
 /* out[i] = in[i] ^ key, and a checksum of the input in arg[2]. */
 static int handler(struct ferry_helper *h, const struct ferry_desc *req,
@@ -59,6 +61,11 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 			return -errno;
 		rep->arg[1] = CPU_ISSET((int)req->arg[0], &set);
 		return 0;
+	}
+	case OP_PIN: {	/* may this helper pin the bytes named (vmsplice)? */
+		const uint8_t *p = ferry_helper_data(h, req, req->offset, req->len);
+
+		return p ? pin_probe_vmsplice(p, req->len) : -EINVAL;
 	}
 	case OP_TOUCH:	/* offset only checked by the broker, not the heap */
 		return ferry_helper_data(h, req, req->offset, req->len ? req->len : 1) ?
@@ -337,19 +344,25 @@ TEST(malformed_descriptors_rejected_and_counted)
 	ferry_broker_stop(b);
 }
 
-/* A child holds nothing of the others: no fds beyond its own, no mappings. */
+/*
+ * A child holds nothing of the others: no fds beyond its own, and its only
+ * region mappings are one unbroken span starting at its own region's base
+ * (two mappings on kmod: the channel head over the start of the region).
+ */
 static int isolation_body(struct ferry_child *c, void *arg)
 {
 	DIR *d = opendir("/proc/self/fd");
+	uint8_t *blk = ferry_malloc(c, 64);
+	uintptr_t base, end = 0;
 	struct dirent *e;
 	int n = 0, bad = 0;
 	FILE *maps;
 	char line[512];
 
 	(void)arg;
-	(void)c;
-	if (!d)
+	if (!d || !blk)
 		return 30;
+	base = (uintptr_t)blk - ferry_offset(c, blk);
 	while ((e = readdir(d))) {
 		char path[300], target[256];
 		ssize_t len;
@@ -364,20 +377,24 @@ static int isolation_body(struct ferry_child *c, void *arg)
 		/* another child's region would show up as a memfd here */
 		if (strstr(target, "memfd:"))
 			bad |= 1;
-		n++;
 	}
 	closedir(d);
 	maps = fopen("/proc/self/maps", "r");
 	if (!maps)
 		return 31;
 	while (fgets(line, sizeof(line), maps)) {
-		if (strstr(line, "ferry-region") || strstr(line, "/dev/ferry"))
-			n += 1000;	/* count region mappings separately */
+		unsigned long lo, hi;
+
+		if (!strstr(line, "ferry-region") && !strstr(line, "/dev/ferry"))
+			continue;
+		if (sscanf(line, "%lx-%lx", &lo, &hi) != 2 || lo != (n ? end : base))
+			bad |= 2;	/* not where our region is, or a gap */
+		end = hi;
+		n++;
 	}
 	fclose(maps);
-	/* exactly one region mapping: our own */
-	if (n / 1000 != 1)
-		bad |= 2;
+	if (n == 0)
+		bad |= 4;
 	return bad;
 }
 
@@ -390,6 +407,82 @@ TEST(child_reaches_only_its_own_region)
 	o.child_fn = isolation_body;
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
 	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stop(b);
+}
+
+/*
+ * kmod: a child's heap is out of get_user_pages' reach (its grant has no
+ * FERRY_PIN), its channel head is not (its futexes work), and a helper,
+ * granted PIN, can pin the child's tensors.  Exit codes say which failed.
+ */
+static int pin_failed(int code, const char *what, int err)
+{
+	fprintf(stderr, "# pin check %d: %s: %s\n", code, what, strerror(-err));
+	return code;
+}
+
+static int pin_body(struct ferry_child *c, void *arg)
+{
+	uint8_t *buf = ferry_malloc(c, 4096);
+	struct ferry_desc d, rep;
+	const uint8_t *base;
+	int err;
+
+	(void)arg;
+	if (!buf)
+		return 50;
+	base = buf - ferry_offset(c, buf);
+	memset(buf, 0x3c, 4096);
+	if ((err = pin_probe_vmsplice(buf, 4096)) != -EFAULT)
+		return pin_failed(51, "vmsplice of the heap, want EFAULT", err);
+	if ((err = pin_probe_futex(buf)) != -EFAULT)
+		return pin_failed(52, "futex in the heap, want EFAULT", err);
+	/* The channel header: the first bytes of the head. */
+	if ((err = pin_probe_vmsplice(base, 64)))
+		return pin_failed(53, "vmsplice of the channel head", err);
+	if ((err = pin_probe_futex(base)))
+		return pin_failed(54, "futex in the channel head", err);
+	d = (struct ferry_desc){ .op = OP_PIN, .offset = ferry_offset(c, buf), .len = 4096 };
+	if ((err = ferry_call(c, &d, &rep)) || (err = rep.status))
+		return pin_failed(55, "the helper's vmsplice of the heap", err);
+	return 0;
+}
+
+/* A forked child and an attached service alike: their setup is one. */
+TEST(kmod_child_heap_unpinnable_channel_head_and_helper_pinnable)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	char path[64];
+	pid_t svc;
+	int status;
+
+	if (ferry_backend_resolve(FERRY_BACKEND_KMOD) != FERRY_BACKEND_KMOD)
+		SKIP(return, "no usable /dev/ferry: the memfd backend pins anything, "
+			     "nothing to tell apart");
+	snprintf(path, sizeof(path), "/tmp/ferry-test-pin-%d.sock", getpid());
+	opts_for(&o, 1, 1, NULL);
+	o.backend = FERRY_BACKEND_KMOD;
+	o.child_fn = pin_body;
+	o.attach_path = path;
+	o.max_attached = 1;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	svc = fork();
+	ASSERT_LE(0, svc);
+	if (svc == 0) {
+		struct ferry_child *c;
+		int ret;
+
+		if (ferry_attach(path, &c))
+			_exit(40);
+		ret = pin_body(c, NULL);
+		ferry_detach(c);
+		_exit(ret);
+	}
+	ASSERT_EQ(svc, waitpid(svc, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status));
+	EXPECT_EQ(0, WEXITSTATUS(status)) TH_LOG("attached service");
+	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000)) TH_LOG("forked child");
 	ferry_broker_stop(b);
 }
 

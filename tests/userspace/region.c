@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Regions through both backends: picking one, creating, importing in
- * another process, rights, revoke, and what a forked process inherits.
+ * another process, rights (pinning among them), the channel head, revoke,
+ * and what a forked process inherits.
  * kmod cases SKIP where /dev/ferry is absent (the host); in the VM with
  * the module loaded they run.
  */
@@ -19,7 +20,9 @@
 #include <unistd.h>
 
 #include "ferry.h"
+#include "internal.h"
 #include "kselftest_harness.h"
+#include "pin.h"
 
 static int pidfd_of(pid_t pid)
 {
@@ -341,6 +344,7 @@ TEST_F(regions, bad_imports)
 	NEED_BACKEND();
 	EXPECT_EQ(-EINVAL, ferry_region_import(self->rc, &ref, 0, &r));
 	EXPECT_EQ(-EINVAL, ferry_region_import(self->rc, &ref, FERRY_WRITE, &r));
+	EXPECT_EQ(-EINVAL, ferry_region_import(self->rc, &ref, FERRY_READ | 8, &r));
 	ref.size = 100;
 	EXPECT_EQ(-EINVAL, ferry_region_import(self->rc, &ref, FERRY_READ, &r));
 	ref.size = 4096;
@@ -378,10 +382,190 @@ TEST_F(regions, grant_checks_rights)
 	ASSERT_EQ(0, ferry_region_create(self->rc, 4096, -1, &r));
 	EXPECT_EQ(-EINVAL, ferry_region_grant(r, pidfd, 0));
 	EXPECT_EQ(-EINVAL, ferry_region_grant(r, pidfd, FERRY_WRITE));
-	EXPECT_EQ(-EINVAL, ferry_region_grant(r, pidfd, 4 | FERRY_READ));
+	EXPECT_EQ(-EINVAL, ferry_region_grant(r, pidfd, 8 | FERRY_READ));
+	EXPECT_EQ(-EINVAL, ferry_region_grant(r, pidfd, FERRY_PIN));
 	EXPECT_EQ(0, ferry_region_grant(r, pidfd, FERRY_READ));
+	EXPECT_EQ(0, ferry_region_grant(r, pidfd, FERRY_READ | FERRY_WRITE | FERRY_PIN));
 	ferry_region_close(r);
 	close(pidfd);
+}
+
+/*
+ * kmod: CREATE seals the memfd against write() (F_SEAL_FUTURE_WRITE) and
+ * the library seals the seals only after it; the owner's mapping, made
+ * before, stays writable.  memfd: sealed at once, writes go through.
+ */
+TEST_F(regions, create_seals_and_owner_mapping_stays_writable)
+{
+	unsigned int want = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+	bool kmod = variant->backend == FERRY_BACKEND_KMOD;
+	struct ferry_region *r;
+	uint8_t *p;
+	int fd, seals;
+
+	NEED_BACKEND();
+	ASSERT_EQ(0, ferry_region_create(self->rc, 2 * 4096, -1, &r));
+	fd = ferry_region_memfd(r);
+	seals = fcntl(fd, F_GET_SEALS);
+	ASSERT_LE(0, seals);
+	if (kmod)
+		want |= F_SEAL_FUTURE_WRITE;
+	EXPECT_EQ(want, (unsigned int)seals & (want | F_SEAL_WRITE));
+	p = ferry_region_base(r);
+	memset(p, 0x6b, 2 * 4096);
+	EXPECT_EQ(0x6b, p[4097]);
+	if (kmod) {
+		EXPECT_EQ(-1, pwrite(fd, "x", 1, 0));
+		EXPECT_EQ(EPERM, errno);
+	} else {
+		EXPECT_EQ(1, pwrite(fd, "x", 1, 0));
+		EXPECT_EQ('x', p[0]);
+	}
+
+	/* A head is one more region of the same (by now F_SEAL_SEALed) memfd. */
+	EXPECT_EQ(0, ferry_region_add_head(r, 4096));
+	EXPECT_EQ(kmod ? -EINVAL : 0, ferry_region_add_head(r, 4096));	/* one head */
+	ferry_region_close(r);
+}
+
+/*
+ * A grantee's mapping can be pinned (vmsplice, shared futexes) only where
+ * its grant carries FERRY_PIN; the owner's always can.  memfd: FERRY_PIN
+ * has no effect, everything can be.
+ */
+TEST_F(regions, only_a_pin_grant_lets_the_grantee_pin)
+{
+	bool kmod = variant->backend == FERRY_BACKEND_KMOD;
+	struct ferry_region *plain, *pinned;
+	struct ferry_region_ref ref[2];
+	int go[2], pidfd, status;
+	pid_t pid;
+
+	NEED_BACKEND();
+	ASSERT_EQ(0, ferry_region_create(self->rc, 4096, -1, &plain));
+	ASSERT_EQ(0, ferry_region_create(self->rc, 4096, -1, &pinned));
+	memset(ferry_region_base(plain), 0x11, 4096);
+	memset(ferry_region_base(pinned), 0x22, 4096);
+	EXPECT_EQ(0, pin_probe_vmsplice(ferry_region_base(plain), 4096));
+	EXPECT_EQ(0, pin_probe_futex(ferry_region_base(plain)));
+	ferry_region_ref(plain, &ref[0]);
+	ferry_region_ref(pinned, &ref[1]);
+	ASSERT_EQ(0, pipe(go));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		struct ferry_rctx *rc;
+		struct ferry_region *a, *b;
+		uint8_t *pa, *pb;
+		char c;
+
+		if (read(go[0], &c, 1) != 1 || ferry_rctx_open(variant->backend, &rc))
+			_exit(2);
+		if (ferry_region_import(rc, &ref[0], FERRY_READ | FERRY_WRITE, &a) ||
+		    ferry_region_import(rc, &ref[1], FERRY_READ | FERRY_WRITE | FERRY_PIN, &b))
+			_exit(3);
+		pa = ferry_region_base(a);
+		pb = ferry_region_base(b);
+		/* Not pinnable, but an ordinary mapping otherwise. */
+		if (pa[100] != 0x11 || pb[100] != 0x22)
+			_exit(4);
+		pa[200] = 0x33;
+		if (pin_probe_vmsplice(pa, 4096) != (kmod ? -EFAULT : 0))
+			_exit(5);
+		if (pin_probe_futex(pa) != (kmod ? -EFAULT : 0))
+			_exit(6);
+		if (pin_probe_vmsplice(pb, 4096) || pin_probe_futex(pb))
+			_exit(7);
+		ferry_region_close(a);
+		ferry_region_close(b);
+		_exit(0);
+	}
+	pidfd = pidfd_of(pid);
+	ASSERT_LE(0, pidfd);
+	ASSERT_EQ(0, ferry_region_grant(plain, pidfd, FERRY_READ | FERRY_WRITE));
+	ASSERT_EQ(0, ferry_region_grant(pinned, pidfd, FERRY_READ | FERRY_WRITE | FERRY_PIN));
+	ASSERT_EQ(1, write(go[1], "g", 1));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+	EXPECT_EQ(0x33, ((uint8_t *)ferry_region_base(plain))[200]);
+	close(pidfd);
+	close(go[0]);
+	close(go[1]);
+	ferry_region_close(plain);
+	ferry_region_close(pinned);
+}
+
+/*
+ * The channel head (broker.c): a grantee of the region without PIN maps
+ * the head, granted with PIN, over its first page; that page can then be
+ * pinned and the rest still cannot, and both show the owner's bytes.
+ */
+TEST_F(regions, head_over_an_unpinnable_import_is_pinnable)
+{
+	bool kmod = variant->backend == FERRY_BACKEND_KMOD;
+	struct ferry_region_ref ref;
+	struct ferry_region *r;
+	int go[2], pidfd, status;
+	uint32_t head;
+	uint8_t *p;
+	pid_t pid;
+
+	NEED_BACKEND();
+	ASSERT_EQ(0, ferry_region_create(self->rc, 4 * 4096, -1, &r));
+	EXPECT_EQ(-EINVAL, ferry_region_add_head(r, 100));
+	EXPECT_EQ(-EINVAL, ferry_region_add_head(r, 8 * 4096));
+	ASSERT_EQ(0, ferry_region_add_head(r, 4096));
+	head = ferry_region_head_id(r);
+	/* memfd: nothing to split, so no head */
+	EXPECT_EQ(kmod, head != 0);
+	p = ferry_region_base(r);
+	for (int i = 0; i < 4 * 4096; i++)
+		p[i] = (uint8_t)(i * 7);
+	ferry_region_ref(r, &ref);
+	ASSERT_EQ(0, pipe(go));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		struct ferry_rctx *rc;
+		struct ferry_region *mine;
+		uint8_t *q;
+		char c;
+
+		if (read(go[0], &c, 1) != 1 || ferry_rctx_open(variant->backend, &rc))
+			_exit(2);
+		if (ferry_region_import(rc, &ref, FERRY_READ | FERRY_WRITE, &mine))
+			_exit(3);
+		if (ferry_region_map_head(mine, head, 4096))
+			_exit(4);
+		q = ferry_region_base(mine);
+		for (int i = 0; i < 4 * 4096; i++)
+			if (q[i] != (uint8_t)(i * 7))
+				_exit(5);
+		q[8] = 0xa1;		/* through the head */
+		q[4096 + 8] = 0xa2;	/* through the rest */
+		if (pin_probe_vmsplice(q, 4096) || pin_probe_futex(q + 4092))
+			_exit(6);
+		if (pin_probe_vmsplice(q + 4096, 4096) != (kmod ? -EFAULT : 0) ||
+		    pin_probe_futex(q + 4096) != (kmod ? -EFAULT : 0))
+			_exit(7);
+		ferry_region_close(mine);
+		_exit(0);
+	}
+	pidfd = pidfd_of(pid);
+	ASSERT_LE(0, pidfd);
+	ASSERT_EQ(0, ferry_region_grant(r, pidfd, FERRY_READ | FERRY_WRITE));
+	ASSERT_EQ(0, ferry_region_grant_head(r, pidfd, FERRY_READ | FERRY_WRITE | FERRY_PIN));
+	ASSERT_EQ(1, write(go[1], "g", 1));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status));
+	EXPECT_EQ(0, WEXITSTATUS(status));
+	EXPECT_EQ(0xa1, p[8]);
+	EXPECT_EQ(0xa2, p[4096 + 8]);
+	close(pidfd);
+	close(go[0]);
+	close(go[1]);
+	ferry_region_close(r);
 }
 
 TEST_HARNESS_MAIN

@@ -58,6 +58,13 @@ enum ferry_backend {
 
 #define FERRY_READ	1U
 #define FERRY_WRITE	2U
+/*
+ * kmod: the grantee may pin the pages (CUDA host registration, O_DIRECT,
+ * vmsplice, shared futexes), and pins it takes outlive a revoke; without
+ * it those fail with -EFAULT on the grantee's mapping.  Give it only to
+ * processes trusted to let go.  memfd backend: no effect.
+ */
+#define FERRY_PIN	4U
 
 /* "kmod", "memfd" or "auto". */
 const char *ferry_backend_name(enum ferry_backend b);
@@ -96,14 +103,17 @@ struct ferry_region_ref {
 };
 void ferry_region_ref(const struct ferry_region *r, struct ferry_region_ref *out);
 /*
- * Let the process behind @pidfd map the region with @rights.  kmod: a
- * grant checked by the kernel on every mmap.  memfd: nothing to do here
+ * Let the process behind @pidfd map the region with @rights: FERRY_READ,
+ * optionally | FERRY_WRITE | FERRY_PIN.  kmod: a grant checked by the
+ * kernel on every mmap (a module too old to know FERRY_PIN made every
+ * mapping pinnable: the bit is dropped there).  memfd: nothing to do here
  * (holding the fd is the right); returns 0.
  */
 int ferry_region_grant(struct ferry_region *r, int pidfd, unsigned int rights);
 /* kmod: withdraw and zap the peer's mappings.  memfd: -EOPNOTSUPP. */
 int ferry_region_revoke(struct ferry_region *r, int pidfd);
-/* Map a region someone else owns (@ref as they described it). */
+/* Map a region someone else owns (@ref as they described it); FERRY_PIN in
+ * @rights is accepted and changes nothing (the grant decides). */
 int ferry_region_import(struct ferry_rctx *rc, const struct ferry_region_ref *ref,
 			unsigned int rights, struct ferry_region **out);
 void *ferry_region_base(const struct ferry_region *r);

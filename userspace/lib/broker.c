@@ -6,6 +6,11 @@
  *   1. create the region, format its channel (and heap);
  *   2. fork: the new process holds only its control socket;
  *   3. grant the region to the new pid (kmod) and send it what it may map.
+ * Rights (kmod): helpers get READ|WRITE|PIN on every region they map (CUDA
+ * registers child regions, and a helper waits on futexes in its channel);
+ * a child gets READ|WRITE on its region, so its heap stays out of reach
+ * of get_user_pages (no pin outlives its revoke), and READ|WRITE|PIN on
+ * the region's head alone, the channel words it sleeps on.
  */
 #include <errno.h>
 #include <sched.h>
@@ -240,6 +245,7 @@ static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
 	m->spin_ns = b->o.spin_ns;
 	m->chan_bytes = chan_bytes;
 	m->pause_ns = b->oversub ? 0 : FERRY_CHAN_PAUSE_NS_DEFAULT;
+	m->head_id = ferry_region_head_id(bc->region);
 	ferry_region_ref(bc->region, &m->region);
 	if (m->region.fd >= 0) {
 		fds[n] = m->region.fd;
@@ -254,7 +260,12 @@ static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
 	return ferry_ctl_send(sock, m, fds, n);
 }
 
-/* Region + channel + heap for child slot @i (forked or attached). */
+/*
+ * Region + channel head + heap for child slot @i (forked or attached).
+ * Always a new region of a new memfd: the one a dead peer held is
+ * destroyed by ferry_child_reclaim(), never handed to the next peer (a
+ * pin the old one may still hold is on pages nobody else is given).
+ */
 int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i)
 {
 	struct bchild *c = &b->child[i];
@@ -267,7 +278,11 @@ int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i)
 	err = ferry_bchan_create(b, &c->chan, total, b->nslots_child, ferry_node_of_child(b, i));
 	if (err)
 		return err;
-	err = ferry_heap_format(ferry_region_base(c->chan.region), total, b->chan_bytes_child);
+	/* The channel words, which the child waits on: pinnable, unlike its heap. */
+	err = ferry_region_add_head(c->chan.region, b->chan_bytes_child);
+	if (!err)
+		err = ferry_heap_format(ferry_region_base(c->chan.region), total,
+					b->chan_bytes_child);
 	if (err) {
 		ferry_bchan_destroy(&c->chan);
 		return err;
@@ -282,6 +297,9 @@ int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd)
 	struct bchild *c = &b->child[i];
 	int err = ferry_region_grant(c->chan.region, pidfd, FERRY_READ | FERRY_WRITE);
 
+	if (!err)
+		err = ferry_region_grant_head(c->chan.region, pidfd,
+					      FERRY_READ | FERRY_WRITE | FERRY_PIN);
 	if (err)
 		return err;
 	for (unsigned int h = 0; h < b->o.helpers; h++)
@@ -313,7 +331,8 @@ void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned 
 	int fd = -1;
 
 	if (add) {
-		if (ferry_region_grant(c->chan.region, hp->pidfd, FERRY_READ | FERRY_WRITE))
+		if (ferry_region_grant(c->chan.region, hp->pidfd,
+				       FERRY_READ | FERRY_WRITE | FERRY_PIN))
 			return;	/* the helper is dying; its restart re-adds */
 		ferry_region_ref(c->chan.region, &m.region);
 		if (m.region.fd >= 0) {
@@ -353,7 +372,7 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	hp->pid = pid;
 	hp->ctl = ctl;
 	hp->alive = true;
-	err = ferry_region_grant(hp->chan.region, hp->pidfd, FERRY_READ | FERRY_WRITE);
+	err = ferry_region_grant(hp->chan.region, hp->pidfd, FERRY_READ | FERRY_WRITE | FERRY_PIN);
 	if (!err) {
 		struct ferry_ctl m = { 0 };
 		int pool_fd = ferry_bpool_for_helper(b, h, &m);
@@ -375,7 +394,10 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	return 0;
 }
 
-/* Child @i is dead and nothing of it is at a helper: free its region. */
+/*
+ * Child @i is dead and nothing of it is at a helper: free its region (and
+ * head).  The slot's next peer gets new ones from ferry_child_slot_setup().
+ */
 void ferry_child_reclaim(struct ferry_broker *b, unsigned int i)
 {
 	struct bchild *c = &b->child[i];

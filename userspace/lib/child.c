@@ -2,7 +2,9 @@
 /*
  * A child's end: its own region (channel at the front, heap behind it),
  * requests out, replies in.  Attached services use the same code; only
- * how they got their control socket differs (attach.c).
+ * how they got their control socket differs (attach.c).  On kmod the
+ * channel part is mapped a second time, over the first, from the region's
+ * head (broker.c): the futex words must be pinnable, the heap is not.
  */
 #include <errno.h>
 #include <poll.h>
@@ -22,6 +24,9 @@ static bool valid_setup(const struct ferry_ctl *m)
 	       m->nslots >= 2 && m->nslots <= 65536 && !(m->nslots & (m->nslots - 1)) &&
 	       m->chan_bytes >= ferry_chan_bytes(m->nslots) &&
 	       m->chan_bytes <= m->region.size &&
+	       (m->head_id == 0 ||
+		(m->backend == FERRY_BACKEND_KMOD &&
+		 m->chan_bytes == ferry_page_round(m->chan_bytes))) &&
 	       m->pool_op <= FERRY_POOL_OP_CREATE &&
 	       (m->pool_op == FERRY_POOL_OP_NONE ||
 		((m->pool.kind == FERRY_POOL_CPU || m->pool.kind == FERRY_POOL_CUDA) &&
@@ -73,6 +78,9 @@ int ferry_peer_setup(int ctl, struct ferry_ctl *m, struct ferry_rctx **rc,
 		close(ref.fd);	/* the mapping is all we keep */
 	if (err)
 		goto out_rc;
+	err = ferry_region_map_head(*region, m->head_id, m->chan_bytes);
+	if (err)
+		goto out_region;
 	err = ferry_chan_attach(ch, ferry_region_base(*region), ferry_chan_bytes(m->nslots),
 				false, (enum ferry_bell_mode)m->bell_mode, efd);
 	if (err)

@@ -55,7 +55,11 @@ struct ferry_ctl {
 	uint32_t nfds;		/* fds attached: [region memfd?] [efd0 efd1]? [pool fd?] */
 	uint32_t pause_ns;	/* of spin_ns, spin this long before yielding */
 	uint32_t pool_op;	/* enum ferry_pool_op */
-	uint32_t pad;
+	/*
+	 * SETUP, kmod child: the region over [0, chan_bytes) of @region that it
+	 * may pin (its futex words live there), to map over its start; 0: none.
+	 */
+	uint32_t head_id;
 	struct ferry_pool_ref pool;	/* fd field: 1 if its fd is attached, else -1 */
 };
 

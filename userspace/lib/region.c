@@ -12,6 +12,13 @@
  * set (shmem keeps it per file, so it holds for faults through the module
  * too).  Every mapping is MADV_DONTFORK: a process forked later starts with
  * no region and must be given its own.
+ *
+ * kmod: a grantee's mapping is unpinnable unless its grant carries
+ * FERRY_PIN, and shared futexes need pinnable pages.  A region whose
+ * first bytes hold futex words (a child's channel) gets a "head": a second
+ * kmod region of the same memfd covering just those bytes, granted with
+ * PIN and mapped by the importer over the start of its mapping, so the
+ * words can be waited on while the rest stays out of get_user_pages' reach.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,16 +34,23 @@
 #include "ferry.h"
 #include "internal.h"
 
+/* The library's rights are the module's, bit for bit. */
+_Static_assert(FERRY_READ == FERRY_RIGHT_READ && FERRY_WRITE == FERRY_RIGHT_WRITE &&
+	       FERRY_PIN == FERRY_RIGHT_PIN, "rights match the uAPI");
+
 struct ferry_rctx {
 	enum ferry_backend backend;
 	int devfd;		/* kmod: this process's own session */
+	uint64_t features;	/* kmod: FERRY_FEAT_* of the module */
 };
 
 struct ferry_region {
 	struct ferry_rctx *rc;
 	bool owner;
 	uint32_t id;		/* kmod region id; 0 under memfd */
+	uint32_t head_id;	/* kmod: the head region (see the top), or 0 */
 	int fd;			/* owner's memfd (both backends), else -1 */
+	int prot;		/* importer: what the mapping was made with */
 	void *base;
 	size_t size;
 };
@@ -62,8 +76,8 @@ int ferry_backend_parse(const char *s)
 	return -EINVAL;
 }
 
-/* Open our own session and check that it speaks ABI 1. */
-static int kmod_open(void)
+/* Open our own session and check that it speaks ABI 1; *@features: its own. */
+static int kmod_open(uint64_t *features)
 {
 	struct ferry_version v = { 0 };
 	int fd = open("/dev/" FERRY_DEVICE_NAME, O_RDWR | O_CLOEXEC);
@@ -82,6 +96,8 @@ static int kmod_open(void)
 		close(fd);
 		return -EPROTO;
 	}
+	if (features)
+		*features = v.features;
 	return fd;
 }
 
@@ -102,7 +118,7 @@ int ferry_backend_resolve(enum ferry_backend want)
 		return FERRY_BACKEND_MEMFD;
 	case FERRY_BACKEND_KMOD:
 	case FERRY_BACKEND_AUTO:
-		fd = kmod_open();
+		fd = kmod_open(NULL);
 		if (fd >= 0) {
 			close(fd);
 			return FERRY_BACKEND_KMOD;
@@ -125,7 +141,7 @@ int ferry_rctx_open(enum ferry_backend want, struct ferry_rctx **out)
 	rc->backend = (enum ferry_backend)b;
 	rc->devfd = -1;
 	if (rc->backend == FERRY_BACKEND_KMOD) {
-		rc->devfd = kmod_open();
+		rc->devfd = kmod_open(&rc->features);
 		if (rc->devfd < 0) {
 			int err = rc->devfd;
 
@@ -175,6 +191,7 @@ int ferry_region_create(struct ferry_rctx *rc, size_t size, int numa_node,
 			struct ferry_region **out)
 {
 	struct ferry_region *r;
+	unsigned int seals = F_SEAL_SHRINK | F_SEAL_GROW;
 	int err;
 
 	if (!rc || !out || size == 0 || size > FERRY_REGION_MAX_SIZE)
@@ -191,12 +208,21 @@ int ferry_region_create(struct ferry_rctx *rc, size_t size, int numa_node,
 		err = -errno;
 		goto fail;
 	}
-	/* Fixed size for good: a peer can never SIGBUS another by truncating. */
-	if (ftruncate(r->fd, (off_t)r->size) < 0 ||
-	    fcntl(r->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+	/*
+	 * Fixed size for good: a peer can never SIGBUS another by truncating.
+	 * kmod: F_SEAL_SEAL only once CREATE has added its F_SEAL_FUTURE_WRITE
+	 * (it refuses a memfd it could no longer seal).
+	 */
+	if (rc->backend != FERRY_BACKEND_KMOD)
+		seals |= F_SEAL_SEAL;
+	if (ftruncate(r->fd, (off_t)r->size) < 0 || fcntl(r->fd, F_ADD_SEALS, seals) < 0) {
 		err = -errno;
 		goto fail;
 	}
+	/*
+	 * Made before CREATE, so it stays writable: afterwards the memfd
+	 * takes no write(), and no new writable mapping.
+	 */
 	r->base = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
 	if (r->base == MAP_FAILED) {
 		err = -errno;
@@ -214,9 +240,15 @@ int ferry_region_create(struct ferry_rctx *rc, size_t size, int numa_node,
 			goto fail;
 		}
 		r->id = c.id;
+		if (fcntl(r->fd, F_ADD_SEALS, F_SEAL_SEAL) < 0) {
+			err = -errno;
+			goto fail_destroy;
+		}
 	}
 	*out = r;
 	return 0;
+fail_destroy:
+	ioctl(rc->devfd, FERRY_IOC_DESTROY, &(struct ferry_destroy){ .id = r->id });
 fail:
 	if (r->base != MAP_FAILED)
 		munmap(r->base, r->size);
@@ -238,19 +270,35 @@ int ferry_region_memfd(const struct ferry_region *r)
 	return r->fd;
 }
 
+/*
+ * @rights as the module takes them.  One without FERRY_FEAT_PIN made every
+ * mapping pinnable and knows no PIN right: the bit is dropped, not refused.
+ */
+static int kmod_grant(const struct ferry_rctx *rc, uint32_t id, int pidfd, unsigned int rights)
+{
+	struct ferry_grant g = { .id = id, .pidfd = pidfd, .rights = rights };
+
+	if (!(rc->features & FERRY_FEAT_PIN))
+		g.rights &= ~FERRY_PIN;
+	if (ioctl(rc->devfd, FERRY_IOC_GRANT, &g) < 0)
+		return -errno;
+	return 0;
+}
+
+static bool rights_valid(unsigned int rights)
+{
+	return (rights & FERRY_READ) && !(rights & ~(FERRY_READ | FERRY_WRITE | FERRY_PIN));
+}
+
 int ferry_region_grant(struct ferry_region *r, int pidfd, unsigned int rights)
 {
-	struct ferry_grant g = { .id = r->id, .pidfd = pidfd, .rights = rights };
-
 	if (!r->owner)
 		return -EPERM;
-	if (!(rights & FERRY_READ) || (rights & ~(FERRY_READ | FERRY_WRITE)))
+	if (!rights_valid(rights))
 		return -EINVAL;
 	if (r->rc->backend != FERRY_BACKEND_KMOD)
 		return 0;
-	if (ioctl(r->rc->devfd, FERRY_IOC_GRANT, &g) < 0)
-		return -errno;
-	return 0;
+	return kmod_grant(r->rc, r->id, pidfd, rights);
 }
 
 int ferry_region_revoke(struct ferry_region *r, int pidfd)
@@ -274,8 +322,8 @@ int ferry_region_import(struct ferry_rctx *rc, const struct ferry_region_ref *re
 	void *base;
 	int err;
 
-	if (!rc || !ref || !out || !(rights & FERRY_READ) ||
-	    (rights & ~(FERRY_READ | FERRY_WRITE)) || ref->size == 0 ||
+	/* FERRY_PIN changes nothing here: the grant makes the mapping what it is. */
+	if (!rc || !ref || !out || !rights_valid(rights) || ref->size == 0 ||
 	    ref->size != ferry_page_round(ref->size) || ref->size > FERRY_REGION_MAX_SIZE)
 		return -EINVAL;
 	if (rc->backend == FERRY_BACKEND_KMOD) {
@@ -307,6 +355,7 @@ int ferry_region_import(struct ferry_rctx *rc, const struct ferry_region_ref *re
 	r->rc = rc;
 	r->id = ref->id;
 	r->fd = -1;
+	r->prot = prot;
 	r->base = base;
 	r->size = ref->size;
 	*out = r;
@@ -328,14 +377,80 @@ uint32_t ferry_region_id(const struct ferry_region *r)
 	return r->id;
 }
 
+/*
+ * The head: the owner's region @r gets a second kmod region of the same
+ * memfd over its first @bytes, which ferry_region_grant_head() grants on
+ * its own.  Without FERRY_FEAT_PIN every mapping is pinnable already, and
+ * the memfd backend has no rights to split: both need none (0, no head).
+ */
+int ferry_region_add_head(struct ferry_region *r, size_t bytes)
+{
+	struct ferry_create c = { .memfd = r->fd, .size = bytes };
+
+	if (!r->owner || r->head_id || bytes == 0 || bytes != ferry_page_round(bytes) ||
+	    bytes > r->size)
+		return -EINVAL;
+	if (r->rc->backend != FERRY_BACKEND_KMOD || !(r->rc->features & FERRY_FEAT_PIN))
+		return 0;
+	if (ioctl(r->rc->devfd, FERRY_IOC_CREATE, &c) < 0)
+		return -errno;
+	r->head_id = c.id;
+	return 0;
+}
+
+int ferry_region_grant_head(struct ferry_region *r, int pidfd, unsigned int rights)
+{
+	if (!r->owner)
+		return -EPERM;
+	if (!rights_valid(rights))
+		return -EINVAL;
+	if (!r->head_id)
+		return 0;
+	return kmod_grant(r->rc, r->head_id, pidfd, rights);
+}
+
+uint32_t ferry_region_head_id(const struct ferry_region *r)
+{
+	return r->head_id;
+}
+
+/*
+ * Importer: map head region @head_id over the first @bytes of @r's
+ * mapping, with the protection @r was imported with.  MAP_FIXED replaces
+ * what was there; if the kernel then refuses, that range may be left
+ * unmapped, so a failure here means the caller closes @r.
+ */
+int ferry_region_map_head(struct ferry_region *r, uint32_t head_id, size_t bytes)
+{
+	void *p;
+
+	if (head_id == 0)
+		return 0;
+	/* An id above the offset's bits would wrap into another region's. */
+	if (r->owner || r->head_id || r->rc->backend != FERRY_BACKEND_KMOD ||
+	    head_id >= 1u << (63 - FERRY_MMAP_SHIFT) || bytes == 0 ||
+	    bytes != ferry_page_round(bytes) || bytes > r->size)
+		return -EINVAL;
+	p = mmap(r->base, bytes, r->prot, MAP_SHARED | MAP_FIXED, r->rc->devfd,
+		 (off_t)((uint64_t)head_id << FERRY_MMAP_SHIFT));
+	if (p == MAP_FAILED)
+		return -errno;
+	madvise(p, bytes, MADV_DONTFORK);
+	r->head_id = head_id;
+	return 0;
+}
+
 void ferry_region_close(struct ferry_region *r)
 {
 	if (!r)
 		return;
-	munmap(r->base, r->size);
+	munmap(r->base, r->size);	/* the head's mapping too, it lies inside */
 	if (r->owner && r->rc->backend == FERRY_BACKEND_KMOD) {
 		struct ferry_destroy d = { .id = r->id };
 
+		if (r->head_id)
+			ioctl(r->rc->devfd, FERRY_IOC_DESTROY,
+			      &(struct ferry_destroy){ .id = r->head_id });
 		ioctl(r->rc->devfd, FERRY_IOC_DESTROY, &d);
 	}
 	if (r->fd >= 0)
