@@ -292,7 +292,10 @@ void ferry_chan_kick(struct ferry_chan *c, enum ferry_chan_dir dir)
 /*
  * Sleep until the bell of our receive direction rings, it already rang
  * since @seq was read, or @rem_ns (<0: forever) passes.  0 on a (possibly
- * spurious) wake, -ETIMEDOUT, -EINTR, or -EBADF for a dead eventfd.
+ * spurious) wake, -ETIMEDOUT, -EINTR, -EBADF for a dead eventfd, or
+ * another -errno where the wait itself cannot work (-EFAULT: the bell
+ * word sits in a mapping the kernel cannot pin, e.g. a kmod grant without
+ * FERRY_PIN), which must not turn into a spin.
  */
 static int bell_sleep(struct ferry_chan *c, uint32_t seq, int64_t rem_ns)
 {
@@ -310,7 +313,7 @@ static int bell_sleep(struct ferry_chan *c, uint32_t seq, int64_t rem_ns)
 				 NULL, 0);
 		if (r == 0 || errno == EAGAIN)
 			return 0;
-		return errno == ETIMEDOUT || errno == EINTR ? -errno : 0;
+		return -errno;
 	} else {
 		struct pollfd p = { .fd = c->efd[c->rx_dir], .events = POLLIN };
 		uint64_t v;
@@ -401,8 +404,8 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 		r = ferry_chan_recv(c, out);
 		if (r != -EAGAIN)
 			return r;
-		if (slept == -EINTR || slept == -EBADF)
-			return slept;
 		/* -ETIMEDOUT: the deadline check returns on the next turn. */
+		if (slept < 0 && slept != -ETIMEDOUT)
+			return slept;
 	}
 }

@@ -36,7 +36,8 @@ enum ferry_pool_op {
 };
 
 #define FERRY_PROTO_MAGIC 0x46525259u	/* "FRRY" */
-#define FERRY_PROTO_VERSION 1
+/* 2: SETUP names a region head the child must map (head_id). */
+#define FERRY_PROTO_VERSION 2
 #define FERRY_CTL_MAX_FDS 4
 
 struct ferry_ctl {
