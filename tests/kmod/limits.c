@@ -190,12 +190,14 @@ static long long files_in_use(void)
 
 /*
  * Regions of one memfd cost no file each until mapped (the attack made a
- * file per region); mapping one makes its file, once.
+ * file per region); mapping one makes its file, once.  file-nr is a
+ * per-CPU counter read without summing, and frees can lag: the bounds
+ * leave it n/8 either way.
  */
 TEST_F(user_limits, unmapped_regions_cost_no_files)
 {
-	const int n = 256;
-	struct ferry_create c[256];
+	const int n = 1024;
+	static struct ferry_create c[1024];
 	long long before, made, mapped;
 	int fd, memfd;
 	void *v;
@@ -209,7 +211,7 @@ TEST_F(user_limits, unmapped_regions_cost_no_files)
 	for (int i = 0; i < n; i++)
 		ASSERT_EQ(0, ferry_create(fd, memfd, 0, &c[i]));
 	made = files_in_use();
-	EXPECT_GT(before + n / 4, made) {
+	EXPECT_GT(before + n / 8, made) {
 		TH_LOG("files in use: %lld before, %lld after %d regions",
 		       before, made, n);
 	}
@@ -220,8 +222,11 @@ TEST_F(user_limits, unmapped_regions_cost_no_files)
 				       PROT_READ, &v));	/* same file again */
 	}
 	mapped = files_in_use();
-	EXPECT_LE(made + n / 2 - n / 8, mapped);
-	EXPECT_GT(made + n - n / 8, mapped);
+	EXPECT_LE(made + n / 2 - n / 8, mapped) {
+		TH_LOG("files in use: %lld with %d regions, %lld with %d of them mapped",
+		       made, n, mapped, n / 2);
+	}
+	EXPECT_GT(made + n / 2 + n / 8, mapped);
 	close(memfd);
 	close(fd);	/* the mappings keep their regions until exit */
 }
