@@ -79,6 +79,7 @@ struct bhelper {
 	struct bchan chan;
 	unsigned int in_flight;
 	unsigned int ctl_owed;	/* FERRY_OP_CTRL descriptors not yet queued */
+	bool ctl_stuck;		/* left its control socket full too long: dying */
 	uint64_t served;
 	bool pidfd_armed;
 	bool corrupt;
@@ -197,7 +198,7 @@ int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, u
 void ferry_bchan_destroy(struct bchan *bc);
 int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i);
 int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd);
-void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add);
+int ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add);
 int ferry_helper_start(struct ferry_broker *b, unsigned int h);
 void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
 
@@ -205,6 +206,10 @@ void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
 void *ferry_dispatch_main(void *arg);
 /* chan wake_hook: queue a peer's wake for the dispatch loop's next flush. */
 int ferry_dispatch_queue_wake(void *broker, _Atomic uint32_t *word, int n);
+/* Send the wakes queued so far now (before the caller blocks). */
+void ferry_dispatch_flush_wakes(struct ferry_broker *b);
+/* Queue @hp's owed FERRY_OP_CTRL descriptors; false if some remain owed. */
+bool ferry_helper_flush_ctl(struct bhelper *hp);
 /* A newly attached child slot @i: watch its connection and its bell. */
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i);
 

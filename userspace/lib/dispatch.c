@@ -145,8 +145,7 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
 	to_child(b, i, &d);
 }
 
-/* Queue owed FERRY_OP_CTRL descriptors; false if some remain owed. */
-static bool flush_ctl(struct bhelper *hp)
+bool ferry_helper_flush_ctl(struct bhelper *hp)
 {
 	struct ferry_desc d = { .op = FERRY_OP_CTRL };
 
@@ -229,7 +228,7 @@ static int32_t pick_helper(struct ferry_broker *b, int gpu)
 
 		if (b->ngpus > 1 && ferry_helper_gpu_of(b, h) != gpu)
 			continue;
-		if (hp->alive && hp->in_flight < b->o.helper_depth && flush_ctl(hp)) {
+		if (hp->alive && hp->in_flight < b->o.helper_depth && ferry_helper_flush_ctl(hp)) {
 			b->rr_helper = (h + 1) % b->o.helpers;
 			return (int32_t)h;
 		}
@@ -758,6 +757,11 @@ static void flush_wakes(struct ferry_broker *b)
 		b->wakes_queued = false;
 		ferry_waitset_flush(b->ws);
 	}
+}
+
+void ferry_dispatch_flush_wakes(struct ferry_broker *b)
+{
+	flush_wakes(b);
 }
 
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i)
