@@ -590,17 +590,36 @@ TEST_F_TIMEOUT(load, kill_helper_mid_request_fails_back_and_restarts, 120)
 }
 
 /* After a helper restart the new helper serves every child again. */
+/* Poll the broker's counters (refreshed within 1 ms) until @cond holds. */
+#define WAIT_FOR(b, st, cond, secs) ({					\
+	bool ok_ = false;						\
+	for (int i_ = 0; i_ < (secs) * 2000 && !ok_; i_++) {		\
+		ferry_broker_stats((b), &(st));				\
+		ok_ = (cond);						\
+		if (!ok_)						\
+			usleep(500);					\
+	}								\
+	ok_;								\
+})
+
+/*
+ * The kill lands while requests are at the helper, however fast the
+ * machine: it waits for counters, not for time (20,000 requests used to
+ * finish before a 50 ms sleep ended on the 16-core machine).
+ */
 TEST_F_TIMEOUT(load, restarted_helper_serves, 120)
 {
 	struct work w = { .requests = 4000, .max_len = 256, .async = true, .sleep_first_ms = 300 };
 	struct ferry_broker_opts o;
 	struct ferry_broker *b;
 	struct ferry_broker_stats st;
+	uint64_t before;
 
 	opts_for(&o, 2, 1, &w);
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
-	usleep(100 * 1000);	/* both children are inside their 300 ms sleep... */
-	/* ...which the helper runs one at a time: kill it under them. */
+	/* Both children's 300 ms sleeps are at the helper (it runs one at a
+	 * time, the other waits in its ring): kill it under them. */
+	ASSERT_TRUE(WAIT_FOR(b, st, st.in_flight == 2, 60));
 	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 0), SIGKILL));
 	/* Their first call fails back with -EPIPE: child_body returns 12. */
 	EXPECT_EQ(2, ferry_broker_wait(b, 60LL * 1000000000));
@@ -609,18 +628,24 @@ TEST_F_TIMEOUT(load, restarted_helper_serves, 120)
 	ferry_broker_stop(b);
 
 	/* Under load: children that resubmit what failed back finish every
-	 * request, checked, with the restarted helper taking its share. */
-	w = (struct work){ .requests = 20000, .max_len = 256, .async = true,
+	 * request, checked, with the restarted helper taking its share.
+	 * Enough of them that the restarted helper has work left on any
+	 * machine (it must serve 100 more before the children are done). */
+	w = (struct work){ .requests = 50000, .max_len = 256, .async = true,
 			   .retry_epipe = true };
 	opts_for(&o, 2, 2, &w);
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
-	usleep(50 * 1000);
+	ASSERT_TRUE(WAIT_FOR(b, st, ferry_broker_helper_served(b, 1) > 0 && st.in_flight > 0, 60));
 	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 1), SIGKILL));
+	ASSERT_TRUE(WAIT_FOR(b, st, st.helper_restarts == 1, 60));
+	before = ferry_broker_helper_served(b, 1);
 	EXPECT_EQ(0, ferry_broker_wait(b, 100LL * 1000000000));
 	ferry_broker_stats(b, &st);
+	EXPECT_LT(before, ferry_broker_helper_served(b, 1));
 	EXPECT_EQ(1, st.helper_restarts);
 	EXPECT_EQ(st.requests, st.replies);
 	EXPECT_EQ(0, st.dropped);
+	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
 }
 
