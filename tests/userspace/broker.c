@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -647,6 +648,77 @@ TEST_F_TIMEOUT(load, restarted_helper_serves, 120)
 	EXPECT_EQ(0, st.dropped);
 	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
+}
+
+static int init_fails(struct ferry_helper *h, void *arg)
+{
+	(void)h;
+	(void)arg;
+	return -ENOTRECOVERABLE;
+}
+
+/* A helper that cannot start makes start fail with its error, cleanly. */
+TEST(failing_helper_init_fails_start)
+{
+	struct work w = { .requests = 1, .max_len = 64 };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b = NULL;
+	int before = count_fds();
+
+	opts_for(&o, 4, 2, &w);
+	o.helper_init = init_fails;
+	EXPECT_EQ(-ENOTRECOVERABLE, ferry_broker_start(&o, &b));
+	EXPECT_EQ(NULL, b);
+	EXPECT_EQ(before, count_fds());
+	EXPECT_EQ(-1, waitpid(-1, NULL, WNOHANG));	/* nothing left to reap */
+	EXPECT_EQ(ECHILD, errno);
+}
+
+/* Incarnations after the first fail their init: counted in shared memory. */
+static int init_fails_after_first(struct ferry_helper *h, void *arg)
+{
+	_Atomic unsigned int *tries = arg;
+
+	(void)h;
+	return atomic_fetch_add(tries, 1) == 0 ? 0 : -EIO;
+}
+
+/*
+ * A helper whose restarts keep failing is restarted with a growing delay
+ * (50 ms, 100 ms, 200 ms...), counted in helper_backoffs: at most 20
+ * restarts a second, not a fork loop (it was ~2800 a second).
+ */
+TEST_F_TIMEOUT(load, failing_restarts_back_off, 60)
+{
+	_Atomic unsigned int *tries = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+					    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	struct timespec t0, t1;
+	double secs;
+
+	ASSERT_NE(MAP_FAILED, tries);
+	opts_for(&o, 0, 1, NULL);
+	o.helper_init = init_fails_after_first;
+	o.helper_arg = (void *)tries;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(1, *tries);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 0), SIGKILL));
+	/* Killed after its init: restarted at once; that one fails, and so
+	 * does every later one, each after a longer wait. */
+	ASSERT_TRUE(WAIT_FOR(b, st, st.helper_backoffs >= 4, 30));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	TH_LOG("%u inits, %llu deaths, %llu restarts, %llu backoffs in %.2f s", *tries,
+	       (unsigned long long)st.helper_deaths, (unsigned long long)st.helper_restarts,
+	       (unsigned long long)st.helper_backoffs, secs);
+	EXPECT_LE(*tries, 7u);			/* 1 + the restarts so far */
+	EXPECT_LE(0.35, secs);			/* 50 + 100 + 200 ms of backoff */
+	EXPECT_GE(20.0, st.helper_restarts / secs);
+	ferry_broker_stop(b);
+	munmap((void *)tries, 4096);
 }
 
 TEST(stop_leaves_no_process)

@@ -408,8 +408,11 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	pid_t pid;
 	int err, ctl;
 
+	unsigned int quick = hp->quick_deaths;
+
 	memset(hp, 0, sizeof(*hp));
 	hp->pidfd = hp->ctl = -1;
+	hp->quick_deaths = quick;	/* backoff outlives the incarnation */
 	err = ferry_bchan_create(b, &hp->chan, bytes, b->nslots_helper,
 				 ferry_node_of_helper(b, h));
 	if (err)
@@ -476,6 +479,52 @@ void ferry_child_reclaim(struct ferry_broker *b, unsigned int i)
 		close(c->ctl);
 	c->pidfd = c->ctl = -1;
 	c->used = false;
+}
+
+/*
+ * Wait for every helper's READY: its init (CUDA, pool, the user's
+ * helper_init) went through, or the first error, which start returns
+ * (before, a helper that could not start was restarted ~2800 times a
+ * second while start returned 0).  A helper that says nothing within
+ * HELPER_READY_TIMEOUT_MS, or dies first, fails start too.
+ */
+#define HELPER_READY_TIMEOUT_MS 120000
+
+static int helpers_ready(struct ferry_broker *b)
+{
+	for (unsigned int h = 0; h < b->o.helpers; h++) {
+		struct bhelper *hp = &b->helper[h];
+		struct pollfd p = { .fd = hp->ctl, .events = POLLIN };
+		struct ferry_ctl m;
+		int fds[FERRY_CTL_MAX_FDS], r;
+		unsigned int nfds = 0;
+
+		do
+			r = poll(&p, 1, HELPER_READY_TIMEOUT_MS);
+		while (r < 0 && errno == EINTR);
+		if (r == 0) {
+			fprintf(stderr, "ferry: helper %u did not finish starting in %d s\n", h,
+				HELPER_READY_TIMEOUT_MS / 1000);
+			return -ETIMEDOUT;
+		}
+		r = r < 0 ? -errno : ferry_ctl_recv(hp->ctl, &m, fds, &nfds, 0);
+		for (unsigned int i = 0; i < nfds; i++)
+			close(fds[i]);
+		if (r) {
+			fprintf(stderr, "ferry: helper %u died while starting (%s)\n", h,
+				strerror(-r));
+			return r == -ECONNRESET ? -ECHILD : r;
+		}
+		if (m.type != FERRY_CTL_READY)
+			return -EPROTO;
+		if (m.status < 0) {
+			fprintf(stderr, "ferry: helper %u could not start: %s\n", h,
+				strerror(-m.status));
+			return m.status;
+		}
+		hp->ready = true;
+	}
+	return 0;
 }
 
 /* Descriptors open in this process now. */
@@ -641,6 +690,9 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		if (err)
 			goto fail;
 	}
+	err = helpers_ready(b);
+	if (err)
+		goto fail;
 	err = start_children(b);
 	if (err)
 		goto fail;

@@ -80,6 +80,11 @@ struct bhelper {
 	unsigned int in_flight;
 	unsigned int ctl_owed;	/* FERRY_OP_CTRL descriptors not yet queued */
 	bool ctl_stuck;		/* left its control socket full too long: dying */
+	/* Restart backoff: kept across incarnations (ferry_helper_start). */
+	bool ready;		/* its READY (status 0) was read at start */
+	unsigned int quick_deaths;	/* in a row, each before its init went through */
+	bool restart_pending;	/* dead, restarted at restart_ns */
+	uint64_t restart_ns;
 	uint64_t served;
 	bool pidfd_armed;
 	bool corrupt;
@@ -125,6 +130,7 @@ struct ferry_broker {
 	uint64_t snap_ns;		/* when snap was last refreshed */
 	uint64_t queued_ns;		/* when st.queued was last counted */
 	bool wakes_queued;		/* futex wakes wait in the io_uring's SQ */
+	unsigned int restarts_pending;	/* helpers waiting out a backoff */
 	/*
 	 * More busy processes than CPUs (children + helpers + the dispatch
 	 * thread): whoever waits yields at once instead of spinning with

@@ -26,6 +26,7 @@ enum ferry_ctl_type {
 	FERRY_CTL_REGION_DROP = 4,	/* broker -> helper: unmap region @index */
 	FERRY_CTL_REFUSED = 5,		/* broker -> service: -errno in @status */
 	FERRY_CTL_POOL = 6,		/* helper -> broker: the pool it made */
+	FERRY_CTL_READY = 7,		/* helper -> broker: init done, -errno in @status */
 };
 
 /* SETUP's pool_op: what the peer does about the pool. */
