@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -282,6 +283,42 @@ TEST_F_TIMEOUT(load, thirty_two_children_four_helpers_100k, 600)
 	       (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
 	       st.requests / ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9),
 	       (unsigned long long)st.wakeups);
+	ferry_broker_stop(b);
+}
+
+/*
+ * Production shape: thousands of children (FERRY_SCALE_CHILDREN, default
+ * 1024) x 8 helpers start, each serves checked requests, all stop.  Start
+ * announced every child to every helper with blocking sends and hung at
+ * 279 children; eventfd mode ran out of descriptors at ~250.
+ */
+TEST_F_TIMEOUT(load, thousands_of_children_start_serve_stop, 900)
+{
+	const char *env = getenv("FERRY_SCALE_CHILDREN");
+	unsigned int n = env && *env ? (unsigned int)strtoul(env, NULL, 0) : 1024;
+	struct work w = { .requests = 4, .max_len = 256 };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	struct timespec t0, t1, t2;
+
+	opts_for(&o, n, 8, &w);
+	o.region_size = 64u << 10;
+	o.window = 2;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	EXPECT_EQ(0, ferry_broker_wait(b, 800LL * 1000000000));
+	clock_gettime(CLOCK_MONOTONIC, &t2);
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ((uint64_t)n * 4, st.requests);
+	EXPECT_EQ(st.requests, st.replies);
+	EXPECT_EQ(0, st.bad_desc);
+	EXPECT_EQ(0, st.bad_reply);
+	TH_LOG("%u children x 8 helpers (%s): started in %.2f s, all served in %.2f s more",
+	       n, ferry_backend_name(ferry_broker_backend(b)),
+	       (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
+	       (t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9);
 	ferry_broker_stop(b);
 }
 
@@ -554,17 +591,36 @@ TEST_F_TIMEOUT(load, kill_helper_mid_request_fails_back_and_restarts, 120)
 }
 
 /* After a helper restart the new helper serves every child again. */
+/* Poll the broker's counters (refreshed within 1 ms) until @cond holds. */
+#define WAIT_FOR(b, st, cond, secs) ({					\
+	bool ok_ = false;						\
+	for (int i_ = 0; i_ < (secs) * 2000 && !ok_; i_++) {		\
+		ferry_broker_stats((b), &(st));				\
+		ok_ = (cond);						\
+		if (!ok_)						\
+			usleep(500);					\
+	}								\
+	ok_;								\
+})
+
+/*
+ * The kill lands while requests are at the helper, however fast the
+ * machine: it waits for counters, not for time (20,000 requests used to
+ * finish before a 50 ms sleep ended on the 16-core machine).
+ */
 TEST_F_TIMEOUT(load, restarted_helper_serves, 120)
 {
 	struct work w = { .requests = 4000, .max_len = 256, .async = true, .sleep_first_ms = 300 };
 	struct ferry_broker_opts o;
 	struct ferry_broker *b;
 	struct ferry_broker_stats st;
+	uint64_t before;
 
 	opts_for(&o, 2, 1, &w);
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
-	usleep(100 * 1000);	/* both children are inside their 300 ms sleep... */
-	/* ...which the helper runs one at a time: kill it under them. */
+	/* Both children's 300 ms sleeps are at the helper (it runs one at a
+	 * time, the other waits in its ring): kill it under them. */
+	ASSERT_TRUE(WAIT_FOR(b, st, st.in_flight == 2, 60));
 	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 0), SIGKILL));
 	/* Their first call fails back with -EPIPE: child_body returns 12. */
 	EXPECT_EQ(2, ferry_broker_wait(b, 60LL * 1000000000));
@@ -573,19 +629,96 @@ TEST_F_TIMEOUT(load, restarted_helper_serves, 120)
 	ferry_broker_stop(b);
 
 	/* Under load: children that resubmit what failed back finish every
-	 * request, checked, with the restarted helper taking its share. */
-	w = (struct work){ .requests = 20000, .max_len = 256, .async = true,
+	 * request, checked, with the restarted helper taking its share.
+	 * Enough of them that the restarted helper has work left on any
+	 * machine (it must serve 100 more before the children are done). */
+	w = (struct work){ .requests = 50000, .max_len = 256, .async = true,
 			   .retry_epipe = true };
 	opts_for(&o, 2, 2, &w);
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
-	usleep(50 * 1000);
+	ASSERT_TRUE(WAIT_FOR(b, st, ferry_broker_helper_served(b, 1) > 0 && st.in_flight > 0, 60));
 	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 1), SIGKILL));
+	ASSERT_TRUE(WAIT_FOR(b, st, st.helper_restarts == 1, 60));
+	before = ferry_broker_helper_served(b, 1);
 	EXPECT_EQ(0, ferry_broker_wait(b, 100LL * 1000000000));
 	ferry_broker_stats(b, &st);
+	EXPECT_LT(before, ferry_broker_helper_served(b, 1));
 	EXPECT_EQ(1, st.helper_restarts);
 	EXPECT_EQ(st.requests, st.replies);
 	EXPECT_EQ(0, st.dropped);
+	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
+}
+
+static int init_fails(struct ferry_helper *h, void *arg)
+{
+	(void)h;
+	(void)arg;
+	return -ENOTRECOVERABLE;
+}
+
+/* A helper that cannot start makes start fail with its error, cleanly. */
+TEST(failing_helper_init_fails_start)
+{
+	struct work w = { .requests = 1, .max_len = 64 };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b = NULL;
+	int before = count_fds();
+
+	opts_for(&o, 4, 2, &w);
+	o.helper_init = init_fails;
+	EXPECT_EQ(-ENOTRECOVERABLE, ferry_broker_start(&o, &b));
+	EXPECT_EQ(NULL, b);
+	EXPECT_EQ(before, count_fds());
+	EXPECT_EQ(-1, waitpid(-1, NULL, WNOHANG));	/* nothing left to reap */
+	EXPECT_EQ(ECHILD, errno);
+}
+
+/* Incarnations after the first fail their init: counted in shared memory. */
+static int init_fails_after_first(struct ferry_helper *h, void *arg)
+{
+	_Atomic unsigned int *tries = arg;
+
+	(void)h;
+	return atomic_fetch_add(tries, 1) == 0 ? 0 : -EIO;
+}
+
+/*
+ * A helper whose restarts keep failing is restarted with a growing delay
+ * (50 ms, 100 ms, 200 ms...), counted in helper_backoffs: at most 20
+ * restarts a second, not a fork loop (it was ~2800 a second).
+ */
+TEST_F_TIMEOUT(load, failing_restarts_back_off, 60)
+{
+	_Atomic unsigned int *tries = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+					    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	struct timespec t0, t1;
+	double secs;
+
+	ASSERT_NE(MAP_FAILED, tries);
+	opts_for(&o, 0, 1, NULL);
+	o.helper_init = init_fails_after_first;
+	o.helper_arg = (void *)tries;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(1, *tries);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 0), SIGKILL));
+	/* Killed after its init: restarted at once; that one fails, and so
+	 * does every later one, each after a longer wait. */
+	ASSERT_TRUE(WAIT_FOR(b, st, st.helper_backoffs >= 4, 30));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	TH_LOG("%u inits, %llu deaths, %llu restarts, %llu backoffs in %.2f s", *tries,
+	       (unsigned long long)st.helper_deaths, (unsigned long long)st.helper_restarts,
+	       (unsigned long long)st.helper_backoffs, secs);
+	EXPECT_LE(*tries, 7u);			/* 1 + the restarts so far */
+	EXPECT_LE(0.35, secs);			/* 50 + 100 + 200 ms of backoff */
+	EXPECT_GE(20.0, st.helper_restarts / secs);
+	ferry_broker_stop(b);
+	munmap((void *)tries, 4096);
 }
 
 TEST(stop_leaves_no_process)

@@ -254,6 +254,7 @@ struct ferry_broker_stats {
 	uint64_t child_exits;		/* children and services that ended */
 	uint64_t child_deaths;		/* ... of them killed by a signal */
 	uint64_t helper_deaths, helper_restarts;
+	uint64_t helper_backoffs;	/* restarts delayed: its last life was short */
 	uint64_t attached, attach_refused;
 	uint64_t queued;		/* requests waiting for a helper now */
 	uint64_t in_flight;		/* at helpers now */

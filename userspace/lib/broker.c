@@ -13,12 +13,16 @@
  * the region's head alone, the channel words it sleeps on.
  */
 #include <errno.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -313,12 +317,53 @@ int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd)
 }
 
 /*
- * Tell helper @h to map or unmap child region @ci: the message goes on
- * the control socket now, and a FERRY_OP_CTRL descriptor follows on the
- * channel (dispatch.c queues it before the next request), so the helper
- * sees the region before any request that names it.
+ * Send one control message to helper @hp, never blocking for ever.  The
+ * helper reads its socket only when a FERRY_OP_CTRL descriptor reaches it
+ * on its channel, so every message's descriptor is queued at once (or
+ * owed to the dispatch loop while the ring is full) and, before waiting
+ * for room in a full socket, the wakes for them are sent: the helper then
+ * drains the socket while we wait.  (Before, start-up announced every
+ * child to every helper with blocking sends and no descriptor until the
+ * dispatch thread ran: at ~279 children the socket filled and start hung.)
+ * A helper that leaves its socket full for HELPER_CTL_TIMEOUT_MS is hung:
+ * -ETIMEDOUT, and the caller gives up on it.
  */
-void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add)
+#define HELPER_CTL_TIMEOUT_MS 30000	/* a helper's CUDA start-up fits well inside */
+
+static int helper_ctl_send(struct ferry_broker *b, struct bhelper *hp, const struct ferry_ctl *m,
+			   const int *fds, unsigned int nfds)
+{
+	for (;;) {
+		struct pollfd p = { .fd = hp->ctl, .events = POLLOUT };
+		int err = ferry_ctl_send_flags(hp->ctl, m, fds, nfds, MSG_DONTWAIT);
+
+		if (err != -EAGAIN) {
+			if (!err) {
+				hp->ctl_owed++;
+				ferry_helper_flush_ctl(hp);
+			}
+			return err;
+		}
+		ferry_helper_flush_ctl(hp);
+		ferry_dispatch_flush_wakes(b);
+		err = poll(&p, 1, HELPER_CTL_TIMEOUT_MS);
+		if (err == 0)
+			return -ETIMEDOUT;
+		if (err < 0 && errno != EINTR)
+			return -errno;
+		if (err > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL)))
+			return -EPIPE;
+	}
+}
+
+/*
+ * Tell helper @h to map or unmap child region @ci: the message goes on
+ * the control socket, its FERRY_OP_CTRL descriptor on the channel, so the
+ * helper sees the region before any request that names it.  A helper
+ * that cannot take it (dying, hung) is killed: its restart re-adds every
+ * region.  0, or the error when @h is hung (-ETIMEDOUT).
+ */
+int ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add)
 {
 	struct bhelper *hp = &b->helper[h];
 	struct bchild *c = &b->child[ci];
@@ -328,12 +373,14 @@ void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned 
 		.chan_bytes = b->chan_bytes_child,
 	};
 	unsigned int nfds = 0;
-	int fd = -1;
+	int fd = -1, err;
 
+	if (hp->ctl_stuck)
+		return 0;	/* killed; its restart re-adds */
 	if (add) {
 		if (ferry_region_grant(c->chan.region, hp->pidfd,
 				       FERRY_READ | FERRY_WRITE | FERRY_PIN))
-			return;	/* the helper is dying; its restart re-adds */
+			return 0;	/* the helper is dying; its restart re-adds */
 		ferry_region_ref(c->chan.region, &m.region);
 		if (m.region.fd >= 0) {
 			fd = m.region.fd;
@@ -343,8 +390,15 @@ void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned 
 	} else {
 		m.region.fd = -1;
 	}
-	if (ferry_ctl_send(hp->ctl, &m, &fd, nfds) == 0)
-		hp->ctl_owed++;
+	err = helper_ctl_send(b, hp, &m, &fd, nfds);
+	if (err) {
+		if (err == -ETIMEDOUT)
+			fprintf(stderr, "ferry: helper %u left its control socket full for %d ms: "
+				"killed as hung\n", h, HELPER_CTL_TIMEOUT_MS);
+		hp->ctl_stuck = true;
+		ferry_pidfd_kill(hp->pidfd, SIGKILL);	/* its pidfd fires: restart */
+	}
+	return err == -ETIMEDOUT ? err : 0;
 }
 
 int ferry_helper_start(struct ferry_broker *b, unsigned int h)
@@ -354,8 +408,11 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	pid_t pid;
 	int err, ctl;
 
+	unsigned int quick = hp->quick_deaths;
+
 	memset(hp, 0, sizeof(*hp));
 	hp->pidfd = hp->ctl = -1;
+	hp->quick_deaths = quick;	/* backoff outlives the incarnation */
 	err = ferry_bchan_create(b, &hp->chan, bytes, b->nslots_helper,
 				 ferry_node_of_helper(b, h));
 	if (err)
@@ -422,6 +479,99 @@ void ferry_child_reclaim(struct ferry_broker *b, unsigned int i)
 		close(c->ctl);
 	c->pidfd = c->ctl = -1;
 	c->used = false;
+}
+
+/*
+ * Wait for every helper's READY: its init (CUDA, pool, the user's
+ * helper_init) went through, or the first error, which start returns
+ * (before, a helper that could not start was restarted ~2800 times a
+ * second while start returned 0).  A helper that says nothing within
+ * HELPER_READY_TIMEOUT_MS, or dies first, fails start too.
+ */
+#define HELPER_READY_TIMEOUT_MS 120000
+
+static int helpers_ready(struct ferry_broker *b)
+{
+	for (unsigned int h = 0; h < b->o.helpers; h++) {
+		struct bhelper *hp = &b->helper[h];
+		struct pollfd p = { .fd = hp->ctl, .events = POLLIN };
+		struct ferry_ctl m;
+		int fds[FERRY_CTL_MAX_FDS], r;
+		unsigned int nfds = 0;
+
+		do
+			r = poll(&p, 1, HELPER_READY_TIMEOUT_MS);
+		while (r < 0 && errno == EINTR);
+		if (r == 0) {
+			fprintf(stderr, "ferry: helper %u did not finish starting in %d s\n", h,
+				HELPER_READY_TIMEOUT_MS / 1000);
+			return -ETIMEDOUT;
+		}
+		r = r < 0 ? -errno : ferry_ctl_recv(hp->ctl, &m, fds, &nfds, 0);
+		for (unsigned int i = 0; i < nfds; i++)
+			close(fds[i]);
+		if (r) {
+			fprintf(stderr, "ferry: helper %u died while starting (%s)\n", h,
+				strerror(-r));
+			return r == -ECONNRESET ? -ECHILD : r;
+		}
+		if (m.type != FERRY_CTL_READY)
+			return -EPROTO;
+		if (m.status < 0) {
+			fprintf(stderr, "ferry: helper %u could not start: %s\n", h,
+				strerror(-m.status));
+			return m.status;
+		}
+		hp->ready = true;
+	}
+	return 0;
+}
+
+/* Descriptors open in this process now. */
+static unsigned int fds_open(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	unsigned int n = 0;
+
+	if (!d)
+		return 64;	/* a guess: /proc is not mounted */
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+/*
+ * The broker holds, per child slot and per helper, a pidfd and a control
+ * socket, plus the region's memfd on the memfd backend and two eventfds
+ * in eventfd mode (Debian 12's 6.1 kernel); a helper may add a pool fd.
+ * Raise the soft RLIMIT_NOFILE to the hard one (the default soft 1024
+ * ran out at ~250 children in eventfd mode), and say so when even that is
+ * too few: -EMFILE from start, not a failure half-way through.
+ */
+static int fit_nofile(const struct ferry_broker *b)
+{
+	unsigned int per = 2 + (ferry_rctx_backend(b->rc) == FERRY_BACKEND_MEMFD) +
+			   2 * (b->mode == FERRY_BELL_EVENTFD);
+	uint64_t need = (uint64_t)(b->nslots_total + b->o.helpers) * per + b->o.helpers +
+			fds_open() + 16;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return -errno;
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl))
+			return -errno;
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+		fprintf(stderr, "ferry: %u children and %u helpers need about %llu file "
+			"descriptors; RLIMIT_NOFILE allows %llu (raise its hard limit)\n",
+			b->nslots_total, b->o.helpers, (unsigned long long)need,
+			(unsigned long long)rl.rlim_cur);
+		return -EMFILE;
+	}
+	return 0;
 }
 
 static int start_children(struct ferry_broker *b)
@@ -523,6 +673,9 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	if (err)
 		goto fail;
 	b->mode = ferry_waitset_mode(b->ws);
+	err = fit_nofile(b);
+	if (err)
+		goto fail;
 	b->stop_efd = eventfd(0, EFD_CLOEXEC);
 	if (b->stop_efd < 0) {
 		err = -errno;
@@ -537,6 +690,9 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		if (err)
 			goto fail;
 	}
+	err = helpers_ready(b);
+	if (err)
+		goto fail;
 	err = start_children(b);
 	if (err)
 		goto fail;

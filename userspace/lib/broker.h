@@ -79,6 +79,12 @@ struct bhelper {
 	struct bchan chan;
 	unsigned int in_flight;
 	unsigned int ctl_owed;	/* FERRY_OP_CTRL descriptors not yet queued */
+	bool ctl_stuck;		/* left its control socket full too long: dying */
+	/* Restart backoff: kept across incarnations (ferry_helper_start). */
+	bool ready;		/* its READY (status 0) was read at start */
+	unsigned int quick_deaths;	/* in a row, each before its init went through */
+	bool restart_pending;	/* dead, restarted at restart_ns */
+	uint64_t restart_ns;
 	uint64_t served;
 	bool pidfd_armed;
 	bool corrupt;
@@ -124,6 +130,7 @@ struct ferry_broker {
 	uint64_t snap_ns;		/* when snap was last refreshed */
 	uint64_t queued_ns;		/* when st.queued was last counted */
 	bool wakes_queued;		/* futex wakes wait in the io_uring's SQ */
+	unsigned int restarts_pending;	/* helpers waiting out a backoff */
 	/*
 	 * More busy processes than CPUs (children + helpers + the dispatch
 	 * thread): whoever waits yields at once instead of spinning with
@@ -197,7 +204,7 @@ int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, u
 void ferry_bchan_destroy(struct bchan *bc);
 int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i);
 int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd);
-void ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add);
+int ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add);
 int ferry_helper_start(struct ferry_broker *b, unsigned int h);
 void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
 
@@ -205,6 +212,10 @@ void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
 void *ferry_dispatch_main(void *arg);
 /* chan wake_hook: queue a peer's wake for the dispatch loop's next flush. */
 int ferry_dispatch_queue_wake(void *broker, _Atomic uint32_t *word, int n);
+/* Send the wakes queued so far now (before the caller blocks). */
+void ferry_dispatch_flush_wakes(struct ferry_broker *b);
+/* Queue @hp's owed FERRY_OP_CTRL descriptors; false if some remain owed. */
+bool ferry_helper_flush_ctl(struct bhelper *hp);
 /* A newly attached child slot @i: watch its connection and its bell. */
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i);
 

@@ -165,7 +165,9 @@ int ferry_bpool_take_created(struct ferry_broker *b, unsigned int h, int sock)
 		return err;
 	if (m.type != FERRY_CTL_POOL || m.status < 0 || m.pool.kind != FERRY_POOL_CUDA ||
 	    m.pool.size < b->o.pool_size || nfds != (m.pool.fd >= 0 ? 1u : 0u))
-		err = m.type == FERRY_CTL_POOL && m.status < 0 ? m.status : -EPROTO;
+		/* A helper whose init failed before the pool says READY, -errno. */
+		err = (m.type == FERRY_CTL_POOL || m.type == FERRY_CTL_READY) && m.status < 0 ?
+		      m.status : -EPROTO;
 	else
 		err = pool_ready(b, p, &m.pool, nfds ? fds[0] : -1);
 	if (err)

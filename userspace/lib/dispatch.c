@@ -25,6 +25,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -145,8 +146,7 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
 	to_child(b, i, &d);
 }
 
-/* Queue owed FERRY_OP_CTRL descriptors; false if some remain owed. */
-static bool flush_ctl(struct bhelper *hp)
+bool ferry_helper_flush_ctl(struct bhelper *hp)
 {
 	struct ferry_desc d = { .op = FERRY_OP_CTRL };
 
@@ -229,7 +229,7 @@ static int32_t pick_helper(struct ferry_broker *b, int gpu)
 
 		if (b->ngpus > 1 && ferry_helper_gpu_of(b, h) != gpu)
 			continue;
-		if (hp->alive && hp->in_flight < b->o.helper_depth && flush_ctl(hp)) {
+		if (hp->alive && hp->in_flight < b->o.helper_depth && ferry_helper_flush_ctl(hp)) {
 			b->rr_helper = (h + 1) % b->o.helpers;
 			return (int32_t)h;
 		}
@@ -457,6 +457,95 @@ static void child_died(struct ferry_broker *b, uint32_t i)
 	/* else: reclaimed by slot_done() when its last request comes back */
 }
 
+/*
+ * Restart backoff.  A helper that dies before its init went through (an
+ * init that fails, CUDA that cannot start: no READY with status 0 on its
+ * control socket) is restarted after 50 ms, doubling up to 5 s while it
+ * keeps failing: at most 20 restarts a second, never a fork loop.  One
+ * that had started restarts at once.  Requests wait for a live helper
+ * meanwhile.
+ */
+#define HELPER_BACKOFF_MIN_NS	50000000ull
+#define HELPER_BACKOFF_MAX_NS	5000000000ull
+
+/* A READY with status 0 waits in the helper's control socket. */
+static bool helper_said_ready(int sock)
+{
+	struct ferry_ctl m;
+	int fds[FERRY_CTL_MAX_FDS];
+	unsigned int nfds;
+
+	for (int n = 0; n < 16; n++) {	/* a POOL may come first */
+		nfds = 0;
+		if (ferry_ctl_recv(sock, &m, fds, &nfds, MSG_DONTWAIT))
+			return false;
+		for (unsigned int i = 0; i < nfds; i++)
+			close(fds[i]);
+		if (m.type == FERRY_CTL_READY)
+			return m.status == 0;
+	}
+	return false;
+}
+
+static void restart_helper(struct ferry_broker *b, uint32_t h)
+{
+	struct bhelper *hp = &b->helper[h];
+	unsigned int q = hp->quick_deaths;
+
+	if (q) {
+		uint64_t delay = q > 8 ? HELPER_BACKOFF_MAX_NS : HELPER_BACKOFF_MIN_NS << (q - 1);
+
+		if (delay > HELPER_BACKOFF_MAX_NS)
+			delay = HELPER_BACKOFF_MAX_NS;
+		if (!hp->restart_pending)
+			b->restarts_pending++;
+		hp->restart_pending = true;
+		hp->restart_ns = now_ns() + delay;
+		b->st.helper_backoffs++;
+		return;
+	}
+	if (ferry_helper_start(b, h) == 0) {
+		b->st.helper_restarts++;
+	} else if (b->helper[h].pid > 0) {
+		/* Half-started: kill it; its pidfd fires and we try again. */
+		ferry_pidfd_kill(b->helper[h].pidfd, SIGKILL);
+	} else {
+		/* Not even forked (out of memory, processes): later. */
+		b->helper[h].quick_deaths++;
+		restart_helper(b, h);
+	}
+}
+
+/* Restart the helpers whose backoff ended; ns until the next one, or -1. */
+static int64_t restart_due(struct ferry_broker *b)
+{
+	uint64_t now = now_ns(), next = UINT64_MAX;
+
+	if (!b->restarts_pending)
+		return -1;
+	for (uint32_t h = 0; h < b->o.helpers; h++) {
+		struct bhelper *hp = &b->helper[h];
+
+		if (!hp->restart_pending)
+			continue;
+		if (hp->restart_ns <= now) {
+			hp->restart_pending = false;
+			b->restarts_pending--;
+			if (ferry_helper_start(b, h) == 0) {
+				b->st.helper_restarts++;
+			} else if (b->helper[h].pid > 0) {
+				ferry_pidfd_kill(b->helper[h].pidfd, SIGKILL);
+			} else {
+				b->helper[h].quick_deaths++;
+				restart_helper(b, h);
+			}
+		}
+		if (hp->restart_pending && hp->restart_ns < next)
+			next = hp->restart_ns;
+	}
+	return next == UINT64_MAX ? -1 : (int64_t)(next > now ? next - now : 0);
+}
+
 static void helper_died(struct ferry_broker *b, uint32_t h)
 {
 	struct bhelper *hp = &b->helper[h];
@@ -480,15 +569,16 @@ static void helper_died(struct ferry_broker *b, uint32_t h)
 		ferry_waitset_disarm(b->ws, KEY(KEY_HELPER_BELL, h));
 	if (hp->pidfd_armed)
 		ferry_waitset_disarm(b->ws, KEY(KEY_HELPER_PIDFD, h));
+	/* Did this incarnation finish its init?  Only then restart at once. */
+	if (hp->ready || helper_said_ready(hp->ctl))
+		hp->quick_deaths = 0;
+	else
+		hp->quick_deaths++;
 	close(hp->pidfd);
 	close(hp->ctl);
+	hp->pidfd = hp->ctl = -1;
 	ferry_bchan_destroy(&hp->chan);
-	if (ferry_helper_start(b, h) == 0) {
-		b->st.helper_restarts++;
-	} else if (b->helper[h].pid > 0) {
-		/* Half-started: kill it; its pidfd fires and we try again. */
-		ferry_pidfd_kill(b->helper[h].pidfd, SIGKILL);
-	}
+	restart_helper(b, h);
 }
 
 /*
@@ -662,7 +752,7 @@ void *ferry_dispatch_main(void *arg)
 	unsigned int busy = 0;
 
 	while (!stop) {
-		int64_t timeout = -1;
+		int64_t timeout = -1, due;
 		bool moved = service(b);
 		int n;
 
@@ -674,11 +764,15 @@ void *ferry_dispatch_main(void *arg)
 		if (moved && ++busy < 64)
 			continue;
 		busy = 0;
+		/* Before arming: a helper restarted now gets its pidfd armed. */
+		due = b->restarts_pending ? restart_due(b) : -1;
 		if (moved || spin(b)) {
 			timeout = 0;	/* still poll for deaths, don't sleep */
 		} else if (!arm_all(b)) {
 			timeout = 0;
 		}
+		if (due >= 0 && (timeout < 0 || due < timeout))
+			timeout = due;
 		publish(b, timeout != 0);
 		n = ferry_waitset_wait(b->ws, keys, sizeof(keys) / sizeof(keys[0]), timeout);
 		if (n < 0 && n != -EINTR)
@@ -758,6 +852,11 @@ static void flush_wakes(struct ferry_broker *b)
 		b->wakes_queued = false;
 		ferry_waitset_flush(b->ws);
 	}
+}
+
+void ferry_dispatch_flush_wakes(struct ferry_broker *b)
+{
+	flush_wakes(b);
 }
 
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i)

@@ -125,6 +125,10 @@ _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int c
 		err = ferry_hgpu_pool(&h, &m, pool_fd);
 	if (!err && b->o.helper_init)
 		err = b->o.helper_init(&h, b->o.helper_arg);
+	/* The broker's start waits for this: a first helper that cannot
+	 * start makes ferry_broker_start() fail with its error. */
+	ferry_ctl_send(ctl, &(struct ferry_ctl){ .type = FERRY_CTL_READY, .index = idx,
+						 .status = err, .region.fd = -1 }, NULL, 0);
 	if (err) {
 		fprintf(stderr, "ferry: helper %u setup failed: %s\n", idx, strerror(-err));
 		_exit(126);

@@ -9,6 +9,12 @@
 
 ssize_t ferry_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned int nfds)
 {
+	return ferry_send_fds_flags(sock, buf, len, fds, nfds, 0);
+}
+
+ssize_t ferry_send_fds_flags(int sock, const void *buf, size_t len, const int *fds,
+			     unsigned int nfds, int flags)
+{
 	union {
 		char buf[CMSG_SPACE(sizeof(int) * FERRY_FDS_MAX)];
 		struct cmsghdr align;
@@ -32,7 +38,7 @@ ssize_t ferry_send_fds(int sock, const void *buf, size_t len, const int *fds, un
 		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
 	}
 	do {
-		n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+		n = sendmsg(sock, &msg, MSG_NOSIGNAL | flags);
 	} while (n < 0 && errno == EINTR);
 	return n < 0 ? -errno : n;
 }
@@ -92,6 +98,12 @@ int ferry_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned int max,
 
 int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds)
 {
+	return ferry_ctl_send_flags(sock, m, fds, nfds, 0);
+}
+
+int ferry_ctl_send_flags(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds,
+			 int flags)
+{
 	struct ferry_ctl out = *m;
 	ssize_t n;
 
@@ -101,7 +113,7 @@ int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned
 	out.magic = FERRY_PROTO_MAGIC;
 	out.version = FERRY_PROTO_VERSION;
 	out.nfds = nfds;
-	n = ferry_send_fds(sock, &out, sizeof(out), fds, nfds);
+	n = ferry_send_fds_flags(sock, &out, sizeof(out), fds, nfds, flags);
 	if (n < 0)
 		return (int)n;
 	return n == (ssize_t)sizeof(out) ? 0 : -EIO;

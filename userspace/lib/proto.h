@@ -26,6 +26,7 @@ enum ferry_ctl_type {
 	FERRY_CTL_REGION_DROP = 4,	/* broker -> helper: unmap region @index */
 	FERRY_CTL_REFUSED = 5,		/* broker -> service: -errno in @status */
 	FERRY_CTL_POOL = 6,		/* helper -> broker: the pool it made */
+	FERRY_CTL_READY = 7,		/* helper -> broker: init done, -errno in @status */
 };
 
 /* SETUP's pool_op: what the peer does about the pool. */
@@ -76,11 +77,16 @@ struct ferry_ctl {
  */
 #define FERRY_FDS_MAX 4
 ssize_t ferry_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned int nfds);
+/* The same with sendmsg @flags added (MSG_DONTWAIT: -EAGAIN when full). */
+ssize_t ferry_send_fds_flags(int sock, const void *buf, size_t len, const int *fds,
+			     unsigned int nfds, int flags);
 int ferry_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned int max,
 		   unsigned int *kept, unsigned int *arrived, int flags);
 
 /* Send @m with @nfds fds (magic, version and nfds are filled in); 0 or -errno. */
 int ferry_ctl_send(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds);
+int ferry_ctl_send_flags(int sock, const struct ferry_ctl *m, const int *fds, unsigned int nfds,
+			 int flags);
 /*
  * Receive one message and its fds (up to FERRY_CTL_MAX_FDS, the rest are
  * closed); -EPROTO on a malformed message, -ECONNRESET on EOF.  Received
