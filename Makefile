@@ -49,7 +49,7 @@ LIB_LDLIBS := -l:liburing.a -l:libnuma.a -pthread
 
 KMOD_TESTS := $(patsubst tests/kmod/%.c,$(BUILD)/tests/kmod/%,$(wildcard tests/kmod/*.c))
 UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/uapi/*.c))
-LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(filter-out tests/userspace/notcuda.c,$(wildcard tests/userspace/*.c)))
+LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/*.c))
 TOOL_TESTS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 
@@ -185,14 +185,20 @@ deps:
 	@scripts/deps.sh
 
 build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS) $(GPU_TESTS) $(TOOL_TESTS) \
-	$(BUILD)/vm-tools/ferryctl $(BUILD)/tests/fixtures/libnotcuda.so
+	$(BUILD)/vm-tools/ferryctl $(BUILD)/tests/fixtures/libnotcuda.so \
+	$(BUILD)/tests/fixtures/libfakecuda.so
 
-# A shared object with no dependencies that is not a CUDA driver (pool.c
-# finds it in ../fixtures beside itself); out of the test folders, so no
-# runner takes it for a test.
-$(BUILD)/tests/fixtures/libnotcuda.so: tests/userspace/notcuda.c
+# Test fixtures, found by the tests in ../fixtures beside themselves; out
+# of the test folders, so no runner takes them for tests.  libnotcuda.so:
+# no dependencies, not a CUDA driver (static tests may load it).
+# libfakecuda.so: a CUDA driver with $$FERRY_FAKE_GPUS fake GPUs (tests/gpu).
+$(BUILD)/tests/fixtures/libnotcuda.so: tests/fixtures/notcuda.c
 	@mkdir -p $(@D)
 	$(CC) -shared -nostdlib -fPIC -O2 -Wall -Wextra -Werror -o $@ $<
+
+$(BUILD)/tests/fixtures/libfakecuda.so: tests/fixtures/fakecuda.c
+	@mkdir -p $(@D)
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -Werror -isystem $(CUDA_INC) -o $@ $<
 
 # Tools for the VM's initramfs: static, like the test binaries.
 $(BUILD)/vm-tools/ferryctl: userspace/tools/ferryctl.c $(LIB_A)
@@ -228,7 +234,7 @@ $(BUILD)/tests/uapi/%: tests/uapi/%.c include/uapi/linux/ferry.h
 SAN := $(BUILD)/asan
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 SAN_OBJS := $(patsubst userspace/lib/%.c,$(SAN)/lib/%.o,$(LIB_SRCS))
-SAN_TESTS := $(patsubst tests/userspace/%.c,$(SAN)/tests/userspace/%,$(filter-out tests/userspace/notcuda.c,$(wildcard tests/userspace/*.c)))
+SAN_TESTS := $(patsubst tests/userspace/%.c,$(SAN)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 # TSan: the tests whose processes have several threads.
 TSAN := $(BUILD)/tsan
 TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer

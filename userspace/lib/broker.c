@@ -638,6 +638,18 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 			err = -ENODEV;
 			goto fail;
 		}
+		/*
+		 * Every GPU gets a helper: helper h serves GPU h % ngpus and
+		 * child i is placed on GPU i % ngpus, so with fewer helpers
+		 * than GPUs the children of a GPU without one were never
+		 * served.  Start one per GPU at least, and say so.
+		 */
+		if (o->gpu == FERRY_GPU_AUTO && b->ngpus > (int)b->o.helpers) {
+			fprintf(stderr, "ferry: %d GPUs, %u helper(s) asked for: starting %d, "
+				"one per GPU\n", b->ngpus, b->o.helpers, b->ngpus);
+			b->o.helpers = (unsigned int)b->ngpus;
+			b->oversub = o->children + b->o.helpers + 1 > ferry_cpus_usable();
+		}
 	}
 	b->nchildren = o->children;
 	b->nslots_total = o->children + (o->attach_path ? o->max_attached : 0);
@@ -646,14 +658,14 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	if (b->nslots_helper > 65536)
 		b->nslots_helper = 65536;
 	b->chan_bytes_child = ferry_page_round(ferry_chan_bytes(b->nslots_child));
-	b->nslot = o->helpers * o->helper_depth;
+	b->nslot = b->o.helpers * o->helper_depth;
 	b->child = calloc(b->nslots_total ? b->nslots_total : 1, sizeof(*b->child));
-	b->helper = calloc(o->helpers, sizeof(*b->helper));
+	b->helper = calloc(b->o.helpers, sizeof(*b->helper));
 	b->slot = calloc(b->nslot, sizeof(*b->slot));
 	b->slot_free = calloc(b->nslot, sizeof(*b->slot_free));
 	b->arm = calloc(b->nslots_total ? b->nslots_total : 1, sizeof(*b->arm));
-	b->served = calloc(o->helpers, sizeof(*b->served));
-	b->served_snap = calloc(o->helpers, sizeof(*b->served_snap));
+	b->served = calloc(b->o.helpers, sizeof(*b->served));
+	b->served_snap = calloc(b->o.helpers, sizeof(*b->served_snap));
 	if (!b->child || !b->helper || !b->slot || !b->slot_free || !b->arm || !b->served ||
 	    !b->served_snap) {
 		err = -ENOMEM;
@@ -663,13 +675,13 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		b->slot_free[b->nslot_free++] = s;
 	for (unsigned int i = 0; i < b->nslots_total; i++)
 		b->child[i].pidfd = b->child[i].ctl = -1;
-	for (unsigned int h = 0; h < o->helpers; h++)
+	for (unsigned int h = 0; h < b->o.helpers; h++)
 		b->helper[h].pidfd = b->helper[h].ctl = -1;
 	err = ferry_rctx_open(o->backend, &b->rc);
 	if (err)
 		goto fail;
 	/* Sources: a bell + a pidfd/conn per peer, the socket, the stop fd. */
-	err = ferry_waitset_create(2 * (b->nslots_total + o->helpers) + 4, false, &b->ws);
+	err = ferry_waitset_create(2 * (b->nslots_total + b->o.helpers) + 4, false, &b->ws);
 	if (err)
 		goto fail;
 	b->mode = ferry_waitset_mode(b->ws);
@@ -685,7 +697,7 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	if (err)
 		goto fail;
 	/* Helpers first: children's regions are then added to running helpers. */
-	for (unsigned int h = 0; h < o->helpers; h++) {
+	for (unsigned int h = 0; h < b->o.helpers; h++) {
 		err = ferry_helper_start(b, h);
 		if (err)
 			goto fail;
