@@ -655,6 +655,48 @@ TEST_F_TIMEOUT(load, restarted_helper_serves, 120)
 	ferry_broker_stop(b);
 }
 
+/* Exit status: 0, or the step that went wrong. */
+static int deadline_body(struct ferry_child *c, void *arg)
+{
+	struct ferry_desc d = { .op = OP_SLEEP, .tag = 7, .arg = { 300 } }, rep;
+
+	(void)arg;
+	/* A 300 ms request, a 20 ms deadline. */
+	if (ferry_call_timeout(c, &d, &rep, 20 * 1000000LL) != -ETIMEDOUT)
+		return 20;
+	if (ferry_outstanding(c) != 1)
+		return 21;	/* it is still at the helper */
+	if (ferry_complete(c, &rep, 0) != -ENOENT)
+		return 22;	/* nothing the caller waits for */
+	/* The next call works, and gets its own reply, not the late one. */
+	d = (struct ferry_desc){ .op = OP_WHO, .tag = 8 };
+	if (ferry_call(c, &d, &rep) || rep.status || rep.tag != 8 || rep.op != OP_WHO)
+		return 23;
+	if (ferry_outstanding(c) != 0)
+		return 24;	/* the late reply came first (one helper, in order): dropped */
+	d = (struct ferry_desc){ .op = OP_WHO, .tag = 9 };
+	if (ferry_call_timeout(c, &d, &rep, 10LL * 1000000000) || rep.tag != 9)
+		return 25;
+	return 0;
+}
+
+/* A call with a deadline returns -ETIMEDOUT; its late reply harms nothing. */
+TEST(call_timeout_and_late_reply)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 2, 1, NULL);
+	o.child_fn = deadline_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(st.requests, st.replies);
+	EXPECT_EQ(0, st.bad_reply);
+	ferry_broker_stop(b);
+}
+
 static int init_fails(struct ferry_helper *h, void *arg)
 {
 	(void)h;

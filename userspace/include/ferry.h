@@ -353,6 +353,15 @@ void *ferry_ptr(const struct ferry_child *c, uint64_t off);
  * outstanding; -EPIPE and friends come back in rep->status.
  */
 int ferry_call(struct ferry_child *c, const struct ferry_desc *req, struct ferry_desc *rep);
+/*
+ * ferry_call() with a deadline: -ETIMEDOUT when no reply came within
+ * @timeout_ns (<0: forever).  The request goes on at its helper: its
+ * reply is dropped when it comes, and until then it holds one place in the
+ * window (ferry_outstanding() counts it) and the buffers it names must
+ * stay allocated; pool blocks it names stay held by the broker.
+ */
+int ferry_call_timeout(struct ferry_child *c, const struct ferry_desc *req,
+		       struct ferry_desc *rep, int64_t timeout_ns);
 /* Asynchronous: -EAGAIN when the window is full (collect replies first). */
 int ferry_submit(struct ferry_child *c, const struct ferry_desc *req);
 /* Next reply of a submitted request, waiting up to @timeout_ns (<0: forever). */

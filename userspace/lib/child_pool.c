@@ -57,6 +57,8 @@ static int pool_call(struct ferry_child *c, struct ferry_desc *d)
 			return err;	/* the broker is gone: nothing to balance */
 		if (rep.op == d->op && rep.tag == tag)
 			break;
+		if (ferry_child_drop_late(c, &rep))
+			continue;
 		/* Room: at most window - 1 other requests are outstanding. */
 		c->stash[c->nstash++] = rep;
 	}

@@ -32,10 +32,16 @@ struct ferry_child {
 	/* replies that came while a pool call waited for its own: FIFO */
 	struct ferry_desc *stash;
 	unsigned int nstash;
+	/* tags of calls that timed out (ferry_call_timeout): their replies,
+	 * when they come, are dropped; each holds a place in the window */
+	uint64_t *late;
+	unsigned int nlate;
 };
 
 /* child.c: the next reply from the broker (no bookkeeping). */
 int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns);
+/* child.c: @rep answers a call that timed out: forget it (true), or not. */
+bool ferry_child_drop_late(struct ferry_child *c, const struct ferry_desc *rep);
 
 struct hregion {
 	struct ferry_region *r;
