@@ -697,6 +697,40 @@ TEST(call_timeout_and_late_reply)
 	ferry_broker_stop(b);
 }
 
+/* Exit status: 0, or the step that went wrong. */
+static int hung_body(struct ferry_child *c, void *arg)
+{
+	struct ferry_desc d = { .op = OP_SLEEP, .tag = 1, .arg = { 60000 } }, rep;
+
+	(void)arg;
+	/* A request that would take a minute: the watchdog ends it. */
+	if (ferry_call(c, &d, &rep) || rep.status != -ETIMEDOUT)
+		return 30;
+	/* The restarted helper serves the next one. */
+	d = (struct ferry_desc){ .op = OP_WHO, .tag = 2 };
+	if (ferry_call(c, &d, &rep) || rep.status || rep.tag != 2)
+		return 31;
+	return 0;
+}
+
+/* opts.helper_timeout_ns: a hung helper is killed and restarted. */
+TEST_F_TIMEOUT(load, hung_helper_killed_by_the_watchdog, 60)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 1, 1, NULL);
+	o.child_fn = hung_body;
+	o.helper_timeout_ns = 300 * 1000000ULL;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 50LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(1, st.helper_timeouts);
+	EXPECT_EQ(1, st.helper_restarts);
+	ferry_broker_stop(b);
+}
+
 static int init_fails(struct ferry_helper *h, void *arg)
 {
 	(void)h;

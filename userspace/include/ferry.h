@@ -217,6 +217,13 @@ struct ferry_broker_opts {
 	 * helper and (on first use) child.  See ferry_child_pool_alloc().
 	 */
 	size_t pool_size;
+	/*
+	 * Watchdog (0: off, the default): a helper that holds one request
+	 * longer than this is taken as hung (a kernel that never ends): it
+	 * is killed and restarted, and every request it held fails back with
+	 * -ETIMEDOUT.  Set it well above the longest request you serve.
+	 */
+	uint64_t helper_timeout_ns;
 };
 #define FERRY_CPU_AUTO (-1)
 #define FERRY_CPU_NONE (-2)
@@ -255,6 +262,7 @@ struct ferry_broker_stats {
 	uint64_t child_deaths;		/* ... of them killed by a signal */
 	uint64_t helper_deaths, helper_restarts;
 	uint64_t helper_backoffs;	/* restarts delayed: its last life was short */
+	uint64_t helper_timeouts;	/* helpers killed by the watchdog */
 	uint64_t attached, attach_refused;
 	uint64_t queued;		/* requests waiting for a helper now */
 	uint64_t in_flight;		/* at helpers now */

@@ -82,6 +82,7 @@ struct bhelper {
 	bool ctl_stuck;		/* left its control socket full too long: dying */
 	/* Restart backoff: kept across incarnations (ferry_helper_start). */
 	bool ready;		/* its READY (status 0) was read at start */
+	bool timed_out;		/* killed by the watchdog: fail back -ETIMEDOUT */
 	unsigned int quick_deaths;	/* in a row, each before its init went through */
 	bool restart_pending;	/* dead, restarted at restart_ns */
 	uint64_t restart_ns;
@@ -99,6 +100,7 @@ struct bslot {
 	uint32_t op;
 	uint64_t child_tag;
 	uint64_t block;		/* pool block the request names, UINT64_MAX: none */
+	uint64_t sent_ns;	/* when it went to the helper (watchdog on only) */
 };
 
 struct ferry_broker {
@@ -131,6 +133,7 @@ struct ferry_broker {
 	uint64_t queued_ns;		/* when st.queued was last counted */
 	bool wakes_queued;		/* futex wakes wait in the io_uring's SQ */
 	unsigned int restarts_pending;	/* helpers waiting out a backoff */
+	uint64_t watch_ns;		/* the watchdog's last look */
 	/*
 	 * More busy processes than CPUs (children + helpers + the dispatch
 	 * thread): whoever waits yields at once instead of spinning with

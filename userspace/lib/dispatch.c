@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -309,6 +310,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	b->slot[s] = (struct bslot){
 		.used = true, .gen = b->slot[s].gen, .child = i,
 		.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag, .block = block,
+		.sent_ns = b->o.helper_timeout_ns ? now_ns() : 0,
 	};
 	d.region = i;
 	d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
@@ -561,7 +563,8 @@ static void helper_died(struct ferry_broker *b, uint32_t h)
 		struct bslot *sl = &b->slot[s];
 
 		if (sl->used && sl->helper == h) {
-			fail_back(b, sl->child, sl->op, sl->child_tag, -EPIPE);
+			fail_back(b, sl->child, sl->op, sl->child_tag,
+				  hp->timed_out ? -ETIMEDOUT : -EPIPE);
 			slot_done(b, s);
 		}
 	}
@@ -725,6 +728,41 @@ static bool spin(struct ferry_broker *b)
 
 static void flush_wakes(struct ferry_broker *b);
 
+/*
+ * The watchdog (opts.helper_timeout_ns): kill a helper that has held a
+ * request longer than the timeout; its death fails what it held back with
+ * -ETIMEDOUT and restarts it.  Looks every eighth of the timeout (at most
+ * every millisecond); returns how long the loop may sleep before the
+ * next look, or -1 when nothing is in flight.
+ */
+static int64_t watchdog(struct ferry_broker *b)
+{
+	uint64_t limit = b->o.helper_timeout_ns, every = limit / 8, now;
+
+	if (!limit || !b->st.in_flight)
+		return -1;
+	if (every < 1000000)
+		every = 1000000;
+	now = now_ns();
+	if (now - b->watch_ns >= every) {
+		b->watch_ns = now;
+		for (uint32_t s = 0; s < b->nslot; s++) {
+			struct bslot *sl = &b->slot[s];
+			struct bhelper *hp = &b->helper[sl->helper];
+
+			if (!sl->used || now - sl->sent_ns <= limit || !hp->alive ||
+			    hp->timed_out)
+				continue;
+			fprintf(stderr, "ferry: helper %u held a request %llu ms: killed as hung\n",
+				sl->helper, (unsigned long long)((now - sl->sent_ns) / 1000000));
+			hp->timed_out = true;
+			b->st.helper_timeouts++;
+			ferry_pidfd_kill(hp->pidfd, SIGKILL);
+		}
+	}
+	return (int64_t)every;
+}
+
 void *ferry_dispatch_main(void *arg)
 {
 	struct ferry_broker *b = arg;
@@ -771,6 +809,9 @@ void *ferry_dispatch_main(void *arg)
 		} else if (!arm_all(b)) {
 			timeout = 0;
 		}
+		if (due >= 0 && (timeout < 0 || due < timeout))
+			timeout = due;
+		due = watchdog(b);
 		if (due >= 0 && (timeout < 0 || due < timeout))
 			timeout = due;
 		publish(b, timeout != 0);
