@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -728,6 +729,86 @@ TEST_F_TIMEOUT(load, hung_helper_killed_by_the_watchdog, 60)
 	ferry_broker_stats(b, &st);
 	EXPECT_EQ(1, st.helper_timeouts);
 	EXPECT_EQ(1, st.helper_restarts);
+	ferry_broker_stop(b);
+}
+
+#define THREADS 8
+#define THREAD_CALLS 400
+
+struct thread_arg { struct ferry_child *c; unsigned int id; int result; };
+
+/* One thread of a service: its own buffers, calls checked byte for byte. */
+static void *caller_thread(void *p)
+{
+	struct thread_arg *t = p;
+	uint64_t seed = 0x51ed270b27ULL * (t->id + 1);
+	struct buf b = { .in = ferry_malloc(t->c, 512), .out = ferry_malloc(t->c, 512) };
+	struct ferry_desc d, rep;
+
+	t->result = 0;
+	if (!b.in || !b.out) {
+		t->result = 40;
+		return NULL;
+	}
+	for (unsigned int k = 0; k < THREAD_CALLS; k++) {
+		fill(&b, &seed, 512);
+		req_of(t->c, &b, ((uint64_t)t->id << 32) | k, &d);
+		if (ferry_call(t->c, &d, &rep) || rep.tag != d.tag || !verify(t->c, &b, &rep)) {
+			t->result = 41;
+			return NULL;
+		}
+	}
+	return NULL;
+}
+
+/* Exit status: 0, or what went wrong. */
+static int threads_body(struct ferry_child *c, void *arg)
+{
+	struct thread_arg t[THREADS];
+	pthread_t th[THREADS];
+	struct timespec t0, t1;
+	int n = 200000;
+
+	(void)arg;
+	for (unsigned int i = 0; i < THREADS; i++) {
+		t[i] = (struct thread_arg){ .c = c, .id = i };
+		if (pthread_create(&th[i], NULL, caller_thread, &t[i]))
+			return 42;
+	}
+	for (unsigned int i = 0; i < THREADS; i++) {
+		pthread_join(th[i], NULL);
+		if (t[i].result)
+			return t[i].result;
+	}
+	if (ferry_outstanding(c) != 0)
+		return 43;
+	/* What the sharing costs a lone thread: the lock, taken once per
+	 * request and once per reply (ferry_outstanding takes it once). */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < n; i++)
+		if (ferry_outstanding(c))
+			return 44;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	printf("# shared child handle: the lock, uncontended: %.1f ns per request "
+	       "(two takes)\n", 2 * ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / n);
+	fflush(stdout);
+	return 0;
+}
+
+/* A child handle shared by 8 threads: every call gets its own reply. */
+TEST_F_TIMEOUT(load, eight_threads_share_a_child_handle, 120)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 2, 2, NULL);
+	o.child_fn = threads_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 100LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(2ULL * THREADS * THREAD_CALLS, st.replies);
+	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
 }
 

@@ -357,8 +357,14 @@ void ferry_free(struct ferry_child *c, void *p);
 uint64_t ferry_offset(const struct ferry_child *c, const void *p);
 void *ferry_ptr(const struct ferry_child *c, uint64_t off);
 /*
- * Send @req and wait for its reply.  -EBUSY when asynchronous requests are
- * outstanding; -EPIPE and friends come back in rep->status.
+ * A child handle may be shared by the threads of a service: calls,
+ * submits and completions are safe from any of them and mix freely (each
+ * call gets its own reply; ferry_complete() gets replies of submitted
+ * requests only).  Tags with both top bits set (>> 62 == 3) are ferry's
+ * own: ferry_submit() refuses them (-EINVAL).
+ *
+ * Send @req and wait for its reply; -EPIPE and friends come back in
+ * rep->status.  -EAGAIN when the window is full.
  */
 int ferry_call(struct ferry_child *c, const struct ferry_desc *req, struct ferry_desc *rep);
 /*

@@ -132,9 +132,12 @@ int ferry_child_init(struct ferry_child *c, int ctl, bool attached)
 	if (c->window > m.nslots)
 		c->window = m.nslots;
 	pthread_mutex_init(&c->heap_lock, NULL);
+	pthread_mutex_init(&c->io_lock, NULL);
+	pthread_cond_init(&c->io_cond, NULL);
 	c->stash = calloc(c->window, sizeof(*c->stash));
 	c->late = calloc(c->window, sizeof(*c->late));
-	if (!c->stash || !c->late) {
+	c->waiter = calloc(c->window, sizeof(*c->waiter));
+	if (!c->stash || !c->late || !c->waiter) {
 		ferry_child_fini(c);
 		return -ENOMEM;
 	}
@@ -149,6 +152,7 @@ void ferry_child_fini(struct ferry_child *c)
 		close(c->pool_fd);
 	free(c->stash);
 	free(c->late);
+	free(c->waiter);
 	ferry_region_close(c->region);
 	ferry_rctx_close(c->rc);
 	for (int d = 0; d < 2; d++)
@@ -157,6 +161,8 @@ void ferry_child_fini(struct ferry_child *c)
 	if (c->ctl >= 0)
 		close(c->ctl);
 	pthread_mutex_destroy(&c->heap_lock);
+	pthread_mutex_destroy(&c->io_lock);
+	pthread_cond_destroy(&c->io_cond);
 }
 
 _Noreturn void ferry_child_main(struct ferry_broker *b, unsigned int i, int ctl)
@@ -222,27 +228,9 @@ void *ferry_ptr(const struct ferry_child *c, uint64_t off)
 	return (uint8_t *)c->base + off;
 }
 
-unsigned int ferry_outstanding(const struct ferry_child *c)
-{
-	return c->outstanding;
-}
-
 unsigned int ferry_window(const struct ferry_child *c)
 {
 	return c->window;
-}
-
-int ferry_submit(struct ferry_child *c, const struct ferry_desc *req)
-{
-	int err;
-
-	if (c->outstanding >= c->window)
-		return -EAGAIN;
-	err = ferry_chan_send(&c->ch, req);
-	if (err)
-		return err;
-	c->outstanding++;
-	return 0;
 }
 
 /* Attached services have no PDEATHSIG: notice the broker hanging up. */
@@ -277,96 +265,3 @@ int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t time
 	return err;
 }
 
-bool ferry_child_drop_late(struct ferry_child *c, const struct ferry_desc *rep)
-{
-	for (unsigned int i = 0; i < c->nlate; i++) {
-		if (c->late[i] == rep->tag) {
-			c->late[i] = c->late[--c->nlate];
-			c->outstanding--;
-			return true;
-		}
-	}
-	return false;
-}
-
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* The next reply the caller waits for: late ones are dropped on the way. */
-static int recv_live(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns)
-{
-	uint64_t end = timeout_ns < 0 ? UINT64_MAX : mono_ns() + (uint64_t)timeout_ns;
-
-	for (;;) {
-		int64_t left = -1;
-		int err;
-
-		if (end != UINT64_MAX) {
-			uint64_t now = mono_ns();
-
-			left = now >= end ? 0 : (int64_t)(end - now);
-		}
-		err = ferry_child_recv(c, rep, left);
-		if (err || !ferry_child_drop_late(c, rep))
-			return err;
-	}
-}
-
-int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns)
-{
-	int err;
-
-	if (c->outstanding <= c->nlate)
-		return -ENOENT;
-	if (c->nstash) {
-		*rep = c->stash[0];
-		memmove(c->stash, c->stash + 1, --c->nstash * sizeof(*c->stash));
-		c->outstanding--;
-		return 0;
-	}
-	err = recv_live(c, rep, timeout_ns);
-	if (err == 0)
-		c->outstanding--;
-	return err;
-}
-
-int ferry_call(struct ferry_child *c, const struct ferry_desc *req, struct ferry_desc *rep)
-{
-	return ferry_call_timeout(c, req, rep, -1);
-}
-
-/*
- * A call under an internal tag, so that its reply, if it comes after the
- * deadline, can be told from any later request's and dropped.
- */
-int ferry_call_timeout(struct ferry_child *c, const struct ferry_desc *req,
-		       struct ferry_desc *rep, int64_t timeout_ns)
-{
-	struct ferry_desc d = *req;
-	uint64_t tag = (3ull << 62) | ++c->internal_seq;
-	int err;
-
-	if (c->outstanding > c->nlate)
-		return -EBUSY;
-	d.tag = tag;
-	err = ferry_submit(c, &d);
-	if (err)
-		return err;
-	err = recv_live(c, rep, timeout_ns);
-	if (err == -ETIMEDOUT) {
-		c->late[c->nlate++] = tag;	/* still outstanding: window - 1 max */
-		return err;
-	}
-	if (err)
-		return err;
-	c->outstanding--;
-	if (rep->tag != tag)
-		return -EPROTO;		/* the broker answered something else */
-	rep->tag = req->tag;
-	return 0;
-}

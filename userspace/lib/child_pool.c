@@ -38,33 +38,15 @@ int ferry_child_pool(struct ferry_child *c, struct ferry_pool **out)
 	return 0;
 }
 
-/* Send @d (an internal op) and wait for its answer, keeping other replies. */
+/* Send @d (an internal op) and wait for its answer. */
 static int pool_call(struct ferry_child *c, struct ferry_desc *d)
 {
-	uint64_t tag = (1ull << 63) | ++c->internal_seq;
-	struct ferry_desc rep;
 	int err;
 
 	if (!c->pool_ref.kind)
 		return -ENOENT;
-	d->tag = tag;
-	err = ferry_submit(c, d);
-	if (err)
-		return err;
-	for (;;) {
-		err = ferry_child_recv(c, &rep, -1);
-		if (err)
-			return err;	/* the broker is gone: nothing to balance */
-		if (rep.op == d->op && rep.tag == tag)
-			break;
-		if (ferry_child_drop_late(c, &rep))
-			continue;
-		/* Room: at most window - 1 other requests are outstanding. */
-		c->stash[c->nstash++] = rep;
-	}
-	c->outstanding--;
-	*d = rep;
-	return rep.status;
+	err = ferry_child_call_internal(c, d, -1);
+	return err ? err : d->status;
 }
 
 int ferry_child_pool_alloc(struct ferry_child *c, size_t n, uint64_t *off)

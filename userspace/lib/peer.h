@@ -22,26 +22,42 @@ struct ferry_child {
 	uint64_t heap_off;
 	struct ferry_chan ch;
 	int efd[2];
-	unsigned int window, outstanding;
+	unsigned int window;
 	pthread_mutex_t heap_lock;
+	/*
+	 * Requests and replies (child_calls.c), shared by the threads of a
+	 * service: everything below is under io_lock; one thread at a time
+	 * (@receiving) reads the channel and hands each reply to whoever
+	 * waits for it.
+	 */
+	pthread_mutex_t io_lock;
+	pthread_cond_t io_cond;
+	bool receiving;
+	unsigned int outstanding;	/* sent, reply not yet taken or dropped */
 	/* the broker's pool (child_pool.c): described at setup, imported on use */
 	struct ferry_pool_ref pool_ref;	/* kind 0: none */
 	int pool_fd;
 	struct ferry_pool *pool;
 	uint64_t internal_seq;
-	/* replies that came while a pool call waited for its own: FIFO */
+	/* replies to ferry_submit()ed requests, for ferry_complete(): FIFO */
 	struct ferry_desc *stash;
 	unsigned int nstash;
 	/* tags of calls that timed out (ferry_call_timeout): their replies,
 	 * when they come, are dropped; each holds a place in the window */
 	uint64_t *late;
 	unsigned int nlate;
+	/* calls waiting for their reply, by internal tag (window at most) */
+	struct ferry_waiter { uint64_t tag; bool used, done; struct ferry_desc rep; } *waiter;
+	unsigned int nwaiters;		/* used entries */
 };
 
 /* child.c: the next reply from the broker (no bookkeeping). */
 int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns);
-/* child.c: @rep answers a call that timed out: forget it (true), or not. */
-bool ferry_child_drop_late(struct ferry_child *c, const struct ferry_desc *rep);
+/*
+ * child_calls.c: send @d under an internal tag and wait for its reply,
+ * into @d: 0 (the reply's status is in d->status) or -errno.
+ */
+int ferry_child_call_internal(struct ferry_child *c, struct ferry_desc *d, int64_t timeout_ns);
 
 struct hregion {
 	struct ferry_region *r;
