@@ -17,6 +17,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -810,6 +812,33 @@ TEST_F_TIMEOUT(load, eight_threads_share_a_child_handle, 120)
 	EXPECT_EQ(2ULL * THREADS * THREAD_CALLS, st.replies);
 	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
+}
+
+/* A socket that takes connections and never answers: attach times out. */
+TEST(attach_to_a_silent_broker_times_out)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct ferry_child *c = NULL;
+	struct timespec t0, t1;
+	double secs;
+	int fd;
+
+	snprintf(a.sun_path, sizeof(a.sun_path), "/tmp/ferry-silent-%d", getpid());
+	unlink(a.sun_path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, bind(fd, (struct sockaddr *)&a, sizeof(a)));
+	ASSERT_EQ(0, listen(fd, 4));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	EXPECT_EQ(-ETIMEDOUT, ferry_attach_timeout(a.sun_path, 200 * 1000000LL, &c));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	EXPECT_LE(0.15, secs);
+	EXPECT_GE(10.0, secs);
+	EXPECT_EQ(NULL, c);
+	EXPECT_EQ(-EINVAL, ferry_attach_timeout(a.sun_path, 0, &c));
+	close(fd);
+	unlink(a.sun_path);
 }
 
 static int init_fails(struct ferry_helper *h, void *arg)

@@ -401,8 +401,14 @@ int ferry_child_pool_alloc(struct ferry_child *c, size_t n, uint64_t *off);
 int ferry_child_pool_free(struct ferry_child *c, uint64_t off);
 int ferry_child_pool_put(struct ferry_child *c, const void *src, size_t n, uint64_t *off);
 
-/* Attach to a running broker's socket as a service; ferry_detach() ends it. */
+/*
+ * Attach to a running broker's socket as a service; ferry_detach() ends
+ * it.  -ETIMEDOUT when the broker has not answered within
+ * FERRY_ATTACH_TIMEOUT_NS (ferry_attach) or @timeout_ns (<0: forever).
+ */
+#define FERRY_ATTACH_TIMEOUT_NS (30LL * 1000000000)
 int ferry_attach(const char *path, struct ferry_child **out);
+int ferry_attach_timeout(const char *path, int64_t timeout_ns, struct ferry_child **out);
 void ferry_detach(struct ferry_child *c);
 
 /* --- in a helper --- */

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -167,16 +168,34 @@ void ferry_attach_accept(struct ferry_broker *b)
 	}
 }
 
-int ferry_attach(const char *path, struct ferry_child **out)
+/*
+ * The broker answers HELLO from its dispatch thread; a broker that never
+ * does (wedged, stopped with SIGSTOP) must not hang the service: the
+ * setup's reads time out (SO_RCVTIMEO), and the socket blocks again
+ * afterwards, as a child's control socket does.
+ */
+int ferry_attach_timeout(const char *path, int64_t timeout_ns, struct ferry_child **out)
 {
+	struct timeval tv = { 0 };
 	struct ferry_child *c;
 	int fd, err;
 
-	if (!out)
+	if (!out || timeout_ns == 0)
 		return -EINVAL;
 	fd = ferry_unix_connect(path);
 	if (fd < 0)
 		return fd;
+	if (timeout_ns > 0) {
+		tv.tv_sec = (time_t)(timeout_ns / 1000000000);
+		tv.tv_usec = (suseconds_t)(timeout_ns % 1000000000 / 1000);
+		if (!tv.tv_sec && !tv.tv_usec)
+			tv.tv_usec = 1;
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv))) {
+			err = -errno;
+			close(fd);
+			return err;
+		}
+	}
 	c = malloc(sizeof(*c));
 	if (!c) {
 		close(fd);
@@ -186,10 +205,17 @@ int ferry_attach(const char *path, struct ferry_child **out)
 	if (err) {
 		close(fd);
 		free(c);
-		return err;
+		return err == -EAGAIN ? -ETIMEDOUT : err;
 	}
+	tv = (struct timeval){ 0 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	*out = c;
 	return 0;
+}
+
+int ferry_attach(const char *path, struct ferry_child **out)
+{
+	return ferry_attach_timeout(path, FERRY_ATTACH_TIMEOUT_NS, out);
 }
 
 void ferry_detach(struct ferry_child *c)
