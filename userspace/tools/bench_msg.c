@@ -7,7 +7,8 @@
  *   pair    two processes over one ferry channel, against a pipe pair
  *   agg     C children x H helpers, asynchronous windows: round trips/s
  * ferry-bench msg --scale: the broker's CPU per request with 4, 16, 64 and
- * 256 children, against 4.  The last line is key=value pairs.
+ * 256 children (--scale-max 1024 or 4096 adds those), against 4.  The
+ * last line is key=value pairs.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -35,6 +36,7 @@ struct msg_opts {
 	double seconds;			/* latency runs: at most; steady windows: exactly */
 	uint64_t spin_ns;		/* UINT64_MAX: the library's */
 	bool scale, agg;
+	unsigned int scale_max;	/* --scale: the largest child count */
 	const char *plot;
 };
 
@@ -282,12 +284,16 @@ static int plot_latency(const char *path, const struct bench_lat *l[4])
  */
 static int run_scale(const struct msg_opts *o)
 {
-	static const unsigned int counts[] = { 4, 16, 64, 256 };
-	uint64_t cost[4][MAX_ROUNDS], wakes[4][MAX_ROUNDS];	/* ps, per mille */
-	double med[4], rps[4] = { 0 };
+	static const unsigned int counts[] = { 4, 16, 64, 256, 1024, 4096 };
+	enum { NC = sizeof(counts) / sizeof(counts[0]) };
+	uint64_t cost[NC][MAX_ROUNDS], wakes[NC][MAX_ROUNDS];	/* ps, per mille */
+	double med[NC], rps[NC] = { 0 };
+	int n = 0;
 
+	while (n < NC && counts[n] <= o->scale_max)
+		n++;
 	for (unsigned int r = 0; r < o->rounds; r++) {
-		for (int k = 0; k < 4; k++) {
+		for (int k = 0; k < n; k++) {
 			struct steady s;
 			int err = broker_steady(o, counts[k], 4, &s);
 
@@ -301,16 +307,18 @@ static int run_scale(const struct msg_opts *o)
 			rps[k] += s.rps / o->rounds;
 		}
 	}
-	for (int k = 0; k < 4; k++) {
+	for (int k = 0; k < n; k++) {
 		med[k] = bench_pct_ns(cost[k], o->rounds, 50) / 1000;
-		printf("broker CPU per request, %3u children x 4 helpers  %7.0f ns  (%.2fx of 4 "
+		printf("broker CPU per request, %4u children x 4 helpers  %7.0f ns  (%.2fx of 4 "
 		       "children; %.2f wakes/reply, %.0f round trips/s)\n", counts[k], med[k],
 		       med[k] / med[0], bench_pct_ns(wakes[k], o->rounds, 50) / 1000, rps[k]);
 	}
-	printf("bench=msg-scale cost_4_ns=%.0f cost_16_ns=%.0f cost_64_ns=%.0f cost_256_ns=%.0f "
-	       "cost_ratio_16_vs_4=%.2f cost_ratio_64_vs_4=%.2f cost_ratio_256_vs_4=%.2f "
-	       "rounds=%u\n", med[0], med[1], med[2], med[3], med[1] / med[0], med[2] / med[0],
-	       med[3] / med[0], o->rounds);
+	printf("bench=msg-scale");
+	for (int k = 0; k < n; k++)
+		printf(" cost_%u_ns=%.0f", counts[k], med[k]);
+	for (int k = 1; k < n; k++)
+		printf(" cost_ratio_%u_vs_4=%.2f", counts[k], med[k] / med[0]);
+	printf(" rounds=%u\n", o->rounds);
 	return 0;
 }
 
@@ -400,6 +408,7 @@ static void msg_usage(FILE *f)
 		"  --agg CxH        children x helpers of the aggregate run (default 32x4)\n"
 		"  --no-agg         skip the aggregate run\n"
 		"  --scale          only the broker's CPU per request at 4, 16, 64, 256 children\n"
+		"  --scale-max N    --scale up to N children: 256 (default), 1024 or 4096\n"
 		"  --rounds R       --scale: medians over R rounds of every count (default 3)\n"
 		"  --plot F         draw the round-trip distributions into F (.png or .svg)\n"
 		"  --help           this text\n"
@@ -427,7 +436,7 @@ int ferry_bench_msg(int argc, char **argv)
 {
 	struct msg_opts o = {
 		.n = 20000, .children = 1, .helpers = 1, .agg_children = 32, .agg_helpers = 4,
-		.spin_ns = UINT64_MAX, .agg = true, .rounds = 3,
+		.spin_ns = UINT64_MAX, .agg = true, .rounds = 3, .scale_max = 256,
 	};
 	static const struct option longs[] = {
 		{ "seconds", required_argument, NULL, 't' },
@@ -440,6 +449,7 @@ int ferry_bench_msg(int argc, char **argv)
 		{ "agg", required_argument, NULL, 'A' },
 		{ "no-agg", no_argument, NULL, 'N' },
 		{ "scale", no_argument, NULL, 's' },
+		{ "scale-max", required_argument, NULL, 'M' },
 		{ "rounds", required_argument, NULL, 'R' },
 		{ "plot", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'H' },
@@ -479,6 +489,13 @@ int ferry_bench_msg(int argc, char **argv)
 			break;
 		case 'N': o.agg = false; break;
 		case 's': o.scale = true; break;
+		case 'M':
+			o.scale_max = (unsigned int)strtoul(optarg, NULL, 0);
+			if (o.scale_max < 256 || o.scale_max > 4096) {
+				fprintf(stderr, "ferry-bench msg: --scale-max wants 256..4096\n");
+				return 2;
+			}
+			break;
 		case 'R':
 			bad = parse_uint(optarg, 1, MAX_ROUNDS, &o.rounds) ? "--rounds" : NULL;
 			break;
