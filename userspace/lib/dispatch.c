@@ -489,6 +489,8 @@ static bool helper_said_ready(int sock)
 	return false;
 }
 
+static void start_helper_now(struct ferry_broker *b, uint32_t h);
+
 static void restart_helper(struct ferry_broker *b, uint32_t h)
 {
 	struct bhelper *hp = &b->helper[h];
@@ -506,6 +508,11 @@ static void restart_helper(struct ferry_broker *b, uint32_t h)
 		b->st.helper_backoffs++;
 		return;
 	}
+	start_helper_now(b, h);
+}
+
+static void start_helper_now(struct ferry_broker *b, uint32_t h)
+{
 	if (ferry_helper_start(b, h) == 0) {
 		b->st.helper_restarts++;
 	} else if (b->helper[h].pid > 0) {
@@ -533,14 +540,7 @@ static int64_t restart_due(struct ferry_broker *b)
 		if (hp->restart_ns <= now) {
 			hp->restart_pending = false;
 			b->restarts_pending--;
-			if (ferry_helper_start(b, h) == 0) {
-				b->st.helper_restarts++;
-			} else if (b->helper[h].pid > 0) {
-				ferry_pidfd_kill(b->helper[h].pidfd, SIGKILL);
-			} else {
-				b->helper[h].quick_deaths++;
-				restart_helper(b, h);
-			}
+			start_helper_now(b, h);
 		}
 		if (hp->restart_pending && hp->restart_ns < next)
 			next = hp->restart_ns;
