@@ -87,6 +87,10 @@ fi
 # GPU cases skip, each with its reason, where there is no GPU.
 if ls build/tests/gpu/* >/dev/null 2>&1; then
 	tally "GPU pools (host)" tap build/tests/gpu/*
+	# The helper cases again on the fake driver (one GPU, VMM pools as
+	# memfds), so that their broker paths run on every machine.
+	FERRY_CUDA_LIB="$repo/build/tests/fixtures/libfakecuda.so" FERRY_FAKE_GPUS=1 \
+		tally "GPU helpers on the fake CUDA driver (host)" tap build/tests/gpu/helper
 fi
 tally "libferry under ASan+UBSan and TSan (host)" "$here/sanitize-test.sh"
 tally "libFuzzer harnesses, 10 s each (host)" "$here/fuzz-test.sh" 10

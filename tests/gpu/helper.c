@@ -269,10 +269,10 @@ static int watcher(struct ferry_child *c, void *arg)
 	int tries;
 
 	if (ferry_child_index(c) != 0) {
-		if (ask(c, &rep) || !rep.arg[0])
-			return 10;	/* pinned while alive */
-		atomic_fetch_add(&p->others_done, 1);
-		return 0;
+		int bad = ask(c, &rep) || !rep.arg[0];	/* pinned while alive */
+
+		atomic_fetch_add(&p->others_done, 1);	/* done either way: nobody waits */
+		return bad ? 10 : 0;
 	}
 	while (atomic_load(&p->others_done) < 2)
 		usleep(1000);
@@ -393,9 +393,8 @@ static int pool_copy(struct ferry_child *c, struct ferry_cuda *cu, struct ferry_
  * After the helper that made the pool is killed, its replacement copies
  * the same block: the pool outlived its maker.
  */
-static int pool_user(struct ferry_child *c, void *arg)
+static int pool_user_steps(struct ferry_child *c, struct pool_plan *pp)
 {
-	struct pool_plan *pp = arg;
 	const size_t n = 3u << 20;
 	uint8_t *want = malloc(n), *got = malloc(n);
 	struct ferry_pool *p;
@@ -420,8 +419,11 @@ static int pool_user(struct ferry_child *c, void *arg)
 		atomic_fetch_add(&pp->others_done, 1);
 		return 0;
 	}
-	while (atomic_load(&pp->others_done) != 2)	/* none mid-request at the kill */
+	/* None mid-request at the kill; a failed one ends the wait. */
+	while (atomic_load(&pp->others_done) != 2 && atomic_load(&pp->phase) >= 0)
 		usleep(1000);
+	if (atomic_load(&pp->phase) < 0)
+		return 0;
 	atomic_store(&pp->phase, 1);
 	while (atomic_load(&pp->phase) != 2)
 		usleep(1000);
@@ -434,6 +436,17 @@ static int pool_user(struct ferry_child *c, void *arg)
 		usleep(10000);
 	}
 	return 7;
+}
+
+/* A child that fails says so in the phase (-its step), so nobody waits for it. */
+static int pool_user(struct ferry_child *c, void *arg)
+{
+	struct pool_plan *pp = arg;
+	int step = pool_user_steps(c, pp);
+
+	if (step)
+		atomic_store(&pp->phase, -step);
+	return step;
 }
 
 TEST(gpu_pool_both_ways_outlives_its_maker)
@@ -452,9 +465,9 @@ TEST(gpu_pool_both_ways_outlives_its_maker)
 	o.child_arg = pp;
 	o.pool_size = 64u << 20;
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
-	for (int t = 0; t < 60000 && atomic_load(&pp->phase) != 1; t++)
+	for (int t = 0; t < 60000 && atomic_load(&pp->phase) == 0; t++)
 		usleep(1000);
-	ASSERT_EQ(1, atomic_load(&pp->phase));
+	ASSERT_EQ(1, atomic_load(&pp->phase)) TH_LOG("a child failed at step %d", -atomic_load(&pp->phase));
 	maker = ferry_broker_helper_pid(b, 0);
 	ASSERT_EQ(0, kill(maker, SIGKILL));
 	atomic_store(&pp->phase, 2);

@@ -96,6 +96,13 @@ int ferry_child_pool_put(struct ferry_child *c, const void *src, size_t n, uint6
 			err = ferry_cuda_use_device(cu, c->pool_ref.device);
 		if (!err)
 			err = ferry_cuda_errno(cu->cuMemcpyHtoD((CUdeviceptr)addr, src, n));
+		/*
+		 * From pageable memory the copy returns once the bytes are
+		 * staged, before they reach the device; a helper in another
+		 * context that reads the block next would see old bytes.
+		 */
+		if (!err)
+			err = ferry_cuda_errno(cu->cuCtxSynchronize());
 	}
 	if (err)
 		ferry_child_pool_free(c, *off);
