@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ferry.h"
@@ -111,6 +112,52 @@ TEST_F_TIMEOUT(fake, every_child_served_on_its_gpu, 120)
 	EXPECT_EQ((uint64_t)children * CALLS, st.replies);
 	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
+}
+
+/* Pinned to fewer helpers than GPUs: refused, nothing left running. */
+TEST_F(fake, exact_helpers_too_few_refused)
+{
+	struct shape s = { variant->gpus, variant->helpers };
+	struct ferry_broker_opts o;
+	struct ferry_broker *b = NULL;
+	unsigned int started;
+	int err;
+
+	if (use_fake_driver(s.gpus))
+		SKIP(return, "no ../fixtures/libfakecuda.so beside this test (make build-tests)");
+	ferry_broker_opts_init(&o);
+	o.children = 2 * s.gpus;
+	o.helpers = s.helpers;
+	o.region_size = 1u << 20;
+	o.handler = who;
+	o.child_fn = child;
+	o.child_arg = &s;
+	o.flags = FERRY_HELPERS_EXACT;
+	err = ferry_broker_start(&o, &b);
+	if (s.helpers < s.gpus) {
+		EXPECT_EQ(-EINVAL, err);
+		EXPECT_EQ(-1, waitpid(-1, NULL, WNOHANG));	/* nothing was forked */
+		EXPECT_EQ(ECHILD, errno);
+		return;
+	}
+	ASSERT_EQ(0, err);
+	EXPECT_EQ(0, ferry_broker_wait(b, 100LL * 1000000000));
+	for (started = 0; ferry_broker_helper_pid(b, started) > 0; started++)
+		;
+	EXPECT_EQ(s.helpers, started);	/* as asked, not raised */
+	ferry_broker_stop(b);
+}
+
+TEST_F(fake, unknown_flags_refused)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b = NULL;
+
+	ferry_broker_opts_init(&o);
+	o.handler = who;
+	o.child_fn = child;
+	o.flags = 1u << 31;
+	EXPECT_EQ(-EINVAL, ferry_broker_start(&o, &b));
 }
 
 TEST_HARNESS_MAIN

@@ -224,7 +224,16 @@ struct ferry_broker_opts {
 	 * -ETIMEDOUT.  Set it well above the longest request you serve.
 	 */
 	uint64_t helper_timeout_ns;
+	/*
+	 * FERRY_HELPERS_EXACT: @helpers is the count to start, never
+	 * raised.  With FERRY_GPU_AUTO and fewer helpers than GPUs the
+	 * children of some GPU would have no helper, so start fails with
+	 * -EINVAL (said on stderr) instead of raising @helpers to the GPU
+	 * count as it does without this flag.
+	 */
+	unsigned int flags;
 };
+#define FERRY_HELPERS_EXACT (1u << 0)
 #define FERRY_CPU_AUTO (-1)
 #define FERRY_CPU_NONE (-2)
 #define FERRY_GPU_AUTO (-1)

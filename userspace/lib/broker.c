@@ -611,7 +611,7 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	    o->window == 0 || o->window > 4096 || o->helper_depth == 0 ||
 	    o->helper_depth > 1024 || o->region_size == 0 || o->children > 65536 ||
 	    o->helpers > 4096 || o->max_attached > 65536 || o->gpu < FERRY_GPU_NONE ||
-	    o->streams == 0 || o->streams > 64)
+	    o->streams == 0 || o->streams > 64 || (o->flags & ~FERRY_HELPERS_EXACT))
 		return -EINVAL;
 	b = calloc(1, sizeof(*b));
 	if (!b)
@@ -644,6 +644,14 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		 * than GPUs the children of a GPU without one were never
 		 * served.  Start one per GPU at least, and say so.
 		 */
+		if (o->gpu == FERRY_GPU_AUTO && b->ngpus > (int)b->o.helpers &&
+		    (o->flags & FERRY_HELPERS_EXACT)) {
+			fprintf(stderr, "ferry: %d GPUs and exactly %u helper(s) asked for: "
+				"the children of %d GPU(s) would have no helper\n",
+				b->ngpus, b->o.helpers, b->ngpus - (int)b->o.helpers);
+			err = -EINVAL;
+			goto fail;
+		}
 		if (o->gpu == FERRY_GPU_AUTO && b->ngpus > (int)b->o.helpers) {
 			fprintf(stderr, "ferry: %d GPUs, %u helper(s) asked for: starting %d, "
 				"one per GPU\n", b->ngpus, b->o.helpers, b->ngpus);
