@@ -3,8 +3,8 @@
  * libFuzzer: the control protocol a peer and the broker speak (setup,
  * attach, pools), fed whatever a hostile or broken peer could send: the
  * input is one SOCK_SEQPACKET message (maybe truncated or oversized) read
- * by ferry_ctl_recv and by the setup a child runs on it, and by the pool
- * receiver.  Nothing may crash, leak an fd or map anything it did not
+ * by ferry_ctl_recv and by the setup a child runs on it, by the helper's
+ * receiver of region batches and by the pool receiver.  Nothing may crash, leak an fd or map anything it did not
  * validate; errors are the only outcome (no fds travel here).
  */
 #include <errno.h>
@@ -56,7 +56,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 				close(pool_fd);
 		}
 	}
-	/* 3: a pool reference. */
+	/* 3: a batch of region announcements, as a helper reads them. */
+	send_input(sv[0], data, len);
+	{
+		static struct ferry_ctl_regions rm;
+		int rfds[FERRY_CTL_BATCH];
+		unsigned int rn = 0;
+
+		if (ferry_ctl_regions_recv(sv[1], &rm, rfds, &rn, MSG_DONTWAIT) == 0)
+			for (unsigned int i = 0; i < rn; i++)
+				close(rfds[i]);
+	}
+	/* 4: a pool reference. */
 	send_input(sv[0], data, len);
 	if (ferry_pool_recv(sv[1], &pool) == 0)
 		ferry_pool_close(pool);

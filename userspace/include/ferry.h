@@ -222,6 +222,9 @@ struct ferry_broker_opts {
 	 * longer than this is taken as hung (a kernel that never ends): it
 	 * is killed and restarted, and every request it held fails back with
 	 * -ETIMEDOUT.  Set it well above the longest request you serve.
+	 * A helper that leaves its control socket full (it does not take
+	 * region announcements) this long is hung too; without a watchdog
+	 * that limit is 30 s.
 	 */
 	uint64_t helper_timeout_ns;
 	/*

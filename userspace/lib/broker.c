@@ -307,8 +307,7 @@ int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd)
 	if (err)
 		return err;
 	for (unsigned int h = 0; h < b->o.helpers; h++)
-		if (b->helper[h].alive)
-			ferry_helper_queue_region(b, h, i, true);
+		ferry_helper_ctl_queue(b, h, i, true);
 	struct ferry_ctl m = { 0 };
 	int pool_fd = ferry_bpool_for_child(b, i, &m);
 
@@ -317,88 +316,17 @@ int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd)
 }
 
 /*
- * Send one control message to helper @hp, never blocking for ever.  The
- * helper reads its socket only when a FERRY_OP_CTRL descriptor reaches it
- * on its channel, so every message's descriptor is queued at once (or
- * owed to the dispatch loop while the ring is full) and, before waiting
- * for room in a full socket, the wakes for them are sent: the helper then
- * drains the socket while we wait.  (Before, start-up announced every
- * child to every helper with blocking sends and no descriptor until the
- * dispatch thread ran: at ~279 children the socket filled and start hung.)
- * A helper that leaves its socket full for HELPER_CTL_TIMEOUT_MS is hung:
- * -ETIMEDOUT, and the caller gives up on it.
+ * FERRY_CTL_SNDBUF=bytes: a smaller send buffer on the broker's end of
+ * each helper's control socket, so that tests fill it with a few
+ * announcements (the default holds about 100 messages of 64 regions).
  */
-#define HELPER_CTL_TIMEOUT_MS 30000	/* a helper's CUDA start-up fits well inside */
-
-static int helper_ctl_send(struct ferry_broker *b, struct bhelper *hp, const struct ferry_ctl *m,
-			   const int *fds, unsigned int nfds)
+static void ctl_sndbuf(int sock)
 {
-	for (;;) {
-		struct pollfd p = { .fd = hp->ctl, .events = POLLOUT };
-		int err = ferry_ctl_send_flags(hp->ctl, m, fds, nfds, MSG_DONTWAIT);
+	const char *env = getenv("FERRY_CTL_SNDBUF");
+	int bytes = env && *env ? atoi(env) : 0;
 
-		if (err != -EAGAIN) {
-			if (!err) {
-				hp->ctl_owed++;
-				ferry_helper_flush_ctl(hp);
-			}
-			return err;
-		}
-		ferry_helper_flush_ctl(hp);
-		ferry_dispatch_flush_wakes(b);
-		err = poll(&p, 1, HELPER_CTL_TIMEOUT_MS);
-		if (err == 0)
-			return -ETIMEDOUT;
-		if (err < 0 && errno != EINTR)
-			return -errno;
-		if (err > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL)))
-			return -EPIPE;
-	}
-}
-
-/*
- * Tell helper @h to map or unmap child region @ci: the message goes on
- * the control socket, its FERRY_OP_CTRL descriptor on the channel, so the
- * helper sees the region before any request that names it.  A helper
- * that cannot take it (dying, hung) is killed: its restart re-adds every
- * region.  0, or the error when @h is hung (-ETIMEDOUT).
- */
-int ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add)
-{
-	struct bhelper *hp = &b->helper[h];
-	struct bchild *c = &b->child[ci];
-	struct ferry_ctl m = {
-		.type = add ? FERRY_CTL_REGION_ADD : FERRY_CTL_REGION_DROP,
-		.index = ci, .backend = ferry_rctx_backend(b->rc),
-		.chan_bytes = b->chan_bytes_child,
-	};
-	unsigned int nfds = 0;
-	int fd = -1, err;
-
-	if (hp->ctl_stuck)
-		return 0;	/* killed; its restart re-adds */
-	if (add) {
-		if (ferry_region_grant(c->chan.region, hp->pidfd,
-				       FERRY_READ | FERRY_WRITE | FERRY_PIN))
-			return 0;	/* the helper is dying; its restart re-adds */
-		ferry_region_ref(c->chan.region, &m.region);
-		if (m.region.fd >= 0) {
-			fd = m.region.fd;
-			m.region.fd = 0;
-			nfds = 1;
-		}
-	} else {
-		m.region.fd = -1;
-	}
-	err = helper_ctl_send(b, hp, &m, &fd, nfds);
-	if (err) {
-		if (err == -ETIMEDOUT)
-			fprintf(stderr, "ferry: helper %u left its control socket full for %d ms: "
-				"killed as hung\n", h, HELPER_CTL_TIMEOUT_MS);
-		hp->ctl_stuck = true;
-		ferry_pidfd_kill(hp->pidfd, SIGKILL);	/* its pidfd fires: restart */
-	}
-	return err == -ETIMEDOUT ? err : 0;
+	if (bytes > 0)
+		setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
 }
 
 int ferry_helper_start(struct ferry_broker *b, unsigned int h)
@@ -410,6 +338,7 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 
 	unsigned int quick = hp->quick_deaths;
 
+	ferry_helper_ctl_reset(b, h);
 	memset(hp, 0, sizeof(*hp));
 	hp->pidfd = hp->ctl = -1;
 	hp->quick_deaths = quick;	/* backoff outlives the incarnation */
@@ -429,6 +358,7 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	hp->pid = pid;
 	hp->ctl = ctl;
 	hp->alive = true;
+	ctl_sndbuf(ctl);
 	err = ferry_region_grant(hp->chan.region, hp->pidfd, FERRY_READ | FERRY_WRITE | FERRY_PIN);
 	if (!err) {
 		struct ferry_ctl m = { 0 };
@@ -445,9 +375,10 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	}
 	if (err)
 		return err;	/* the caller kills what was started */
+	/* Queued only: the dispatch loop sends them (start-up too). */
 	for (unsigned int i = 0; i < b->nslots_total; i++)
 		if (b->child[i].used && b->child[i].alive)
-			ferry_helper_queue_region(b, h, i, true);
+			ferry_helper_ctl_queue(b, h, i, true);
 	return 0;
 }
 
@@ -463,7 +394,7 @@ void ferry_child_reclaim(struct ferry_broker *b, unsigned int i)
 		if (!b->helper[h].alive)
 			continue;
 		ferry_region_revoke(c->chan.region, b->helper[h].pidfd);
-		ferry_helper_queue_region(b, h, i, false);
+		ferry_helper_ctl_queue(b, h, i, false);
 	}
 	if (c->pidfd_armed)
 		ferry_waitset_disarm(b->ws, KEY(KEY_CHILD_PIDFD, i));
@@ -688,8 +619,9 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 	err = ferry_rctx_open(o->backend, &b->rc);
 	if (err)
 		goto fail;
-	/* Sources: a bell + a pidfd/conn per peer, the socket, the stop fd. */
-	err = ferry_waitset_create(2 * (b->nslots_total + b->o.helpers) + 4, false, &b->ws);
+	/* Sources: a bell + a pidfd/conn per peer, a helper's full control
+	 * socket, the listening and stats sockets, the stop fd. */
+	err = ferry_waitset_create(2 * b->nslots_total + 3 * b->o.helpers + 4, false, &b->ws);
 	if (err)
 		goto fail;
 	b->mode = ferry_waitset_mode(b->ws);
@@ -843,6 +775,7 @@ void ferry_broker_stop(struct ferry_broker *b)
 			close(hp->ctl);
 		if (hp->chan.region)
 			ferry_bchan_destroy(&hp->chan);
+		free(hp->outbox);
 	}
 	for (unsigned int i = 0; b->child && i < b->nslots_total; i++) {
 		struct bchild *c = &b->child[i];

@@ -22,7 +22,7 @@
 enum {
 	KEY_CHILD_BELL = 1, KEY_CHILD_PIDFD, KEY_CHILD_CONN,
 	KEY_HELPER_BELL, KEY_HELPER_PIDFD,
-	KEY_LISTEN, KEY_STOP, KEY_STATS,
+	KEY_LISTEN, KEY_STOP, KEY_STATS, KEY_HELPER_CTL,
 };
 #define KEY(kind, i)	(((uint32_t)(kind) << 24) | (uint32_t)(i))
 #define KEY_KIND(k)	((k) >> 24)
@@ -78,8 +78,16 @@ struct bhelper {
 	int ctl;
 	struct bchan chan;
 	unsigned int in_flight;
-	unsigned int ctl_owed;	/* FERRY_OP_CTRL descriptors not yet queued */
-	bool ctl_stuck;		/* left its control socket full too long: dying */
+	/* Region announcements (helper_ctl.c): ops (slot << 1 | add) not yet
+	 * sent, from outhead to nout. */
+	uint32_t *outbox;
+	unsigned int nout, capout, outhead;
+	uint32_t ctl_sent;	/* REGIONS messages sent to this incarnation */
+	uint32_t ctl_marked;	/* ... of them announced by a FERRY_OP_CTRL */
+	bool ctl_poll_armed;	/* its socket is full: POLLOUT armed */
+	uint64_t ctl_blocked_ns;	/* since when its socket refuses (0: it doesn't) */
+	uint64_t ctl_retry_ns;	/* flush again at (0: no timer) */
+	bool ctl_stuck;		/* could not be told: killed, dying */
 	/* Restart backoff: kept across incarnations (ferry_helper_start). */
 	bool ready;		/* its READY (status 0) was read at start */
 	bool timed_out;		/* killed by the watchdog: fail back -ETIMEDOUT */
@@ -207,7 +215,6 @@ int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, u
 void ferry_bchan_destroy(struct bchan *bc);
 int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i);
 int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd);
-int ferry_helper_queue_region(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add);
 int ferry_helper_start(struct ferry_broker *b, unsigned int h);
 void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
 
@@ -215,12 +222,21 @@ void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
 void *ferry_dispatch_main(void *arg);
 /* chan wake_hook: queue a peer's wake for the dispatch loop's next flush. */
 int ferry_dispatch_queue_wake(void *broker, _Atomic uint32_t *word, int n);
-/* Send the wakes queued so far now (before the caller blocks). */
-void ferry_dispatch_flush_wakes(struct ferry_broker *b);
-/* Queue @hp's owed FERRY_OP_CTRL descriptors; false if some remain owed. */
-bool ferry_helper_flush_ctl(struct bhelper *hp);
 /* A newly attached child slot @i: watch its connection and its bell. */
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i);
+
+/* helper_ctl.c: child regions announced to helpers, never blocking */
+/* Queue "map (@add) / unmap child slot @ci" for helper @h (granting it now). */
+int ferry_helper_ctl_queue(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add);
+/* Send what the socket takes and the marker; true when nothing is owed
+ * (only then may requests go to @h). */
+bool ferry_helper_ctl_flush(struct ferry_broker *b, unsigned int h);
+/* Its POLLOUT wait fired. */
+void ferry_helper_ctl_writable(struct ferry_broker *b, unsigned int h);
+/* Retry timers and the hung-socket check: ns until the next, or -1. */
+int64_t ferry_helper_ctl_due(struct ferry_broker *b);
+/* Forget the outbox (the helper is gone or starts again). */
+void ferry_helper_ctl_reset(struct ferry_broker *b, unsigned int h);
 
 /* attach.c */
 int ferry_attach_listen(struct ferry_broker *b);

@@ -147,18 +147,6 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
 	to_child(b, i, &d);
 }
 
-bool ferry_helper_flush_ctl(struct bhelper *hp)
-{
-	struct ferry_desc d = { .op = FERRY_OP_CTRL };
-
-	while (hp->ctl_owed) {
-		if (ferry_chan_send(&hp->chan.ch, &d) < 0)
-			return false;
-		hp->ctl_owed--;
-	}
-	return true;
-}
-
 static void slot_done(struct ferry_broker *b, uint32_t s)
 {
 	struct bslot *sl = &b->slot[s];
@@ -230,7 +218,9 @@ static int32_t pick_helper(struct ferry_broker *b, int gpu)
 
 		if (b->ngpus > 1 && ferry_helper_gpu_of(b, h) != gpu)
 			continue;
-		if (hp->alive && hp->in_flight < b->o.helper_depth && ferry_helper_flush_ctl(hp)) {
+		if (hp->alive && hp->in_flight < b->o.helper_depth &&
+		    (hp->nout == 0 && hp->ctl_marked == hp->ctl_sent ? true :
+		     ferry_helper_ctl_flush(b, h))) {
 			b->rr_helper = (h + 1) % b->o.helpers;
 			return (int32_t)h;
 		}
@@ -572,6 +562,7 @@ static void helper_died(struct ferry_broker *b, uint32_t h)
 		ferry_waitset_disarm(b->ws, KEY(KEY_HELPER_BELL, h));
 	if (hp->pidfd_armed)
 		ferry_waitset_disarm(b->ws, KEY(KEY_HELPER_PIDFD, h));
+	ferry_helper_ctl_reset(b, h);
 	/* Did this incarnation finish its init?  Only then restart at once. */
 	if (hp->ready || helper_said_ready(hp->ctl))
 		hp->quick_deaths = 0;
@@ -673,8 +664,14 @@ static bool service(struct ferry_broker *b)
 {
 	bool any = false;
 
-	for (uint32_t h = 0; h < b->o.helpers; h++)
+	for (uint32_t h = 0; h < b->o.helpers; h++) {
+		struct bhelper *hp = &b->helper[h];
+
 		any |= drain_helper(b, h);
+		/* Announcements first: requests wait for them. */
+		if (hp->alive && (hp->nout || hp->ctl_marked != hp->ctl_sent))
+			ferry_helper_ctl_flush(b, h);
+	}
 	any |= dispatch(b);
 	return any;
 }
@@ -814,6 +811,9 @@ void *ferry_dispatch_main(void *arg)
 		due = watchdog(b);
 		if (due >= 0 && (timeout < 0 || due < timeout))
 			timeout = due;
+		due = ferry_helper_ctl_due(b);
+		if (due >= 0 && (timeout < 0 || due < timeout))
+			timeout = due;
 		publish(b, timeout != 0);
 		n = ferry_waitset_wait(b->ws, keys, sizeof(keys) / sizeof(keys[0]), timeout);
 		if (n < 0 && n != -EINTR)
@@ -843,6 +843,9 @@ void *ferry_dispatch_main(void *arg)
 			case KEY_CHILD_CONN:
 				b->child[idx].conn_armed = false;
 				child_died(b, idx);
+				break;
+			case KEY_HELPER_CTL:
+				ferry_helper_ctl_writable(b, idx);
 				break;
 			case KEY_HELPER_PIDFD:
 				b->helper[idx].pidfd_armed = false;
@@ -893,11 +896,6 @@ static void flush_wakes(struct ferry_broker *b)
 		b->wakes_queued = false;
 		ferry_waitset_flush(b->ws);
 	}
-}
-
-void ferry_dispatch_flush_wakes(struct ferry_broker *b)
-{
-	flush_wakes(b);
 }
 
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i)

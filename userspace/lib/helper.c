@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
  * A helper's end: one channel to the broker, every child region mapped
- * (told by REGION_ADD/REGION_DROP on the control socket, announced in order
- * on the channel by FERRY_OP_CTRL), and the user's handler in a loop.
+ * (told in batches by REGIONS messages on the control socket, announced in
+ * order on the channel by FERRY_OP_CTRL), and the user's handler in a loop.
  * Children's memory is untrusted: requests reach tensor bytes only through
  * ferry_helper_data(), which checks bounds and the child's heap.
  */
@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -25,16 +26,17 @@ static void region_drop(struct ferry_helper *h, uint32_t i)
 	}
 }
 
-static int region_add(struct ferry_helper *h, const struct ferry_ctl *m, int fd)
+static int region_add(struct ferry_helper *h, const struct ferry_ctl_regions *m,
+		      const struct ferry_ctl_region *e, int fd)
 {
-	struct ferry_region_ref ref = m->region;
+	struct ferry_region_ref ref = { .id = e->id, .fd = fd, .size = e->size };
 	struct ferry_region *r;
 	int err;
 
-	if (m->index >= (1u << 24) || m->chan_bytes >= ref.size)
+	if (e->index >= (1u << 24) || m->chan_bytes >= e->size)
 		return -EPROTO;
-	if (m->index >= h->nregions) {
-		unsigned int n = m->index + 16;
+	if (e->index >= h->nregions) {
+		unsigned int n = e->index + 16;
 		struct hregion *t = realloc(h->regions, n * sizeof(*t));
 
 		if (!t)
@@ -43,50 +45,79 @@ static int region_add(struct ferry_helper *h, const struct ferry_ctl *m, int fd)
 		h->regions = t;
 		h->nregions = n;
 	}
-	region_drop(h, m->index);
-	ref.fd = fd;
+	region_drop(h, e->index);
 	err = ferry_region_import(h->rc, &ref, FERRY_READ | FERRY_WRITE, &r);
 	if (err)
 		return err;
-	h->regions[m->index] = (struct hregion){
+	h->regions[e->index] = (struct hregion){
 		.r = r, .base = ferry_region_base(r), .size = ferry_region_size(r),
 		.heap_off = m->chan_bytes,
 	};
-	ferry_hgpu_pin(h, &h->regions[m->index]);
+	ferry_hgpu_pin(h, &h->regions[e->index]);
 	return 0;
 }
 
 /*
- * Apply one control message.  A region whose child died between the
- * broker's REGION_ADD and this import is gone on kmod (-ENOENT): nothing
- * will name it, and its REGION_DROP follows.  Other errors are the
+ * Apply one REGIONS message.  A region whose child died between the
+ * broker's queueing the ADD and this import is gone on kmod (-ENOENT):
+ * nothing will name it, and its DROP follows.  Other errors are the
  * broker's bug, reported.
  */
-static void read_ctl(struct ferry_helper *h)
+static void apply_regions(struct ferry_helper *h, const struct ferry_ctl_regions *m,
+			  const int *fds)
 {
-	struct ferry_ctl m = { 0 };
-	int fds[FERRY_CTL_MAX_FDS];
-	unsigned int nfds = 0;
-	int err = ferry_ctl_recv(h->ctl, &m, fds, &nfds, 0);
+	for (uint32_t k = 0; k < m->count; k++) {
+		const struct ferry_ctl_region *e = &m->r[k];
+		int err = 0;
 
-	if (err == -ECONNRESET) {
-		ferry_hgpu_exit(h);
-		_exit(0);	/* the broker is gone */
+		if (e->op == FERRY_REGION_ADD)
+			err = region_add(h, m, e, e->fd >= 0 ? fds[e->fd] : -1);
+		else
+			region_drop(h, e->index);
+		if (err && err != -ENOENT)
+			fprintf(stderr, "ferry: helper %u: region %u from message %u: %s\n",
+				h->index, e->index, m->seq, strerror(-err));
 	}
-	if (err)
-		goto out;
-	if (m.type == FERRY_CTL_REGION_ADD)
-		err = region_add(h, &m, nfds ? fds[0] : -1);
-	else if (m.type == FERRY_CTL_REGION_DROP)
-		region_drop(h, m.index);
-	else
-		err = -EPROTO;
-out:
-	for (unsigned int i = 0; i < nfds; i++)
-		close(fds[i]);
-	if (err && !(err == -ENOENT && m.type == FERRY_CTL_REGION_ADD))
-		fprintf(stderr, "ferry: helper %u: control message %u (region %u): %s\n", h->index,
-			m.type, m.index, strerror(-err));
+}
+
+/*
+ * Read the control socket: every message up to number @want (the
+ * FERRY_OP_CTRL descriptor's arg[0]: written before it, so the wait is
+ * short), then whatever else is there without waiting.
+ */
+static void read_ctl(struct ferry_helper *h, uint32_t want)
+{
+	for (;;) {
+		bool owed = (int32_t)(want - h->ctl_seq) > 0;
+		struct ferry_ctl_regions m;
+		int fds[FERRY_CTL_BATCH];
+		unsigned int nfds = 0;
+		int err = ferry_ctl_regions_recv(h->ctl, &m, fds, &nfds, owed ? 0 : MSG_DONTWAIT);
+
+		if (err == -EAGAIN || err == -EINTR) {
+			if (owed)
+				continue;
+			return;
+		}
+		if (err == -ECONNRESET) {
+			ferry_hgpu_exit(h);
+			_exit(0);	/* the broker is gone */
+		}
+		if (!err && m.seq != h->ctl_seq + 1)
+			err = -EPROTO;
+		if (err) {
+			/* The broker's bug: we cannot know what we missed. */
+			fprintf(stderr, "ferry: helper %u: control message after %u: %s\n",
+				h->index, h->ctl_seq, strerror(-err));
+			for (unsigned int i = 0; i < nfds; i++)
+				close(fds[i]);
+			_exit(1);
+		}
+		apply_regions(h, &m, fds);
+		for (unsigned int i = 0; i < nfds; i++)
+			close(fds[i]);
+		h->ctl_seq = m.seq;
+	}
 }
 
 /* Send a reply; room is guaranteed by helper_depth, so wait if the broker lags. */
@@ -142,7 +173,7 @@ _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int c
 			_exit(1);
 		}
 		if (req.op == FERRY_OP_CTRL) {
-			read_ctl(&h);
+			read_ctl(&h, (uint32_t)req.arg[0]);
 			continue;
 		}
 		rep = req;

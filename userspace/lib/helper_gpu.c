@@ -7,7 +7,7 @@
  *
  * CUDA is initialised here, in the helper, after fork: the broker never
  * touches it.  Registration happens once per region, when the broker
- * announces it (REGION_ADD), and is undone when the region is dropped
+ * announces it (a REGIONS ADD), and is undone when the region is dropped
  * (child death or exit: the broker drops a region only after every request
  * of it came back, so no copy can still be running) and when the helper
  * exits; if the helper is killed, the driver releases what it held.

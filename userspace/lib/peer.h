@@ -82,6 +82,7 @@ struct ferry_helper {
 	int efd[2];
 	struct hregion *regions;
 	unsigned int nregions;
+	uint32_t ctl_seq;		/* REGIONS messages applied */
 	uint64_t rejected;		/* ferry_helper_data() refusals */
 	const struct ferry_desc *cur;	/* the request being handled */
 	bool deferred_cur;		/* ... and its reply was deferred */

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /* Control messages with fds, over SOCK_SEQPACKET (see proto.h). */
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -47,7 +48,7 @@ int ferry_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned int max,
 		   unsigned int *kept, unsigned int *arrived, int flags)
 {
 	union {
-		char buf[CMSG_SPACE(sizeof(int) * 16)];
+		char buf[CMSG_SPACE(sizeof(int) * FERRY_FDS_MAX)];
 		struct cmsghdr align;
 	} u;
 	struct iovec iov = { .iov_base = buf, .iov_len = len };
@@ -133,5 +134,55 @@ int ferry_ctl_recv(int sock, struct ferry_ctl *m, int *fds, unsigned int *nfds_o
 	}
 	if (nfds_out)
 		*nfds_out = got;
+	return err;
+}
+
+int ferry_ctl_regions_send(int sock, const struct ferry_ctl_regions *m, const int *fds,
+			   unsigned int nfds, int flags)
+{
+	struct ferry_ctl_regions out = *m;
+	ssize_t n;
+
+	if (nfds > FERRY_CTL_BATCH || m->count == 0 || m->count > FERRY_CTL_BATCH)
+		return -EINVAL;
+	out.magic = FERRY_PROTO_MAGIC;
+	out.version = FERRY_PROTO_VERSION;
+	out.type = FERRY_CTL_REGIONS;
+	out.nfds = nfds;
+	n = ferry_send_fds_flags(sock, &out, sizeof(out), fds, nfds, flags);
+	if (n < 0)
+		return (int)n;
+	return n == (ssize_t)sizeof(out) ? 0 : -EIO;
+}
+
+static bool regions_valid(const struct ferry_ctl_regions *m, unsigned int got)
+{
+	if (m->magic != FERRY_PROTO_MAGIC || m->version != FERRY_PROTO_VERSION ||
+	    m->type != FERRY_CTL_REGIONS || m->nfds != got || m->count == 0 ||
+	    m->count > FERRY_CTL_BATCH)
+		return false;
+	for (uint32_t k = 0; k < m->count; k++) {
+		const struct ferry_ctl_region *e = &m->r[k];
+
+		if ((e->op != FERRY_REGION_ADD && e->op != FERRY_REGION_DROP) ||
+		    e->fd < -1 || e->fd >= (int)got || e->reserved)
+			return false;
+	}
+	return true;
+}
+
+int ferry_ctl_regions_recv(int sock, struct ferry_ctl_regions *m, int *fds,
+			   unsigned int *nfds_out, int flags)
+{
+	unsigned int got = 0;
+	int err = ferry_recv_fds(sock, m, sizeof(*m), fds, FERRY_CTL_BATCH, &got, NULL, flags);
+
+	if (!err && !regions_valid(m, got)) {
+		for (unsigned int i = 0; i < got; i++)
+			close(fds[i]);
+		got = 0;
+		err = -EPROTO;
+	}
+	*nfds_out = got;
 	return err;
 }

@@ -15,18 +15,18 @@
 
 /* Internal descriptor ops (users' ops stay below FERRY_OP_FIRST_INTERNAL). */
 #define FERRY_OP_FIRST_INTERNAL	0xff000000u
-#define FERRY_OP_CTRL		0xff000001u	/* helper: read one control message */
+#define FERRY_OP_CTRL		0xff000001u	/* helper: read control messages up to arg[0] */
 #define FERRY_OP_POOL_ALLOC	0xff000002u	/* child -> broker: len bytes of the pool */
 #define FERRY_OP_POOL_FREE	0xff000003u	/* child -> broker: the block at offset */
 
 enum ferry_ctl_type {
 	FERRY_CTL_HELLO = 1,		/* service -> broker: please attach me */
 	FERRY_CTL_SETUP = 2,		/* broker -> peer: your channel (+region) */
-	FERRY_CTL_REGION_ADD = 3,	/* broker -> helper: map region @index */
-	FERRY_CTL_REGION_DROP = 4,	/* broker -> helper: unmap region @index */
+	/* 3, 4: single-region ADD/DROP of protocol 2, replaced by REGIONS. */
 	FERRY_CTL_REFUSED = 5,		/* broker -> service: -errno in @status */
 	FERRY_CTL_POOL = 6,		/* helper -> broker: the pool it made */
 	FERRY_CTL_READY = 7,		/* helper -> broker: init done, -errno in @status */
+	FERRY_CTL_REGIONS = 8,		/* broker -> helper: struct ferry_ctl_regions */
 };
 
 /* SETUP's pool_op: what the peer does about the pool. */
@@ -37,8 +37,9 @@ enum ferry_pool_op {
 };
 
 #define FERRY_PROTO_MAGIC 0x46525259u	/* "FRRY" */
-/* 2: SETUP names a region head the child must map (head_id). */
-#define FERRY_PROTO_VERSION 2
+/* 2: SETUP names a region head the child must map (head_id).
+ * 3: regions are announced to helpers in batches (FERRY_CTL_REGIONS). */
+#define FERRY_PROTO_VERSION 3
 #define FERRY_CTL_MAX_FDS 4
 
 struct ferry_ctl {
@@ -66,6 +67,46 @@ struct ferry_ctl {
 };
 
 /*
+ * Broker -> helper, after SETUP: up to FERRY_CTL_BATCH child regions to map
+ * or unmap, in order, memfds attached (one per ADD on the memfd backend).
+ * Messages are numbered from 1 per helper incarnation; the FERRY_OP_CTRL
+ * descriptor on the helper's channel says (arg[0]) how many have been
+ * written before it, so a helper applies them before any request that
+ * follows.  One message for 64 regions: start-up at 4096 children sends
+ * 64 per helper instead of 4096.
+ */
+#define FERRY_CTL_BATCH 64
+enum ferry_region_op { FERRY_REGION_ADD = 1, FERRY_REGION_DROP = 2 };
+
+struct ferry_ctl_region {
+	uint32_t index;		/* child slot */
+	uint16_t op;		/* enum ferry_region_op */
+	int16_t fd;		/* ADD: index into the message's fds, or -1 (kmod) */
+	uint32_t id;		/* ADD: kmod region id */
+	uint32_t reserved;	/* 0 */
+	uint64_t size;		/* ADD: region bytes */
+};
+
+struct ferry_ctl_regions {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;		/* FERRY_CTL_REGIONS */
+	uint32_t seq;		/* 1, 2, ... */
+	uint32_t count;		/* entries used, 1..FERRY_CTL_BATCH */
+	uint32_t nfds;
+	uint32_t backend;	/* enum ferry_backend */
+	uint64_t chan_bytes;	/* a child region's channel part (its heap follows) */
+	struct ferry_ctl_region r[FERRY_CTL_BATCH];
+};
+
+/* Send / receive one REGIONS message (magic, version, type, nfds filled in
+ * and checked; every entry's op and fd index checked on receive). */
+int ferry_ctl_regions_send(int sock, const struct ferry_ctl_regions *m, const int *fds,
+			   unsigned int nfds, int flags);
+int ferry_ctl_regions_recv(int sock, struct ferry_ctl_regions *m, int *fds,
+			   unsigned int *nfds_out, int flags);
+
+/*
  * One SOCK_SEQPACKET message and its fds (SCM_RIGHTS), the transport under
  * both the control protocol and ferry_pool_send/recv.  Send: bytes sent or
  * -errno (-EINVAL for more than FERRY_FDS_MAX fds).  Receive: 0 when exactly
@@ -75,7 +116,7 @@ struct ferry_ctl {
  * message, -ECONNRESET at end of stream, -errno.  Received fds are
  * close-on-exec.
  */
-#define FERRY_FDS_MAX 4
+#define FERRY_FDS_MAX FERRY_CTL_BATCH
 ssize_t ferry_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned int nfds);
 /* The same with sendmsg @flags added (MSG_DONTWAIT: -EAGAIN when full). */
 ssize_t ferry_send_fds_flags(int sock, const void *buf, size_t len, const int *fds,

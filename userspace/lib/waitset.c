@@ -266,7 +266,7 @@ int ferry_waitset_arm_eventfd(struct ferry_waitset *ws, uint32_t key, int efd)
 	return 0;
 }
 
-int ferry_waitset_arm_poll(struct ferry_waitset *ws, uint32_t key, int fd)
+static int arm_poll_events(struct ferry_waitset *ws, uint32_t key, int fd, unsigned int events)
 {
 	struct io_uring_sqe *sqe;
 	struct ws_src *s;
@@ -277,9 +277,19 @@ int ferry_waitset_arm_poll(struct ferry_waitset *ws, uint32_t key, int fd)
 	r = arm_begin(ws, key, SRC_POLL, &sqe, &s);
 	if (r)
 		return r;
-	io_uring_prep_poll_add(sqe, fd, POLLIN);
+	io_uring_prep_poll_add(sqe, fd, events);
 	io_uring_sqe_set_data64(sqe, src_udata(ws, s));
 	return 0;
+}
+
+int ferry_waitset_arm_poll(struct ferry_waitset *ws, uint32_t key, int fd)
+{
+	return arm_poll_events(ws, key, fd, POLLIN);
+}
+
+int ferry_waitset_arm_poll_out(struct ferry_waitset *ws, uint32_t key, int fd)
+{
+	return arm_poll_events(ws, key, fd, POLLOUT);
 }
 
 int ferry_waitset_disarm(struct ferry_waitset *ws, uint32_t key)

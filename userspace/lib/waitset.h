@@ -70,6 +70,8 @@ int ferry_waitset_arm_futex(struct ferry_waitset *ws, uint32_t key,
 			    _Atomic uint32_t *word, uint32_t val);
 int ferry_waitset_arm_eventfd(struct ferry_waitset *ws, uint32_t key, int efd);
 int ferry_waitset_arm_poll(struct ferry_waitset *ws, uint32_t key, int fd);
+/* The same for POLLOUT: completes when @fd has room (a full socket drained). */
+int ferry_waitset_arm_poll_out(struct ferry_waitset *ws, uint32_t key, int fd);
 /*
  * Cancel an armed key (e.g. its fd is about to close): the key is free at
  * once (it may be armed again right away) and never reports the old wait,

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The broker's control plane to its helpers: child regions announced in
+ * batches over a control socket the broker never blocks on.  These runs
+ * shrink that socket's send buffer (FERRY_CTL_SNDBUF) so that a few
+ * announcements fill it: every flush then meets a full socket and has to
+ * wait for POLLOUT in the dispatch loop, and a helper that stops reading
+ * is found out.  (Start-up hung at 279 children when these sends blocked.)
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ferry.h"
+#include "kselftest_harness.h"
+
+enum { OP_XOR = 1, OP_WHO = 2 };
+
+/* OP_XOR: out[i] = in[i] ^ arg[1], in at offset, out at arg[0]. */
+static int handler(struct ferry_helper *h, const struct ferry_desc *req,
+		   struct ferry_desc *rep, void *arg)
+{
+	(void)arg;
+	if (req->op == OP_WHO) {
+		rep->arg[0] = (uint64_t)getpid();
+		return 0;
+	}
+	if (req->op != OP_XOR)
+		return -EOPNOTSUPP;
+	const uint8_t *in = ferry_helper_data(h, req, req->offset, req->len);
+	uint8_t *out = ferry_helper_data(h, req, req->arg[0], req->len);
+
+	if (!in || !out)
+		return -EFAULT;
+	for (uint64_t i = 0; i < req->len; i++)
+		out[i] = in[i] ^ (uint8_t)req->arg[1];
+	return 0;
+}
+
+#define XOR_CALLS 3
+#define XOR_LEN 512
+
+/* Exit status: 0, or the step that failed. */
+static int xor_body(struct ferry_child *c, void *arg)
+{
+	uint8_t *in = ferry_malloc(c, XOR_LEN), *out = ferry_malloc(c, XOR_LEN);
+
+	(void)arg;
+	if (!in || !out)
+		return 10;
+	for (unsigned int k = 0; k < XOR_CALLS; k++) {
+		uint8_t key = (uint8_t)(ferry_child_index(c) * 7 + k + 1);
+		struct ferry_desc d = {
+			.op = OP_XOR, .tag = k, .offset = ferry_offset(c, in), .len = XOR_LEN,
+			.arg = { ferry_offset(c, out), key },
+		}, rep;
+
+		for (unsigned int i = 0; i < XOR_LEN; i++)
+			in[i] = (uint8_t)(i + ferry_child_index(c));
+		if (ferry_call(c, &d, &rep) || rep.status || rep.tag != k)
+			return 11;
+		for (unsigned int i = 0; i < XOR_LEN; i++)
+			if (out[i] != (uint8_t)(in[i] ^ key))
+				return 12;
+	}
+	return 0;
+}
+
+static void base_opts(struct ferry_broker_opts *o, unsigned int children, unsigned int helpers)
+{
+	ferry_broker_opts_init(o);
+	o->children = children;
+	o->helpers = helpers;
+	o->region_size = 64u << 10;
+	o->window = 2;
+	o->handler = handler;
+	o->child_fn = xor_body;
+}
+
+/* The kernel's floor for SO_SNDBUF: two or three REGIONS messages fit. */
+#define TINY_SNDBUF "4096"
+
+FIXTURE(ctl) {};
+FIXTURE_SETUP(ctl)
+{
+	setenv("FERRY_CTL_SNDBUF", TINY_SNDBUF, 1);
+}
+FIXTURE_TEARDOWN(ctl)
+{
+	unsetenv("FERRY_CTL_SNDBUF");
+}
+
+/*
+ * 600 children (each region 1 ADD and 1 DROP per helper: ~40 messages per
+ * helper through a socket that holds 2 or 3) x 4 helpers: start returns,
+ * every reply is checked, every child exits 0.
+ */
+TEST_F_TIMEOUT(ctl, full_control_sockets_every_child_served, 300)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	base_opts(&o, 600, 4);
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 240LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(600u * XOR_CALLS, st.requests);
+	EXPECT_EQ(st.requests, st.replies);
+	EXPECT_EQ(0, st.bad_desc);
+	EXPECT_EQ(0, st.bad_reply);
+	EXPECT_EQ(0, st.helper_deaths);
+	ferry_broker_stop(b);
+}
+
+/* What the test and the children of the next case share. */
+struct stage {
+	_Atomic int phase;	/* 1: child 0 served; 2: helper stopped; 3: replaced */
+	_Atomic uint64_t first_pid;	/* helper that served child 0 first */
+	_Atomic uint64_t second_pid;
+};
+
+static struct stage *stage;
+
+static bool wait_phase(int want)
+{
+	for (int i = 0; i < 60000 && atomic_load(&stage->phase) < want; i++)
+		usleep(1000);
+	return atomic_load(&stage->phase) >= want;
+}
+
+static int stage_body(struct ferry_child *c, void *arg)
+{
+	struct ferry_desc d = { .op = OP_WHO, .tag = 1 }, rep;
+
+	(void)arg;
+	if (ferry_child_index(c) != 0)
+		return wait_phase(2) ? 0 : 20;	/* their deaths queue DROPs */
+	if (ferry_call(c, &d, &rep) || rep.status)
+		return 21;
+	atomic_store(&stage->first_pid, rep.arg[0]);
+	atomic_store(&stage->phase, 1);
+	if (!wait_phase(3))
+		return 22;
+	d.tag = 2;
+	if (ferry_call(c, &d, &rep) || rep.status || rep.tag != 2)
+		return 23;
+	atomic_store(&stage->second_pid, rep.arg[0]);
+	return 0;
+}
+
+/*
+ * A helper that stops reading its control socket (here: SIGSTOP) while
+ * announcements for it pile up (300 children exit: 300 DROPs) is killed
+ * as hung after opts.helper_timeout_ns, without holding any request, and
+ * its restart serves.  The broker went on meanwhile: every death was
+ * taken, nothing waited on the stopped helper.
+ */
+TEST_F_TIMEOUT(ctl, helper_that_stops_reading_is_replaced, 120)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+	pid_t helper;
+
+	stage = mmap(NULL, sizeof(*stage), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+		     -1, 0);
+	ASSERT_NE(MAP_FAILED, stage);
+	memset(stage, 0, sizeof(*stage));
+	base_opts(&o, 300, 1);
+	o.child_fn = stage_body;
+	o.helper_timeout_ns = 300 * 1000000ULL;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	ASSERT_TRUE(wait_phase(1));
+	helper = ferry_broker_helper_pid(b, 0);
+	ASSERT_EQ((pid_t)atomic_load(&stage->first_pid), helper);
+	ASSERT_EQ(0, kill(helper, SIGSTOP));
+	atomic_store(&stage->phase, 2);
+	for (int i = 0; i < 60000; i++) {
+		ferry_broker_stats(b, &st);
+		if (st.helper_restarts)
+			break;
+		usleep(1000);
+	}
+	EXPECT_EQ(1, st.helper_timeouts);
+	EXPECT_EQ(1, st.helper_restarts);
+	atomic_store(&stage->phase, 3);
+	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_NE(0, atomic_load(&stage->second_pid));
+	EXPECT_NE(atomic_load(&stage->first_pid), atomic_load(&stage->second_pid));
+	EXPECT_EQ(0, st.bad_reply);
+	ferry_broker_stop(b);
+	munmap(stage, sizeof(*stage));
+}
+
+TEST_HARNESS_MAIN
