@@ -473,18 +473,19 @@ static unsigned int fds_open(void)
 }
 
 /*
- * The broker holds, per child slot and per helper, a pidfd and a control
- * socket, plus the region's memfd on the memfd backend and two eventfds
- * in eventfd mode (Debian 12's 6.1 kernel); a helper may add a pool fd.
- * Raise the soft RLIMIT_NOFILE to the hard one (the default soft 1024
+ * The broker holds per forked child a pidfd (its control socket is closed
+ * once SETUP is sent), per attached service its connection, per helper a
+ * pidfd and a control socket; each peer adds its region's memfd on the
+ * memfd backend and two eventfds in eventfd mode (Debian 12's 6.1
+ * kernel); a helper may add a pool fd.  Raise the soft RLIMIT_NOFILE to the hard one (the default soft 1024
  * ran out at ~250 children in eventfd mode), and say so when even that is
  * too few: -EMFILE from start, not a failure half-way through.
  */
 static int fit_nofile(const struct ferry_broker *b)
 {
-	unsigned int per = 2 + (ferry_rctx_backend(b->rc) == FERRY_BACKEND_MEMFD) +
+	unsigned int per = 1 + (ferry_rctx_backend(b->rc) == FERRY_BACKEND_MEMFD) +
 			   2 * (b->mode == FERRY_BELL_EVENTFD);
-	uint64_t need = (uint64_t)(b->nslots_total + b->o.helpers) * per + b->o.helpers +
+	uint64_t need = (uint64_t)(b->nslots_total + b->o.helpers) * per + 2 * b->o.helpers +
 			fds_open() + 16;
 	struct rlimit rl;
 
@@ -528,6 +529,14 @@ static int start_children(struct ferry_broker *b)
 		err = ferry_child_send_setup(b, i, c->pidfd);
 		if (err)
 			return err;
+		/*
+		 * A forked child needs nothing more on it (its death shows on
+		 * the pidfd, the broker's on its PDEATHSIG): closed, so that
+		 * the children forked after it do not each inherit and close
+		 * one more fd.  (Fork cost grows with the broker's fd table.)
+		 */
+		close(c->ctl);
+		c->ctl = -1;
 	}
 	return 0;
 }
