@@ -26,7 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "broker.h"
+#include "broker_internal.h"
 #include "palloc.h"
 
 #define POOL_ALIGN 256		/* what cudaMalloc guarantees */

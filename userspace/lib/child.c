@@ -14,7 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "broker.h"
 #include "peer.h"
 
 static bool valid_setup(const struct ferry_ctl *m)
@@ -165,18 +164,17 @@ void ferry_child_fini(struct ferry_child *c)
 	pthread_cond_destroy(&c->io_cond);
 }
 
-_Noreturn void ferry_child_main(struct ferry_broker *b, unsigned int i, int ctl)
+_Noreturn void ferry_child_main(const struct ferry_peer_cfg *cfg, int ctl)
 {
 	struct ferry_child c;
 	int ret;
 
-	(void)i;
 	ret = ferry_child_init(&c, ctl, false);
 	if (ret) {
-		fprintf(stderr, "ferry: child %u setup failed: %s\n", i, strerror(-ret));
+		fprintf(stderr, "ferry: child %u setup failed: %s\n", cfg->index, strerror(-ret));
 		_exit(126);
 	}
-	ret = b->o.child_fn(&c, b->o.child_arg);
+	ret = cfg->child_fn(&c, cfg->child_arg);
 	ferry_child_fini(&c);
 	fflush(NULL);
 	_exit(ret & 0xff);

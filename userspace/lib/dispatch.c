@@ -31,17 +31,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "broker.h"
+#include "broker_internal.h"
 
 #define NONE UINT32_MAX
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Descriptors waiting from child @i; a corrupt ring counts as none. */
 static uint32_t child_pending(struct ferry_broker *b, uint32_t i)
@@ -300,7 +292,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	b->slot[s] = (struct bslot){
 		.used = true, .gen = b->slot[s].gen, .child = i,
 		.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag, .block = block,
-		.sent_ns = b->o.helper_timeout_ns ? now_ns() : 0,
+		.sent_ns = b->o.helper_timeout_ns ? ferry_now_ns() : 0,
 	};
 	d.region = i;
 	d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
@@ -383,7 +375,7 @@ static void snapshot_locked(struct ferry_broker *b)
  */
 static void publish(struct ferry_broker *b, bool sleeping)
 {
-	uint64_t queued = 0, now = now_ns();
+	uint64_t queued = 0, now = ferry_now_ns();
 
 	if (!sleeping && now - b->snap_ns < 1000000)
 		return;
@@ -449,95 +441,6 @@ static void child_died(struct ferry_broker *b, uint32_t i)
 	/* else: reclaimed by slot_done() when its last request comes back */
 }
 
-/*
- * Restart backoff.  A helper that dies before its init went through (an
- * init that fails, CUDA that cannot start: no READY with status 0 on its
- * control socket) is restarted after 50 ms, doubling up to 5 s while it
- * keeps failing: at most 20 restarts a second, never a fork loop.  One
- * that had started restarts at once.  Requests wait for a live helper
- * meanwhile.
- */
-#define HELPER_BACKOFF_MIN_NS	50000000ull
-#define HELPER_BACKOFF_MAX_NS	5000000000ull
-
-/* A READY with status 0 waits in the helper's control socket. */
-static bool helper_said_ready(int sock)
-{
-	struct ferry_ctl m;
-	int fds[FERRY_CTL_MAX_FDS];
-	unsigned int nfds;
-
-	for (int n = 0; n < 16; n++) {	/* a POOL may come first */
-		nfds = 0;
-		if (ferry_ctl_recv(sock, &m, fds, &nfds, MSG_DONTWAIT))
-			return false;
-		for (unsigned int i = 0; i < nfds; i++)
-			close(fds[i]);
-		if (m.type == FERRY_CTL_READY)
-			return m.status == 0;
-	}
-	return false;
-}
-
-static void start_helper_now(struct ferry_broker *b, uint32_t h);
-
-static void restart_helper(struct ferry_broker *b, uint32_t h)
-{
-	struct bhelper *hp = &b->helper[h];
-	unsigned int q = hp->quick_deaths;
-
-	if (q) {
-		uint64_t delay = q > 8 ? HELPER_BACKOFF_MAX_NS : HELPER_BACKOFF_MIN_NS << (q - 1);
-
-		if (delay > HELPER_BACKOFF_MAX_NS)
-			delay = HELPER_BACKOFF_MAX_NS;
-		if (!hp->restart_pending)
-			b->restarts_pending++;
-		hp->restart_pending = true;
-		hp->restart_ns = now_ns() + delay;
-		b->st.helper_backoffs++;
-		return;
-	}
-	start_helper_now(b, h);
-}
-
-static void start_helper_now(struct ferry_broker *b, uint32_t h)
-{
-	if (ferry_helper_start(b, h) == 0) {
-		b->st.helper_restarts++;
-	} else if (b->helper[h].pid > 0) {
-		/* Half-started: kill it; its pidfd fires and we try again. */
-		ferry_pidfd_kill(b->helper[h].pidfd, SIGKILL);
-	} else {
-		/* Not even forked (out of memory, processes): later. */
-		b->helper[h].quick_deaths++;
-		restart_helper(b, h);
-	}
-}
-
-/* Restart the helpers whose backoff ended; ns until the next one, or -1. */
-static int64_t restart_due(struct ferry_broker *b)
-{
-	uint64_t now = now_ns(), next = UINT64_MAX;
-
-	if (!b->restarts_pending)
-		return -1;
-	for (uint32_t h = 0; h < b->o.helpers; h++) {
-		struct bhelper *hp = &b->helper[h];
-
-		if (!hp->restart_pending)
-			continue;
-		if (hp->restart_ns <= now) {
-			hp->restart_pending = false;
-			b->restarts_pending--;
-			start_helper_now(b, h);
-		}
-		if (hp->restart_pending && hp->restart_ns < next)
-			next = hp->restart_ns;
-	}
-	return next == UINT64_MAX ? -1 : (int64_t)(next > now ? next - now : 0);
-}
-
 static void helper_died(struct ferry_broker *b, uint32_t h)
 {
 	struct bhelper *hp = &b->helper[h];
@@ -564,7 +467,7 @@ static void helper_died(struct ferry_broker *b, uint32_t h)
 		ferry_waitset_disarm(b->ws, KEY(KEY_HELPER_PIDFD, h));
 	ferry_helper_ctl_reset(b, h);
 	/* Did this incarnation finish its init?  Only then restart at once. */
-	if (hp->ready || helper_said_ready(hp->ctl))
+	if (hp->ready || ferry_helper_said_ready(hp->ctl))
 		hp->quick_deaths = 0;
 	else
 		hp->quick_deaths++;
@@ -572,7 +475,7 @@ static void helper_died(struct ferry_broker *b, uint32_t h)
 	close(hp->ctl);
 	hp->pidfd = hp->ctl = -1;
 	ferry_bchan_destroy(&hp->chan);
-	restart_helper(b, h);
+	ferry_helper_restart(b, h);
 }
 
 /*
@@ -695,7 +598,7 @@ static bool spin(struct ferry_broker *b)
 	if (!b->o.spin_ns)
 		return false;
 	pause_ns = !b->oversub ? FERRY_CHAN_PAUSE_NS_DEFAULT : b->st.in_flight ? 3000 : 0;
-	start = now_ns();
+	start = ferry_now_ns();
 	end = start + b->o.spin_ns;
 	do {
 		for (uint32_t h = 0; h < b->o.helpers; h++)
@@ -715,11 +618,11 @@ static bool spin(struct ferry_broker *b)
 			}
 		}
 		/* Past pause_ns, let peers on the same cores run. */
-		if (now_ns() - start >= pause_ns)
+		if (ferry_now_ns() - start >= pause_ns)
 			sched_yield();
 		else
 			__builtin_ia32_pause();
-	} while (now_ns() < end);
+	} while (ferry_now_ns() < end);
 	return false;
 }
 
@@ -740,7 +643,7 @@ static int64_t watchdog(struct ferry_broker *b)
 		return -1;
 	if (every < 1000000)
 		every = 1000000;
-	now = now_ns();
+	now = ferry_now_ns();
 	if (now - b->watch_ns >= every) {
 		b->watch_ns = now;
 		for (uint32_t s = 0; s < b->nslot; s++) {
@@ -800,7 +703,7 @@ void *ferry_dispatch_main(void *arg)
 			continue;
 		busy = 0;
 		/* Before arming: a helper restarted now gets its pidfd armed. */
-		due = b->restarts_pending ? restart_due(b) : -1;
+		due = b->restarts_pending ? ferry_helper_restart_due(b) : -1;
 		if (moved || spin(b)) {
 			timeout = 0;	/* still poll for deaths, don't sleep */
 		} else if (!arm_all(b)) {

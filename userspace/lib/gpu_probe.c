@@ -12,7 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "broker.h"
+#include "broker_internal.h"
 #include "cuda_api.h"
 
 static int pci_node(const char *busid)

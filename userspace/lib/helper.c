@@ -14,7 +14,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "broker.h"
 #include "peer.h"
 
 static void region_drop(struct ferry_helper *h, uint32_t i)
@@ -142,8 +141,9 @@ static int next_request(struct ferry_helper *h, struct ferry_desc *req)
 	return ferry_chan_recv_wait(&h->ch, req, -1, NULL);
 }
 
-_Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int ctl)
+_Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)
 {
+	unsigned int idx = cfg->index;
 	struct ferry_helper h = { .index = idx, .ctl = ctl, .gpu = -1 };
 	struct ferry_ctl m;
 	struct ferry_desc req, rep;
@@ -151,11 +151,11 @@ _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int c
 
 	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd, &pool_fd);
 	if (!err)
-		err = ferry_hgpu_init(&h, b);
+		err = ferry_hgpu_init(&h, cfg);
 	if (!err)
 		err = ferry_hgpu_pool(&h, &m, pool_fd);
-	if (!err && b->o.helper_init)
-		err = b->o.helper_init(&h, b->o.helper_arg);
+	if (!err && cfg->helper_init)
+		err = cfg->helper_init(&h, cfg->helper_arg);
 	/* The broker's start waits for this: a first helper that cannot
 	 * start makes ferry_broker_start() fail with its error. */
 	ferry_ctl_send(ctl, &(struct ferry_ctl){ .type = FERRY_CTL_READY, .index = idx,
@@ -179,7 +179,7 @@ _Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int idx, int c
 		rep = req;
 		h.cur = &req;
 		h.deferred_cur = false;
-		rep.status = b->o.handler(&h, &req, &rep, b->o.helper_arg);
+		rep.status = cfg->handler(&h, &req, &rep, cfg->helper_arg);
 		h.cur = NULL;
 		if (rep.status == FERRY_DEFERRED && h.deferred_cur)
 			continue;	/* ferry_hgpu_poll() sends it */

@@ -30,7 +30,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "broker.h"
+#include "broker_internal.h"
 
 /* A helper that leaves its socket full this long is hung: killed
  * (opts.helper_timeout_ns instead, when set). */
@@ -40,14 +40,6 @@
 #define CTL_RETRY_NS	1000000ull
 
 #define OP_ADD 1u
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void kill_stuck(struct ferry_broker *b, unsigned int h, const char *why)
 {
@@ -150,17 +142,17 @@ bool ferry_helper_ctl_flush(struct ferry_broker *b, unsigned int h)
 			err = ferry_ctl_regions_send(hp->ctl, &m, fds, nfds, MSG_DONTWAIT);
 			if (err == -EAGAIN) {
 				if (!hp->ctl_blocked_ns)
-					hp->ctl_blocked_ns = now_ns();
+					hp->ctl_blocked_ns = ferry_now_ns();
 				if (ferry_waitset_arm_poll_out(b->ws, KEY(KEY_HELPER_CTL, h), hp->ctl))
-					hp->ctl_retry_ns = now_ns() + CTL_RETRY_NS;
+					hp->ctl_retry_ns = ferry_now_ns() + CTL_RETRY_NS;
 				else
 					hp->ctl_poll_armed = true;
 				break;
 			}
 			if (err == -ETOOMANYREFS) {
 				if (!hp->ctl_blocked_ns)
-					hp->ctl_blocked_ns = now_ns();
-				hp->ctl_retry_ns = now_ns() + CTL_RETRY_NS;
+					hp->ctl_blocked_ns = ferry_now_ns();
+				hp->ctl_retry_ns = ferry_now_ns() + CTL_RETRY_NS;
 				break;
 			}
 			if (err) {
@@ -202,7 +194,7 @@ int64_t ferry_helper_ctl_due(struct ferry_broker *b)
 		if (!hp->alive || hp->ctl_stuck || !hp->ctl_blocked_ns)
 			continue;
 		if (!now)
-			now = now_ns();
+			now = ferry_now_ns();
 		if (now - hp->ctl_blocked_ns >= stuck) {
 			char why[96];
 

@@ -18,14 +18,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "broker.h"
 #include "cuda_api.h"
 #include "peer.h"
 
-int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker *b)
+int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_peer_cfg *cfg)
 {
-	const struct ferry_broker_opts *o = &b->o;
-	int gpu = ferry_helper_gpu_of(b, h->index);
+	int gpu = cfg->gpu;
 	struct ferry_cuda *cu;
 	int err;
 
@@ -45,8 +43,8 @@ int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker *b)
 		return err;
 	}
 	h->cu = cu;
-	h->nstreams = o->streams;
-	h->ndefer_max = o->helper_depth;
+	h->nstreams = cfg->streams;
+	h->ndefer_max = cfg->helper_depth;
 	h->streams = calloc(h->nstreams, sizeof(*h->streams));
 	h->defer = calloc(h->ndefer_max, sizeof(*h->defer));
 	if (!h->streams || !h->defer)

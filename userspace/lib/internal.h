@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ferry.h"
@@ -16,6 +17,15 @@ static inline size_t ferry_page_round(size_t n)
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
 
 	return (n + pg - 1) & ~(pg - 1);
+}
+
+/* CLOCK_MONOTONIC in ns: deadlines, timers, backoff. */
+static inline uint64_t ferry_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* region.c */

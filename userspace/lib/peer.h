@@ -9,7 +9,31 @@
 
 #include "chan.h"
 #include "ferry.h"
+#include "internal.h"
 #include "proto.h"
+
+/*
+ * All a forked peer takes from the broker, filled before the fork: the
+ * peer's code (helper.c, helper_gpu.c, child.c) never sees struct
+ * ferry_broker.  Everything else comes over its control socket.
+ */
+struct ferry_peer_cfg {
+	unsigned int index;		/* helper, or child slot */
+	/* a helper's */
+	ferry_handler_fn handler;
+	ferry_helper_init_fn helper_init;
+	void *helper_arg;
+	int gpu;			/* the GPU it serves; -1: a CPU helper */
+	unsigned int streams;		/* CUDA streams it makes */
+	unsigned int helper_depth;	/* requests it may hold at once */
+	/* a child's */
+	ferry_child_fn child_fn;
+	void *child_arg;
+};
+
+/* Bodies of forked peers (helper.c, child.c); they never return. */
+_Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl);
+_Noreturn void ferry_child_main(const struct ferry_peer_cfg *cfg, int ctl);
 
 struct ferry_child {
 	unsigned int index;
@@ -98,8 +122,7 @@ struct ferry_helper {
 };
 
 /* helper_gpu.c */
-struct ferry_broker;
-int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_broker *b);
+int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_peer_cfg *cfg);
 void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_exit(struct ferry_helper *h);

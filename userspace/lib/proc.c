@@ -17,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "broker.h"
+#include "broker_internal.h"
 
 #ifndef __NR_pidfd_open
 #define __NR_pidfd_open 434

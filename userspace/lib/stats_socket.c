@@ -14,7 +14,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "broker.h"
+#include "broker_internal.h"
+#include "unix_socket.h"
 
 #define STATS_MAX 65536		/* one message; helpers past it are left out */
 

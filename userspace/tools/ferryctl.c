@@ -22,8 +22,8 @@
 
 #include <linux/ferry.h>
 
-#include "broker.h"
 #include "ferry.h"
+#include "unix_socket.h"
 
 #define DEBUGFS "/sys/kernel/debug/ferry/"
 

@@ -1,7 +1,12 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* The broker's private state, shared by broker.c, dispatch.c and attach.c. */
-#ifndef FERRY_BROKER_H
-#define FERRY_BROKER_H
+/*
+ * The broker's private state: struct ferry_broker and what its files
+ * (broker, peers, placement, dispatch, helper_ctl, broker_pool, attach,
+ * stats_socket, proc) call of each other.  Forked peers never see it: they
+ * get a struct ferry_peer_cfg (peer.h).  Not for tools or tests.
+ */
+#ifndef FERRY_BROKER_INTERNAL_H
+#define FERRY_BROKER_INTERNAL_H
 
 #include <pthread.h>
 #include <sched.h>
@@ -204,19 +209,38 @@ void ferry_bpool_release(struct ferry_broker *b, unsigned int i, uint64_t block)
 void ferry_bpool_child_gone(struct ferry_broker *b, unsigned int i);
 /* gpu_probe.c: GPUs (0 where none) and their nodes, without CUDA here. */
 int ferry_gpu_probe(int nodes[FERRY_MAX_GPUS]);
+
+/* placement.c */
+unsigned int ferry_cpus_usable(void);
+/* b->dispatch_cpu and b->peer_cpus from opts (and $FERRY_DISPATCH_CPU). */
+int ferry_place_dispatch_cpu(struct ferry_broker *b);
+/* b->ngpus, b->gpu_node, and b->o.helpers raised to one per GPU. */
+int ferry_place_gpus(struct ferry_broker *b);
 /* The GPU helper @h serves and the node its or child @i's memory goes on. */
 int ferry_helper_gpu_of(const struct ferry_broker *b, unsigned int h);
 int ferry_node_of_child(const struct ferry_broker *b, unsigned int i);
 int ferry_node_of_helper(const struct ferry_broker *b, unsigned int h);
 
-/* broker.c */
+/* peers.c */
 int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots,
 		       int node);
 void ferry_bchan_destroy(struct bchan *bc);
 int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i);
 int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd);
+/* Fork every child (start-up); the first error. */
+int ferry_children_start(struct ferry_broker *b);
 int ferry_helper_start(struct ferry_broker *b, unsigned int h);
+/* Every helper's READY at start-up: 0, or the first helper's error. */
+int ferry_helpers_ready(struct ferry_broker *b);
+/* Raise RLIMIT_NOFILE for what the peers need, or -EMFILE (said why). */
+int ferry_peers_fit_nofile(const struct ferry_broker *b);
 void ferry_child_reclaim(struct ferry_broker *b, unsigned int i);
+/* Dead helper @h: start it again, now or after its backoff. */
+void ferry_helper_restart(struct ferry_broker *b, uint32_t h);
+/* Start the helpers whose backoff ended; ns until the next one, or -1. */
+int64_t ferry_helper_restart_due(struct ferry_broker *b);
+/* Its control socket holds a READY with status 0 (its init went through). */
+bool ferry_helper_said_ready(int sock);
 
 /* dispatch.c */
 void *ferry_dispatch_main(void *arg);
@@ -241,18 +265,9 @@ void ferry_helper_ctl_reset(struct ferry_broker *b, unsigned int h);
 /* attach.c */
 int ferry_attach_listen(struct ferry_broker *b);
 void ferry_attach_accept(struct ferry_broker *b);
-/* A listening SOCK_SEQPACKET socket at @path (a stale one from a dead
- * broker is replaced, a live one is -EADDRINUSE); *@bound: its path. */
-int ferry_unix_listen(const char *path, char **bound, int *fd_out);
-int ferry_unix_connect(const char *path);
-struct ucred;
-bool ferry_peer_trusted(int fd, struct ucred *cred);
 /* stats_socket.c */
 int ferry_stats_listen(struct ferry_broker *b);
 void ferry_stats_serve(struct ferry_broker *b);
 
-/* child.c / helper.c: bodies of forked peers; never return */
-_Noreturn void ferry_child_main(struct ferry_broker *b, unsigned int i, int ctl);
-_Noreturn void ferry_helper_main(struct ferry_broker *b, unsigned int h, int ctl);
 
-#endif /* FERRY_BROKER_H */
+#endif /* FERRY_BROKER_INTERNAL_H */
