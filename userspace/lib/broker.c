@@ -64,6 +64,7 @@ int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **
 		return -ENOMEM;
 	b->o = *o;
 	b->listen_fd = b->stop_efd = b->stats_fd = -1;
+	b->spawner = b->spawner_pidfd = -1;
 	b->ready_head = b->ready_tail = UINT32_MAX;
 	pthread_mutex_init(&b->lock, NULL);
 	pthread_cond_init(&b->cond, NULL);
@@ -269,7 +270,7 @@ void ferry_broker_stop(struct ferry_broker *b)
 		struct bchild *c = &b->child[i];
 
 		if (c->alive && !c->attached)
-			kill_reap(c->pid, c->pidfd, true);
+			kill_reap(c->pid, c->pidfd, false);	/* the spawner's to reap */
 		if (c->pidfd >= 0)
 			close(c->pidfd);
 		if (c->ctl >= 0)
@@ -277,6 +278,7 @@ void ferry_broker_stop(struct ferry_broker *b)
 		if (c->chan.region)
 			ferry_bchan_destroy(&c->chan);
 	}
+	ferry_spawner_stop(b);
 	if (b->listen_fd >= 0) {
 		close(b->listen_fd);
 		if (b->attach_path)

@@ -51,7 +51,8 @@ struct bchild {
 	pid_t pid;
 	int pidfd;		/* forked children */
 	int ctl;		/* control socket / attached connection */
-	int exit_status;	/* waitpid status */
+	int exit_status;	/* wait status, from the spawner */
+	bool exit_known;	/* ... has arrived */
 	struct bchan chan;	/* channel at the start of the child's region */
 	unsigned int in_flight;	/* at helpers */
 	uint32_t next_ready;
@@ -180,6 +181,10 @@ struct ferry_broker {
 	/* What other threads read: copies of the two above, under lock. */
 	struct ferry_broker_stats snap;
 	uint64_t *served_snap;
+	/* The process forking the children (spawner.c); -1: none. */
+	int spawner;
+	pid_t spawner_pid;
+	int spawner_pidfd;
 	char *attach_path;
 	int stats_fd;			/* opts.stats_path's socket, or -1 */
 	char *stats_path;
@@ -189,6 +194,16 @@ struct ferry_broker {
 int ferry_pidfd_open(pid_t pid);
 int ferry_pidfd_kill(int pidfd, int sig);
 pid_t ferry_spawn(int *pidfd_out, int *ctl_out);
+/* Close every fd from @lo up. */
+void ferry_close_from(int lo);
+/* spawner.c: children are forked by one small process, not the broker */
+int ferry_spawner_start(struct ferry_broker *b);
+/* Fork child @i on control socket @ctl: its pid and *pidfd_out, or -errno. */
+pid_t ferry_spawner_spawn(struct ferry_broker *b, unsigned int i, int ctl, int *pidfd_out);
+/* Child @i's wait status (it has ended: its pidfd fired). */
+int ferry_spawner_wait(struct ferry_broker *b, unsigned int i);
+/* Reap every child (the caller killed them) and the spawner. */
+void ferry_spawner_stop(struct ferry_broker *b);
 /* In a forked peer: keep off the dispatch thread's CPU, if one is reserved;
  * a helper (@node >= 0) also stays on its GPU's node. */
 void ferry_peer_affinity(const struct ferry_broker *b, int node);

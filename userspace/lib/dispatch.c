@@ -423,8 +423,7 @@ static void child_died(struct ferry_broker *b, uint32_t i)
 	b->st.child_exits++;
 	b->st.dropped += child_pending(b, i);
 	if (!c->attached) {
-		while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR)
-			;
+		status = ferry_spawner_wait(b, i);
 		if (WIFSIGNALED(status))
 			b->st.child_deaths++;
 		pthread_mutex_lock(&b->lock);

@@ -366,25 +366,31 @@ int ferry_peers_fit_nofile(const struct ferry_broker *b)
 
 int ferry_children_start(struct ferry_broker *b)
 {
+	int err;
+
+	if (!b->nchildren)
+		return 0;
+	/* Before any child's region exists: the spawner holds none of them. */
+	err = ferry_spawner_start(b);
+	if (err)
+		return err;
 	for (unsigned int i = 0; i < b->nchildren; i++) {
 		struct bchild *c = &b->child[i];
-		int err = ferry_child_slot_setup(b, i);
 		pid_t pid;
-		int ctl;
+		int ctl, sv[2];
 
+		err = ferry_child_slot_setup(b, i);
 		if (err)
 			return err;
-		pid = ferry_spawn(&c->pidfd, &ctl);
-		if (pid < 0)
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+			return -errno;
+		pid = ferry_spawner_spawn(b, i, sv[1], &c->pidfd);
+		close(sv[1]);
+		if (pid < 0) {
+			close(sv[0]);
 			return (int)pid;
-		if (pid == 0) {
-			struct ferry_peer_cfg cfg = {
-				.index = i, .child_fn = b->o.child_fn, .child_arg = b->o.child_arg,
-			};
-
-			ferry_peer_affinity(b, -1);
-			ferry_child_main(&cfg, ctl);
 		}
+		ctl = sv[0];
 		c->pid = pid;
 		c->ctl = ctl;
 		c->alive = true;

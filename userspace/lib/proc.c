@@ -42,7 +42,7 @@ int ferry_pidfd_kill(int pidfd, int sig)
 }
 
 /* Close every fd from @lo up; close_range(2) where the kernel has it. */
-static void close_from(int lo)
+void ferry_close_from(int lo)
 {
 	if (syscall(__NR_close_range, lo, ~0U, 0) == 0)
 		return;
@@ -78,7 +78,7 @@ pid_t ferry_spawn(int *pidfd_out, int *ctl_out)
 			_exit(127);
 		if (dup2(sv[1], 3) < 0)
 			_exit(127);
-		close_from(4);
+		ferry_close_from(4);
 		*ctl_out = 3;
 		return 0;
 	}
