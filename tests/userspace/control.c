@@ -6,6 +6,7 @@
  * announcements fill it: every flush then meets a full socket and has to
  * wait for POLLOUT in the dispatch loop, and a helper that stops reading
  * is found out.  (Start-up hung at 279 children when these sends blocked.)
+ * And the spawner that forks the children.
  */
 #include <errno.h>
 #include <signal.h>
@@ -199,6 +200,37 @@ TEST_F_TIMEOUT(ctl, helper_that_stops_reading_is_replaced, 120)
 	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
 	munmap(stage, sizeof(*stage));
+}
+
+/* Child 0 returns 0, child 1 returns 7, child 2 kills itself. */
+static int exits_body(struct ferry_child *c, void *arg)
+{
+	(void)arg;
+	if (ferry_child_index(c) == 2)
+		raise(SIGKILL);
+	return ferry_child_index(c) == 1 ? 7 : 0;
+}
+
+/*
+ * Children are forked by the spawner (a process the broker forks before
+ * any child exists, so that a fork does not grow with the children before
+ * it); their wait statuses come back from it: a non-zero exit and a
+ * signal both count as failed, the signal as a death.
+ */
+TEST(exit_statuses_through_the_spawner)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	base_opts(&o, 3, 1);
+	o.child_fn = exits_body;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(2, ferry_broker_wait(b, 30LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(3, st.child_exits);
+	EXPECT_EQ(1, st.child_deaths);
+	ferry_broker_stop(b);
 }
 
 TEST_HARNESS_MAIN
