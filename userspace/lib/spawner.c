@@ -222,7 +222,7 @@ int ferry_spawner_wait(struct ferry_broker *b, unsigned int i)
 
 	while (!c->exit_known) {
 		struct spawn_msg m;
-		int fd;
+		int fd = -1;
 
 		if (b->spawner < 0 || read_msg(b, &m, &fd)) {
 			/* The spawner is gone, and with it the status: killed. */
