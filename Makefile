@@ -202,8 +202,8 @@ abi-baseline: $(LIB_SO)
 # linked to libferry.so.0 dynamically: old binaries against this library.
 $(BUILD)/tests/abi/%: tests/abi/%.c tests/abi/ferry-0.h $(LIB_SO)
 	@mkdir -p $(@D)
-	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -pthread -Itests/abi \
-		-o $@ $< -L$(BUILD) -l:libferry.so.0 -Wl,-rpath,'$$ORIGIN/../..'
+	$(CC) $(filter-out -static -Iinclude/uapi,$(TEST_CFLAGS)) -D_GNU_SOURCE -Itests/abi -I$(KSFT_DIR) \
+		-o $@ $< -L$(BUILD) -l:libferry.so.0 -ldl -Wl,-rpath,'$$ORIGIN/../..'
 
 build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS) $(GPU_TESTS) $(TOOL_TESTS) $(ABI_TESTS) \
 	$(BUILD)/vm-tools/ferryctl $(BUILD)/tests/fixtures/libnotcuda.so \
