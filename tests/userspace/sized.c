@@ -161,7 +161,7 @@ TEST(macros_pass_this_headers_sizes)
 	ASSERT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
 	ASSERT_EQ(0, ferry_broker_stats(b, &st));
 	EXPECT_EQ(2 * ncalls, st.replies);
-	EXPECT_EQ(-EINVAL, ferry_broker_stats_sized(b, &st, sizeof(st) - 8));
+	EXPECT_EQ(-EINVAL, ferry_broker_stats_sized(b, &st, sizeof(st) - 4));
 	EXPECT_EQ(-EINVAL, ferry_broker_stats_sized(b, &st, 0));
 	EXPECT_EQ(-EINVAL, ferry_broker_stats_sized(b, NULL, sizeof(st)));
 	ferry_broker_stop(b);
@@ -188,7 +188,7 @@ TEST(heap_stats_sized_fills_up_to_the_callers_size)
 	EXPECT_EQ(s.capacity, s.used + s.free);
 	for (size_t i = 0; i < EXTRA; i++)
 		ASSERT_EQ(0, n.tail[i]);
-	EXPECT_EQ(-EINVAL, ferry_heap_stats_sized(base, size, &s, sizeof(s) - 8));
+	EXPECT_EQ(-EINVAL, ferry_heap_stats_sized(base, size, &s, sizeof(s) - 4));
 	free(base);
 }
 

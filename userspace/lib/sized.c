@@ -29,13 +29,21 @@ _Static_assert(FERRY_OPTS_END_V0 <= FERRY_OPTS_END, "opts only grow");
 _Static_assert(FERRY_OPTS_SIZE_V0 <= sizeof(struct ferry_broker_opts), "opts only grow");
 _Static_assert(FERRY_BROKER_STATS_SIZE_V0 <= FERRY_BROKER_STATS_END, "stats only grow");
 _Static_assert(FERRY_HEAP_STATS_SIZE_V0 <= FERRY_HEAP_STATS_END, "stats only grow");
-/* Stats are all uint64_t: no padding, so size and END agree. */
-_Static_assert(sizeof(struct ferry_broker_stats) == FERRY_BROKER_STATS_END, "no padding");
-_Static_assert(sizeof(struct ferry_heap_stats) == FERRY_HEAP_STATS_END, "no padding");
-/* Nothing after reserved but fields: the struct has no trailing padding,
- * so a newer caller's fields can never hide in bytes we ignore. */
-_Static_assert(sizeof(struct ferry_broker_opts) ==
-	       ferry_offsetofend(struct ferry_broker_opts, reserved), "opts end in reserved");
+/*
+ * Each END is where this library's last field ends (a field appended
+ * without moving it fails here).  Stats are all uint64_t, so their END is
+ * their size; opts end in reserved: no trailing padding, so a newer
+ * caller's fields can never hide in bytes we ignore.
+ */
+_Static_assert(sizeof(struct ferry_broker_stats) == FERRY_BROKER_STATS_END,
+	       "a field after FERRY_BROKER_STATS_END: move it (sized.h) and add a row");
+_Static_assert(sizeof(struct ferry_heap_stats) == FERRY_HEAP_STATS_END,
+	       "a field after FERRY_HEAP_STATS_END: move it (sized.h) and add a row");
+_Static_assert(FERRY_OPTS_END == sizeof(struct ferry_broker_opts) ||
+	       (FERRY_OPTS_END == offsetof(struct ferry_broker_opts, reserved) &&
+		sizeof(struct ferry_broker_opts) ==
+		ferry_offsetofend(struct ferry_broker_opts, reserved)),
+	       "opts: a field after FERRY_OPTS_END, or trailing padding (name it reserved)");
 
 size_t ferry_layout_end(const struct ferry_layout *rows, size_t nrows, size_t usize)
 {
