@@ -92,7 +92,24 @@ else
 fi
 
 # The header alone, in each language its users build with.
-printf '#include <ferry.h>\nint main(void) { return ferry_version() == FERRY_VERSION ? 0 : 1; }\n' >"$tmp/h.c"
+# The macros too: they expand in the caller's language.
+cat >"$tmp/h.c" <<'C'
+#include <ferry.h>
+#include <stdlib.h>
+int main(void)
+{
+	struct ferry_broker_opts o;
+	struct ferry_heap_stats hs;
+	size_t size = 1u << 16;
+	void *heap = aligned_alloc(4096, size);
+
+	if (!heap || ferry_version() != FERRY_VERSION || ferry_broker_opts_init(&o) ||
+	    o.helpers != 1 || ferry_heap_format(heap, size, 0) || ferry_heap_stats(heap, size, &hs))
+		return 1;
+	free(heap);
+	return hs.capacity == hs.used + hs.free && hs.live_blocks == 0 ? 0 : 2;
+}
+C
 for std in c11 c17; do
 	if ${CC:-cc} -std=$std -Wall -Wextra -Werror -pedantic -I"$hdrs" -c -o "$tmp/h.o" "$tmp/h.c" \
 		2>"$tmp/err"; then
@@ -103,8 +120,11 @@ for std in c11 c17; do
 done
 cp "$tmp/h.c" "$tmp/h.cc"
 if ${CXX:-g++} -std=c++17 -Wall -Wextra -Werror -pedantic -I"$hdrs" -o "$tmp/h" "$tmp/h.cc" \
-	-L"$root/build" -l:libferry.so.0 2>"$tmp/err" && LD_LIBRARY_PATH="$root/build" "$tmp/h"; then
-	check OK "ferry.h compiles as C++17 (-Wall -Wextra -Werror -pedantic), links and runs"
+	-L"$root/build" -l:libferry.so.0 2>"$tmp/err"; then
+	LD_LIBRARY_PATH="$root/build" "$tmp/h"
+	rc=$?
+	[ $rc -eq 0 ] && check OK "ferry.h compiles as C++17 (-Wall -Wextra -Werror -pedantic), links and runs" ||
+		check FAIL "ferry.h as C++17: the program exited $rc"
 else
 	sed 's/^/# /' "$tmp/err"; check FAIL "ferry.h compiles as C++17"
 fi
