@@ -184,6 +184,7 @@ int ferry_heap_check(const void *base, uint64_t size, uint64_t off, uint64_t len
 struct ferry_heap_stats {
 	uint64_t capacity, used, free, largest_free;
 	uint64_t live_blocks, free_blocks;
+	/* New counters go here, at the end: uint64_t only. */
 };
 /* @out_size: sizeof(*out) as the caller knows it (the macro passes it). */
 int ferry_heap_stats_sized(const void *base, uint64_t size, struct ferry_heap_stats *out,
@@ -270,7 +271,8 @@ struct ferry_broker_opts {
 	 * count as it does without this flag.
 	 */
 	unsigned int flags;
-	/* Must be 0: where the next release's fields go (see "ABI" above). */
+	/* Must be 0: it names what would be padding, so that every byte of
+	 * the struct is either a field or checked (see "ABI" above). */
 	unsigned int reserved;
 	/* New fields go here, at the end, and nowhere else. */
 };

@@ -5,12 +5,15 @@
  * release that changed it: its size then, and the END of the fields that
  * release knew (what lies between END and the size is reserved: 0).
  *
- * Appending a field to one of these structs:
+ * Appending a field to one of these structs (sized.c's static asserts
+ * fail the build until it is done):
  *   1. add it at the end of the struct in ferry.h (never in the middle,
  *      never into the old trailing padding: name padding "reserved");
- *   2. add the release's { size, END } row to its table in sized.c and
- *      move the FERRY_*_END macro below to the new last field;
- *   3. give it a default in its *_defaults() when 0 is not one.
+ *   2. in sized.c, write the table's last row (sizeof and END, which are
+ *      about to change) as the numbers they are now, for the release that
+ *      had them, and add a new last row { sizeof, FERRY_*_END };
+ *   3. move the FERRY_*_END macro below to the new last field;
+ *   4. give it a default in ferry_broker_opts_defaults() when 0 is not one.
  * Older callers then get the default, newer ones are checked (sized.c).
  */
 #ifndef FERRY_SIZED_H
