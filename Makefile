@@ -28,7 +28,7 @@ TEST_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
 # Only the library and what links it need them: the module's targets
 # (module, dkms-*, install-udev) build on a host without CUDA.
 CUDA_INC ?= /usr/local/cuda/include
-NO_CUDA_GOALS := module dkms-source dkms-install install-udev clean deps
+NO_CUDA_GOALS := module dkms-source dkms-install install-udev clean deps version
 ifneq ($(filter-out $(NO_CUDA_GOALS),$(or $(MAKECMDGOALS),all)),)
 ifeq ($(wildcard $(CUDA_INC)/cuda.h),)
 $(error CUDA headers not found at $(CUDA_INC)/cuda.h; install CUDA or set CUDA_INC=)
@@ -52,8 +52,9 @@ UAPI_TESTS := $(patsubst tests/uapi/%.c,$(BUILD)/tests/uapi/%,$(wildcard tests/u
 LIB_TESTS := $(patsubst tests/userspace/%.c,$(BUILD)/tests/userspace/%,$(wildcard tests/userspace/*.c))
 GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/*.c))
 TOOL_TESTS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
+ABI_TESTS := $(patsubst tests/abi/%.c,$(BUILD)/tests/abi/%,$(wildcard tests/abi/*.c))
 
-.PHONY: all lib tools module module-if-possible build-tests deps check clean demo install \
+.PHONY: all lib tools module module-if-possible build-tests deps check clean demo install version abi-baseline \
 	dkms-source dkms-install install-udev sanitize-tests fuzz fuzz-build
 
 all: lib tools module-if-possible
@@ -106,9 +107,12 @@ $(LIB_A): $(LIB_OBJS)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-# Only the functions of the public header are exported (scripts/symbols.sh).
-$(BUILD)/libferry.map: userspace/include/ferry.h scripts/symbols.sh
+# Only the functions of userspace/abi/ferry.symbols are exported, each in
+# the version node of the release that added it; the list must agree with
+# the public header or the build stops (scripts/symbols.sh).
+$(BUILD)/libferry.map: userspace/include/ferry.h userspace/abi/ferry.symbols scripts/symbols.sh
 	@mkdir -p $(@D)
+	scripts/symbols.sh --check
 	scripts/symbols.sh > $@
 
 $(LIB_SO): $(LIB_OBJS) $(BUILD)/libferry.map
@@ -119,7 +123,8 @@ $(LIB_SO): $(LIB_OBJS) $(BUILD)/libferry.map
 # make install [PREFIX=/usr/local] [DESTDIR=]: library (shared + static),
 # the public and uAPI headers, ferry.pc, the tools, the udev rule and the
 # modules-load snippet.  Without DESTDIR it also makes the "ferry" group.
-VERSION := 0.1.0
+# The release: ferry.h's FERRY_VERSION_* (ferry.pc, DKMS, ferry_version()).
+VERSION := $(shell scripts/symbols.sh --version)
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
@@ -184,7 +189,23 @@ module-if-possible:
 deps:
 	@scripts/deps.sh
 
-build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS) $(GPU_TESTS) $(TOOL_TESTS) \
+version:
+	@echo $(VERSION)
+
+# The ABI (abidw) of the library as built now becomes the baseline that
+# scripts/abi-check.sh compares with: run it at a release, on purpose,
+# and commit userspace/abi/; the check itself never writes there.
+abi-baseline: $(LIB_SO)
+	scripts/abi-check.sh --baseline
+
+# A program built against the previous release's header (tests/abi/),
+# linked to libferry.so.0 dynamically: old binaries against this library.
+$(BUILD)/tests/abi/%: tests/abi/%.c tests/abi/ferry-0.h $(LIB_SO)
+	@mkdir -p $(@D)
+	$(CC) $(filter-out -static -Iinclude/uapi,$(TEST_CFLAGS)) -D_GNU_SOURCE -Itests/abi -I$(KSFT_DIR) \
+		-o $@ $< -L$(BUILD) -l:libferry.so.0 -ldl -Wl,-rpath,'$$ORIGIN/../..'
+
+build-tests: $(KMOD_TESTS) $(UAPI_TESTS) $(LIB_TESTS) $(GPU_TESTS) $(TOOL_TESTS) $(ABI_TESTS) \
 	$(BUILD)/vm-tools/ferryctl $(BUILD)/tests/fixtures/libnotcuda.so \
 	$(BUILD)/tests/fixtures/libfakecuda.so
 

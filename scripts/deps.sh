@@ -14,6 +14,7 @@ pkgs=(
 	gnuplot-nox			# ferry-bench --plot
 	clang libclang-rt-14-dev	# libFuzzer harnesses
 	flex bison bc libelf-dev libssl-dev	# the debug kernel build
+	abigail-tools g++		# ABI check: abidw/abidiff; ferry.h as C++17
 )
 
 missing=()

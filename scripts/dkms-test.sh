@@ -19,10 +19,10 @@ trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/dkms" "$tmp/installed"
 echo "TAP version 13"
 
-version=$(sed -n 's/^VERSION := //p' Makefile)
+version=$(make -s --no-print-directory version)
 grep -q "^PACKAGE_VERSION=\"$version\"$" dkms.conf &&
-	check OK "dkms.conf's version is the Makefile's ($version)" ||
-	check FAIL "dkms.conf's version is the Makefile's ($version)"
+	check OK "dkms.conf's version is ferry.h's ($version)" ||
+	check FAIL "dkms.conf's version is ferry.h's ($version)"
 make -s dkms-source DESTDIR="$tmp" DKMS_SRC=/src CUDA_INC=/nonexistent >"$tmp/log" 2>&1 &&
 	[ -f "$tmp/src/ferry-$version/dkms.conf" ] && [ -f "$tmp/src/ferry-$version/kmod/ferry_main.c" ] &&
 	check OK "make dkms-source lays out ferry-$version (no CUDA headers needed)" ||

@@ -174,14 +174,18 @@ else
 	sed 's/^/# /' "$out"; check FAIL "... and statically (pkg-config --static)"
 fi
 unset PKG_CONFIG_SYSROOT_DIR PKG_CONFIG_PATH
-exported=$(nm -D --defined-only "$dest/usr/local/lib/libferry.so.0" | awk '{sub(/@.*/, "", $3); print $3}' | grep -v "^FERRY_0$" | sort)
-if [ "$exported" = "$(scripts/symbols.sh --list)" ] &&
+exported=$(nm -D --defined-only "$dest/usr/local/lib/libferry.so.0" | awk '{ sub(/@@/, "@", $3); print $3 }' |
+	grep -v "^FERRY_" | sort)
+if [ "$exported" = "$(scripts/symbols.sh --nodes)" ] &&
    objdump -p "$dest/usr/local/lib/libferry.so.0" | grep -q "SONAME *libferry.so.0"; then
-	check OK "libferry.so.0 exports exactly the header's $(echo "$exported" | wc -l) functions"
+	check OK "libferry.so.0 exports exactly ferry.symbols' $(echo "$exported" | wc -l) functions, each in its node"
 else
-	echo "$exported" | diff - <(scripts/symbols.sh --list) | sed 's/^/# /' | head
-	check FAIL "libferry.so.0 exports exactly the header's functions"
+	echo "$exported" | diff - <(scripts/symbols.sh --nodes) | sed 's/^/# /' | head
+	check FAIL "libferry.so.0 exports exactly ferry.symbols' functions"
 fi
+grep -q "^Version: $(scripts/symbols.sh --version)\$" "$dest/usr/local/lib/pkgconfig/ferry.pc" &&
+	check OK "ferry.pc's version is ferry.h's ($(scripts/symbols.sh --version))" ||
+	check FAIL "ferry.pc's version is ferry.h's"
 
 echo "1..$n"
 echo "$pass passed, $fail failed"

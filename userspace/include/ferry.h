@@ -10,10 +10,21 @@
  *
  * Every function that can fail returns 0 (or a non-negative value) on
  * success and a negative errno on failure; nothing prints unless asked.
+ *
+ * ABI: libferry.so.0 keeps working for programs built against an older
+ * ferry.h.  The structs a caller allocates and the library reads or fills
+ * (options, statistics) are extensible: the macros below pass the size
+ * this header gives them, so the library knows which fields the caller
+ * has.  A smaller (older) struct gets defaults for the fields it lacks; a
+ * larger (newer) one is refused with -E2BIG unless every byte the library
+ * does not know is 0; statistics are written only up to the caller's
+ * size.  Structs that cross between processes (ferry_desc,
+ * ferry_region_ref, ferry_pool_ref) have a fixed layout instead.
  */
 #ifndef FERRY_H
 #define FERRY_H
 
+#include <assert.h>	/* static_assert, in C11 and C++ */
 #include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -22,6 +33,24 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* ------------------------------------------------------------------ */
+/* Versions                                                             */
+
+/* This header's release; the library's is ferry_version(). */
+#define FERRY_VERSION_MAJOR 0
+#define FERRY_VERSION_MINOR 2
+#define FERRY_VERSION_PATCH 0
+#define FERRY_VERSION_CODE(major, minor, patch) \
+	(((uint32_t)(major) << 16) | ((uint32_t)(minor) << 8) | (uint32_t)(patch))
+#define FERRY_VERSION \
+	FERRY_VERSION_CODE(FERRY_VERSION_MAJOR, FERRY_VERSION_MINOR, FERRY_VERSION_PATCH)
+/*
+ * The release of the libferry.so.0 this process runs, as FERRY_VERSION
+ * encodes it: >= the FERRY_VERSION a program was built with, or the
+ * dynamic linker would have refused to start it (versioned symbols).
+ */
+uint32_t ferry_version(void);
 
 /* ------------------------------------------------------------------ */
 /* Descriptors                                                          */
@@ -45,7 +74,7 @@ struct ferry_desc {
 #define FERRY_DESC_SIZE 64
 /* offset/len name a block of the pool (opts.pool_size), not the region. */
 #define FERRY_DESC_POOL 1u
-_Static_assert(sizeof(struct ferry_desc) == FERRY_DESC_SIZE, "descriptor is 64 bytes");
+static_assert(sizeof(struct ferry_desc) == FERRY_DESC_SIZE, "descriptor is 64 bytes");
 
 /* ------------------------------------------------------------------ */
 /* Regions and their backends                                           */
@@ -101,6 +130,8 @@ struct ferry_region_ref {
 	int32_t fd;		/* memfd (in the sender's fd table), -1 for kmod */
 	uint64_t size;
 };
+/* Fixed layout (it travels between programs of different builds). */
+static_assert(sizeof(struct ferry_region_ref) == 16, "region ref is 16 bytes");
 void ferry_region_ref(const struct ferry_region *r, struct ferry_region_ref *out);
 /*
  * Let the process behind @pidfd map the region with @rights: FERRY_READ,
@@ -153,8 +184,13 @@ int ferry_heap_check(const void *base, uint64_t size, uint64_t off, uint64_t len
 struct ferry_heap_stats {
 	uint64_t capacity, used, free, largest_free;
 	uint64_t live_blocks, free_blocks;
+	/* New counters go here, at the end: uint64_t only. */
 };
-int ferry_heap_stats(const void *base, uint64_t size, struct ferry_heap_stats *out);
+/* @out_size: sizeof(*out) as the caller knows it (the macro passes it). */
+int ferry_heap_stats_sized(const void *base, uint64_t size, struct ferry_heap_stats *out,
+			   size_t out_size);
+#define ferry_heap_stats(base, size, out) \
+	ferry_heap_stats_sized((base), (size), (out), sizeof(struct ferry_heap_stats))
 
 /* ------------------------------------------------------------------ */
 /* Broker, children, helpers                                            */
@@ -235,20 +271,35 @@ struct ferry_broker_opts {
 	 * count as it does without this flag.
 	 */
 	unsigned int flags;
+	/* Must be 0: it names what would be padding, so that every byte of
+	 * the struct is either a field or checked (see "ABI" above). */
+	unsigned int reserved;
+	/* New fields go here, at the end, and nowhere else. */
 };
 #define FERRY_HELPERS_EXACT (1u << 0)
 #define FERRY_CPU_AUTO (-1)
 #define FERRY_CPU_NONE (-2)
 #define FERRY_GPU_AUTO (-1)
 #define FERRY_GPU_NONE (-2)
-void ferry_broker_opts_init(struct ferry_broker_opts *o);
+/*
+ * Every field to its default.  The _sized functions take the caller's
+ * sizeof(*o) (the macros pass it): -EINVAL for a size no release had,
+ * -E2BIG when a larger struct has a non-zero field (or reserved) this
+ * library does not know.
+ */
+int ferry_broker_opts_init_sized(struct ferry_broker_opts *o, size_t size);
+#define ferry_broker_opts_init(o) \
+	ferry_broker_opts_init_sized((o), sizeof(struct ferry_broker_opts))
 
 /*
  * Create the regions, fork the helpers then the children, and start the
  * dispatch thread.  Every process started here dies with the broker
  * (PR_SET_PDEATHSIG) and no file outlives it.
  */
-int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **out);
+int ferry_broker_start_sized(const struct ferry_broker_opts *o, size_t size,
+			     struct ferry_broker **out);
+#define ferry_broker_start(o, out) \
+	ferry_broker_start_sized((o), sizeof(struct ferry_broker_opts), (out))
 enum ferry_backend ferry_broker_backend(const struct ferry_broker *b);
 /*
  * Wait until every forked child has exited (up to @timeout_ns, <0:
@@ -282,8 +333,14 @@ struct ferry_broker_stats {
 	uint64_t bells;			/* peers woken by the dispatch thread */
 	uint64_t pool_allocs, pool_frees, pool_oom;	/* pool blocks for children */
 	uint64_t dispatch_cpu_ns;	/* CPU time the dispatch thread used */
+	/* New counters go here, at the end: uint64_t only. */
 };
-int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out);
+/* Counters up to @size (the caller's sizeof(*out)); bytes past what this
+ * library counts are zeroed. */
+int ferry_broker_stats_sized(struct ferry_broker *b, struct ferry_broker_stats *out,
+			     size_t size);
+#define ferry_broker_stats(b, out) \
+	ferry_broker_stats_sized((b), (out), sizeof(struct ferry_broker_stats))
 /* Requests served by helper slot @i since start (all incarnations). */
 uint64_t ferry_broker_helper_served(struct ferry_broker *b, unsigned int i);
 
@@ -318,6 +375,8 @@ struct ferry_pool_ref {
 	uint32_t legacy;	/* 1: ipc[] holds a cuIpcMemHandle */
 	uint8_t ipc[64];
 };
+/* Fixed layout (it travels between programs of different builds). */
+static_assert(sizeof(struct ferry_pool_ref) == 88, "pool ref is 88 bytes");
 
 /*
  * GPUs as a forked process finds them (0 if none), without loading CUDA

@@ -15,13 +15,15 @@
 #include <unistd.h>
 
 #include "broker_internal.h"
+#include "sized.h"
 
 #define DEFAULT_WINDOW 8
 #define DEFAULT_DEPTH 8
 #define DEFAULT_SPIN_NS 20000
 #define DEFAULT_STREAMS 4
 
-void ferry_broker_opts_init(struct ferry_broker_opts *o)
+/* The one place the options' defaults live (sized.c hands them out). */
+void ferry_broker_opts_defaults(struct ferry_broker_opts *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->children = 1;
@@ -47,7 +49,7 @@ static uint32_t pow2_at_least(uint32_t n)
 	return p;
 }
 
-int ferry_broker_start(const struct ferry_broker_opts *o, struct ferry_broker **out)
+int ferry_broker_start_opts(const struct ferry_broker_opts *o, struct ferry_broker **out)
 {
 	struct ferry_broker *b;
 	const char *env;
@@ -204,7 +206,7 @@ int ferry_broker_wait(struct ferry_broker *b, int64_t timeout_ns)
 	return ret;
 }
 
-int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out)
+void ferry_broker_stats_read(struct ferry_broker *b, struct ferry_broker_stats *out)
 {
 	struct timespec ts;
 
@@ -219,7 +221,6 @@ int ferry_broker_stats(struct ferry_broker *b, struct ferry_broker_stats *out)
 	    clock_gettime(b->cpu_clock, &ts) == 0)
 		out->dispatch_cpu_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 	pthread_mutex_unlock(&b->lock);
-	return 0;
 }
 
 uint64_t ferry_broker_helper_served(struct ferry_broker *b, unsigned int i)

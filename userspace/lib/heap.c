@@ -36,6 +36,7 @@
 
 #include "ferry.h"
 #include "heap_layout.h"
+#include "sized.h"
 
 _Static_assert(FERRY_HEAP_ALIGN == FH_GRAN, "heap alignment");
 
@@ -555,7 +556,7 @@ static int stats_lists(const struct fh *h, uint64_t free_blocks)
 	return seen == free_blocks ? 0 : -EUCLEAN;
 }
 
-int ferry_heap_stats(const void *base, uint64_t size, struct ferry_heap_stats *out)
+int ferry_heap_stats_read(const void *base, uint64_t size, struct ferry_heap_stats *out)
 {
 	struct ferry_heap_stats st = { 0 };
 	uint64_t p, prev_size = 0;
