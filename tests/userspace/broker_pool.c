@@ -5,9 +5,11 @@
  * name them in requests by (offset, len); helpers read and write them
  * through their import; every byte checked.  A child cannot name another
  * child's block, free a block a helper is using, or keep blocks after it
- * died; a full pool says -ENOMEM and recovers when blocks come back.
+ * died; a full pool says -ENOMEM and recovers when blocks come back, and
+ * an allocation that may wait is queued until then (or its timeout).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -15,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ferry.h"
@@ -304,12 +307,8 @@ static int hog_then_heir(struct ferry_child *c, void *arg)
 	if (ferry_child_pool_alloc(c, POOL / 2, &off) != -ENOMEM)
 		return 3;
 	atomic_store(&s->stage, 2);
-	for (int tries = 0; tries < 1000; tries++) {
-		if (ferry_child_pool_alloc(c, POOL / 2, &off) == 0)
-			return 0;
-		usleep(10000);
-	}
-	return 4;
+	/* Waits for the kill: the dead child's blocks serve this waiter. */
+	return ferry_child_pool_alloc_timeout(c, POOL / 2, 60LL * 1000000000, &off) ? 4 : 0;
 }
 
 TEST(dead_childs_blocks_come_back)
@@ -328,6 +327,167 @@ TEST(dead_childs_blocks_come_back)
 	EXPECT_EQ(1, ferry_broker_wait(b, 120LL * 1000000000));	/* only the killed one */
 	ferry_broker_stop(b);
 	munmap(s, sizeof(*s));
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define CONTEND_CHILDREN 6
+#define CONTEND_ROUNDS 10
+#define CONTEND_BLOCK (3u << 20)	/* two fit in the pool at once */
+
+/* Take a block (waiting for it), fill it through a helper, check, free. */
+static int contend(struct ferry_child *c, void *arg)
+{
+	struct ferry_pool *p;
+
+	(void)arg;
+	if (ferry_child_pool(c, &p))
+		return 1;
+	for (unsigned int r = 0; r < CONTEND_ROUNDS; r++) {
+		uint8_t key = (uint8_t)(ferry_child_index(c) * 31 + r);
+		struct ferry_desc d, rep;
+		const uint8_t *got;
+		uint64_t off;
+
+		if (ferry_child_pool_alloc_timeout(c, CONTEND_BLOCK, 60LL * 1000000000, &off))
+			return 2;
+		d = (struct ferry_desc){ .op = OP_FILL, .flags = FERRY_DESC_POOL, .tag = r,
+					 .offset = off, .len = CONTEND_BLOCK, .arg = { 0, key } };
+		if (ferry_call(c, &d, &rep) || rep.status)
+			return 3;
+		got = (const uint8_t *)(uintptr_t)ferry_pool_addr(p, off, CONTEND_BLOCK);
+		for (uint64_t i = 0; got && i < CONTEND_BLOCK; i += 4093)
+			if (got[i] != (uint8_t)(i * 7 + key))
+				return 4;
+		if (!got || ferry_child_pool_free(c, off))
+			return 5;
+	}
+	return 0;
+}
+
+/*
+ * Six children want 3 MiB blocks of an 8 MiB pool, ten times each: at
+ * most two hold one at a time, the others wait in the broker's queue and
+ * are served as blocks come back.  Nobody sees -ENOMEM.
+ */
+TEST(contended_pool_waiters_all_served)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, CONTEND_CHILDREN, contend, NULL);
+	EXPECT_EQ(0, run(&o, &st));
+	EXPECT_EQ(0, st.pool_oom);
+	EXPECT_LT(0, st.pool_waits);	/* some did wait */
+	EXPECT_EQ(CONTEND_CHILDREN * CONTEND_ROUNDS, st.pool_allocs);
+	EXPECT_EQ(st.pool_allocs, st.pool_frees);
+}
+
+/*
+ * Child 0 fills the pool and holds it; child 1's wait of 200 ms ends in
+ * -ENOMEM no sooner, one that does not wait at once; then child 0 frees
+ * and child 1's endless wait is served.
+ */
+static int hold_and_wait(struct ferry_child *c, void *arg)
+{
+	struct shared *s = arg;
+	uint64_t offs[64], off;
+	int n = 0;
+	int64_t t0;
+
+	if (ferry_child_index(c) == 0) {
+		while (n < 64 && ferry_child_pool_alloc(c, 1u << 20, &offs[n]) == 0)
+			n++;
+		atomic_store(&s->stage, 1);
+		while (atomic_load(&s->stage) != 2)
+			usleep(1000);
+		for (int k = 0; k < n; k++)
+			if (ferry_child_pool_free(c, offs[k]))
+				return 1;
+		return 0;
+	}
+	while (atomic_load(&s->stage) != 1)
+		usleep(1000);
+	t0 = mono_ms();
+	if (ferry_child_pool_alloc_timeout(c, 1u << 20, 200 * 1000000LL, &off) != -ENOMEM)
+		return 10;
+	if (mono_ms() - t0 < 199)
+		return 11;
+	t0 = mono_ms();
+	if (ferry_child_pool_alloc_timeout(c, 1u << 20, 0, &off) != -ENOMEM ||
+	    mono_ms() - t0 > 5000)
+		return 12;
+	atomic_store(&s->stage, 2);
+	return ferry_child_pool_alloc_timeout(c, 1u << 20, -1, &off) ? 13 : 0;
+}
+
+TEST(pool_wait_times_out_then_is_served)
+{
+	struct shared *s = mmap(NULL, sizeof(*s), PROT_READ | PROT_WRITE,
+				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+
+	ASSERT_NE(MAP_FAILED, s);
+	memset(s, 0, sizeof(*s));
+	opts_for(&o, 2, hold_and_wait, s);
+	EXPECT_EQ(0, run(&o, &st));
+	EXPECT_LE(2, st.pool_oom);	/* the timed-out wait and the one that did not */
+	munmap(s, sizeof(*s));
+}
+
+struct heap_hold { struct ferry_child *c; void *p; };
+
+static void *free_later(void *arg)
+{
+	struct heap_hold *h = arg;
+
+	ferry_free(h->c, h->p);
+	return NULL;
+}
+
+/* ferry_malloc_timeout: a full heap times out, then another thread's free serves it. */
+static int heap_wait(struct ferry_child *c, void *arg)
+{
+	void *blocks[4096], *p;
+	unsigned int n = 0;
+	struct heap_hold h = { .c = c };
+	pthread_t t;
+	int64_t t0;
+
+	(void)arg;
+	while (n < 4096 && (blocks[n] = ferry_malloc(c, 64u << 10)))
+		n++;
+	if (n == 0 || n == 4096)
+		return 1;
+	t0 = mono_ms();
+	if (ferry_malloc_timeout(c, 64u << 10, 100 * 1000000LL) || errno != ENOMEM)
+		return 2;
+	if (mono_ms() - t0 < 99)
+		return 3;
+	if (ferry_malloc_timeout(c, 1u << 30, -1))	/* can never fit: at once */
+		return 4;
+	h.p = blocks[--n];
+	if (pthread_create(&t, NULL, free_later, &h))
+		return 5;
+	p = ferry_malloc_timeout(c, 64u << 10, 30LL * 1000000000);
+	pthread_join(t, NULL);
+	return p ? 0 : 6;
+}
+
+TEST(heap_wait_times_out_then_is_served)
+{
+	struct ferry_broker_opts o;
+
+	opts_for(&o, 1, heap_wait, NULL);
+	o.pool_size = 0;
+	EXPECT_EQ(0, run(&o, NULL));
 }
 
 static int no_pool(struct ferry_child *c, void *arg)

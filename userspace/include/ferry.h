@@ -259,8 +259,9 @@ struct ferry_broker_opts {
 	 * is killed and restarted, and every request it held fails back with
 	 * -ETIMEDOUT.  Set it well above the longest request you serve.
 	 * A helper that leaves its control socket full (it does not take
-	 * region announcements) this long is hung too; without a watchdog
-	 * that limit is 30 s.
+	 * region announcements) this long is hung too, once it has shown it
+	 * is past its init (started with the broker, or answered since its
+	 * restart); otherwise, and without a watchdog, that limit is 30 s.
 	 */
 	uint64_t helper_timeout_ns;
 	/*
@@ -333,6 +334,7 @@ struct ferry_broker_stats {
 	uint64_t bells;			/* peers woken by the dispatch thread */
 	uint64_t pool_allocs, pool_frees, pool_oom;	/* pool blocks for children */
 	uint64_t dispatch_cpu_ns;	/* CPU time the dispatch thread used */
+	uint64_t pool_waits;		/* pool allocations that waited for room (0.2) */
 	/* New counters go here, at the end: uint64_t only. */
 };
 /* Counters up to @size (the caller's sizeof(*out)); bytes past what this
@@ -423,6 +425,12 @@ int ferry_pool_usage(struct ferry_pool *p, uint64_t *live, uint64_t *deferred);
 unsigned int ferry_child_index(const struct ferry_child *c);
 /* Allocate inside the child's own region (thread-safe); NULL when full. */
 void *ferry_malloc(struct ferry_child *c, size_t n);
+/*
+ * The same, waiting up to @timeout_ns (< 0: for ever, 0: not at all) for
+ * another thread of this process to ferry_free() enough room; NULL with
+ * errno ENOMEM when the time is up (or @n can never fit).
+ */
+void *ferry_malloc_timeout(struct ferry_child *c, size_t n, int64_t timeout_ns);
 void ferry_free(struct ferry_child *c, void *p);
 /* Offset of @p in the region (what descriptors carry), or UINT64_MAX. */
 uint64_t ferry_offset(const struct ferry_child *c, const void *p);
@@ -469,6 +477,15 @@ unsigned int ferry_window(const struct ferry_child *c);
  */
 int ferry_child_pool(struct ferry_child *c, struct ferry_pool **out);
 int ferry_child_pool_alloc(struct ferry_child *c, size_t n, uint64_t *off);
+/*
+ * The same, waiting up to @timeout_ns (< 0: for ever, 0: not at all) while
+ * the pool is full: the broker queues the request and serves it, oldest
+ * first among those that fit, when blocks are freed (by any child, or a
+ * child's death); when the time is up it tries once more, then -ENOMEM.
+ * The call holds one place in the window while it waits.
+ */
+int ferry_child_pool_alloc_timeout(struct ferry_child *c, size_t n, int64_t timeout_ns,
+				   uint64_t *off);
 int ferry_child_pool_free(struct ferry_child *c, uint64_t off);
 int ferry_child_pool_put(struct ferry_child *c, const void *src, size_t n, uint64_t *off);
 

@@ -75,6 +75,14 @@ struct bpool {
 	struct ferry_pool_ref ref;	/* fd: kept by the broker, -1 if none */
 	struct ferry_pool *cpu;		/* the CPU pool, made here */
 	struct ferry_palloc *alloc;	/* offsets */
+	/* POOL_ALLOCs that wait for room (ferry_child_pool_alloc_timeout),
+	 * oldest first. */
+	struct bpool_waiter {
+		uint32_t child;
+		uint64_t tag, len;
+		uint64_t deadline;	/* CLOCK_MONOTONIC ns; UINT64_MAX: none */
+	} *waiters;
+	unsigned int nwait, capwait;
 };
 
 struct bhelper {
@@ -217,7 +225,11 @@ unsigned int ferry_bpool_of_helper(const struct ferry_broker *b, unsigned int h)
 int ferry_bpool_for_helper(const struct ferry_broker *b, unsigned int h, struct ferry_ctl *m);
 int ferry_bpool_for_child(const struct ferry_broker *b, unsigned int i, struct ferry_ctl *m);
 int ferry_bpool_take_created(struct ferry_broker *b, unsigned int h, int sock);
-void ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_desc *d);
+/* A POOL_ALLOC/_FREE: false when the answer is deferred (an ALLOC that
+ * waits for room; answered later through ferry_dispatch_reply). */
+bool ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_desc *d);
+/* Waiting ALLOCs past their deadline answered; ns until the next, or -1. */
+int64_t ferry_bpool_due(struct ferry_broker *b);
 int ferry_bpool_hold(struct ferry_broker *b, unsigned int i, uint64_t off, uint64_t len,
 		     uint64_t *block);
 void ferry_bpool_release(struct ferry_broker *b, unsigned int i, uint64_t block);
@@ -261,6 +273,8 @@ bool ferry_helper_said_ready(int sock);
 void *ferry_dispatch_main(void *arg);
 /* chan wake_hook: queue a peer's wake for the dispatch loop's next flush. */
 int ferry_dispatch_queue_wake(void *broker, _Atomic uint32_t *word, int n);
+/* Reply @d to child @i (if it can still hear it). */
+void ferry_dispatch_reply(struct ferry_broker *b, uint32_t i, struct ferry_desc *d);
 /* A newly attached child slot @i: watch its connection and its bell. */
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i);
 

@@ -96,6 +96,7 @@ void ferry_bpool_destroy(struct ferry_broker *b)
 			ferry_palloc_destroy(p->alloc);
 		if (p->cpu)
 			ferry_pool_close(p->cpu);
+		free(p->waiters);
 	}
 	free(b->pool);
 	b->pool = NULL;
@@ -197,8 +198,96 @@ static struct bblock *block_at(struct bchild *c, uint64_t off)
 	return NULL;
 }
 
-/* FERRY_OP_POOL_ALLOC / _FREE from child @i, answered in @d. */
-void ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_desc *d)
+/* A block of @len for child @i: 0 and *off, or -errno. */
+static int alloc_for(struct ferry_broker *b, unsigned int i, struct bpool *p, uint64_t len,
+		     uint64_t *off)
+{
+	struct bchild *c = &b->child[i];
+	int err;
+
+	if (c->nblocks == c->cap_blocks) {
+		unsigned int cap = c->cap_blocks ? 2 * c->cap_blocks : 16;
+		struct bblock *t;
+
+		if (cap > MAX_BLOCKS || !(t = realloc(c->blocks, cap * sizeof(*t))))
+			return -ENOSPC;
+		c->blocks = t;
+		c->cap_blocks = cap;
+	}
+	err = ferry_palloc_alloc(p->alloc, len, NULL, off);
+	if (err)
+		return err;
+	c->blocks[c->nblocks++] = (struct bblock){
+		.off = *off, .size = ferry_palloc_block_size(p->alloc, *off),
+	};
+	b->st.pool_allocs++;
+	return 0;
+}
+
+/* Answer waiter @k of @p with @err (0: *off is its block) and drop it. */
+static void answer_waiter(struct ferry_broker *b, struct bpool *p, unsigned int k, int err,
+			  uint64_t off)
+{
+	struct bpool_waiter w = p->waiters[k];
+	struct ferry_desc d = {
+		.op = FERRY_OP_POOL_ALLOC, .tag = w.tag, .region = w.child, .status = err,
+		.offset = err ? 0 : off, .len = w.len,
+	};
+
+	memmove(&p->waiters[k], &p->waiters[k + 1], (p->nwait - k - 1) * sizeof(*p->waiters));
+	p->nwait--;
+	if (err == -ENOMEM)
+		b->st.pool_oom++;
+	ferry_dispatch_reply(b, w.child, &d);
+}
+
+/*
+ * Room came back: serve, oldest first, every waiter that fits now (one
+ * that does not fit keeps its place and does not hold back smaller ones).
+ */
+static void serve_waiters(struct ferry_broker *b, struct bpool *p)
+{
+	for (unsigned int k = 0; k < p->nwait;) {
+		uint64_t off;
+		int err = alloc_for(b, p->waiters[k].child, p, p->waiters[k].len, &off);
+
+		if (err == -ENOMEM) {
+			k++;
+			continue;
+		}
+		answer_waiter(b, p, k, err, off);
+	}
+}
+
+/* Park an ALLOC that found no room; false (answer now) if it cannot wait. */
+static bool park(struct ferry_broker *b, struct bpool *p, unsigned int i,
+		 const struct ferry_desc *d)
+{
+	int64_t timeout = (int64_t)d->arg[1];
+
+	if (p->nwait == p->capwait) {
+		unsigned int cap = p->capwait ? 2 * p->capwait : 16;
+		struct bpool_waiter *t = realloc(p->waiters, cap * sizeof(*t));
+
+		if (!t)
+			return false;
+		p->waiters = t;
+		p->capwait = cap;
+	}
+	b->st.pool_waits++;
+	p->waiters[p->nwait++] = (struct bpool_waiter){
+		.child = i, .tag = d->tag, .len = d->len,
+		.deadline = timeout < 0 ? UINT64_MAX : ferry_now_ns() + (uint64_t)timeout,
+	};
+	return true;
+}
+
+/*
+ * FERRY_OP_POOL_ALLOC / _FREE from child @i, answered in @d.  An ALLOC
+ * with arg[0] = 1 waits up to arg[1] ns (< 0: for ever) for room instead
+ * of failing with -ENOMEM at once: false, answered later.
+ */
+bool ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_desc *d)
 {
 	struct bchild *c = &b->child[i];
 	struct bpool *p = b->pool ? &b->pool[ferry_bpool_of_child(b, i)] : NULL;
@@ -207,7 +296,7 @@ void ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_de
 
 	if (!p || !p->made) {
 		d->status = -ENOENT;
-		return;
+		return true;
 	}
 	if (d->op == FERRY_OP_POOL_FREE) {
 		struct bblock *bl = block_at(c, d->offset);
@@ -221,33 +310,62 @@ void ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_de
 			*bl = c->blocks[--c->nblocks];
 			d->status = 0;
 			b->st.pool_frees++;
+			if (p->nwait)
+				serve_waiters(b, p);
 		}
-		return;
+		return true;
 	}
-	if (c->nblocks == c->cap_blocks) {
-		unsigned int cap = c->cap_blocks ? 2 * c->cap_blocks : 16;
-		struct bblock *t;
+	if (d->len == 0 || d->arg[0] > 1) {
+		d->status = -EINVAL;
+		return true;
+	}
+	/*
+	 * One that may wait joins the queue when there is one (the oldest
+	 * waiter that fits goes first), or when there is no room.
+	 */
+	if (d->arg[0] && d->arg[1] != 0 && p->nwait && park(b, p, i, d)) {
+		serve_waiters(b, p);
+		return false;
+	}
+	err = alloc_for(b, i, p, d->len, &off);
+	if (err == -ENOMEM && d->arg[0] && d->arg[1] != 0 && park(b, p, i, d))
+		return false;
+	d->status = err;
+	d->offset = err ? 0 : off;
+	if (err == -ENOMEM)
+		b->st.pool_oom++;
+	return true;
+}
 
-		if (cap > MAX_BLOCKS || !(t = realloc(c->blocks, cap * sizeof(*t)))) {
-			d->status = -ENOSPC;
-			return;
+int64_t ferry_bpool_due(struct ferry_broker *b)
+{
+	uint64_t now = 0, next = UINT64_MAX;
+
+	for (unsigned int k = 0; b->pool && k < b->npools; k++) {
+		struct bpool *p = &b->pool[k];
+
+		for (unsigned int w = 0; w < p->nwait;) {
+			uint64_t off;
+			int err;
+
+			if (p->waiters[w].deadline == UINT64_MAX) {
+				w++;
+				continue;
+			}
+			if (!now)
+				now = ferry_now_ns();
+			if (p->waiters[w].deadline > now) {
+				if (p->waiters[w].deadline < next)
+					next = p->waiters[w].deadline;
+				w++;
+				continue;
+			}
+			/* Its time is up: one last try, then the error. */
+			err = alloc_for(b, p->waiters[w].child, p, p->waiters[w].len, &off);
+			answer_waiter(b, p, w, err, off);
 		}
-		c->blocks = t;
-		c->cap_blocks = cap;
 	}
-	err = ferry_palloc_alloc(p->alloc, d->len, NULL, &off);
-	if (err) {
-		d->status = err;
-		if (err == -ENOMEM)
-			b->st.pool_oom++;
-		return;
-	}
-	c->blocks[c->nblocks++] = (struct bblock){
-		.off = off, .size = ferry_palloc_block_size(p->alloc, off),
-	};
-	d->offset = off;
-	d->status = 0;
-	b->st.pool_allocs++;
+	return next == UINT64_MAX ? -1 : (int64_t)(next - now);
 }
 
 int ferry_bpool_hold(struct ferry_broker *b, unsigned int i, uint64_t off, uint64_t len,
@@ -280,4 +398,18 @@ void ferry_bpool_child_gone(struct ferry_broker *b, unsigned int i)
 	free(c->blocks);
 	c->blocks = NULL;
 	c->nblocks = c->cap_blocks = 0;
+	if (!p)
+		return;
+	/* Its waits go (nobody hears the answer); its blocks may serve others. */
+	for (unsigned int w = 0; w < p->nwait;) {
+		if (p->waiters[w].child == i) {
+			memmove(&p->waiters[w], &p->waiters[w + 1],
+				(p->nwait - w - 1) * sizeof(*p->waiters));
+			p->nwait--;
+		} else {
+			w++;
+		}
+	}
+	if (p->nwait)
+		serve_waiters(b, p);
 }

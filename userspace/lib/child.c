@@ -131,6 +131,14 @@ int ferry_child_init(struct ferry_child *c, int ctl, bool attached)
 	if (c->window > m.nslots)
 		c->window = m.nslots;
 	pthread_mutex_init(&c->heap_lock, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&c->heap_freed, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	pthread_mutex_init(&c->io_lock, NULL);
 	pthread_cond_init(&c->io_cond, NULL);
 	c->stash = calloc(c->window, sizeof(*c->stash));
@@ -160,6 +168,7 @@ void ferry_child_fini(struct ferry_child *c)
 	if (c->ctl >= 0)
 		close(c->ctl);
 	pthread_mutex_destroy(&c->heap_lock);
+	pthread_cond_destroy(&c->heap_freed);
 	pthread_mutex_destroy(&c->io_lock);
 	pthread_cond_destroy(&c->io_cond);
 }
@@ -187,10 +196,40 @@ unsigned int ferry_child_index(const struct ferry_child *c)
 
 void *ferry_malloc(struct ferry_child *c, size_t n)
 {
+	return ferry_malloc_timeout(c, n, 0);
+}
+
+/*
+ * The heap is the child's own: room comes back only when another thread
+ * of this process frees, which wakes every waiter to try again.  A
+ * request larger than the heap could ever hold fails at once.
+ */
+void *ferry_malloc_timeout(struct ferry_child *c, size_t n, int64_t timeout_ns)
+{
+	struct timespec end;
 	int64_t off;
 
+	if (timeout_ns > 0) {
+		clock_gettime(CLOCK_MONOTONIC, &end);
+		end.tv_sec += timeout_ns / 1000000000;
+		end.tv_nsec += timeout_ns % 1000000000;
+		if (end.tv_nsec >= 1000000000) {
+			end.tv_sec++;
+			end.tv_nsec -= 1000000000;
+		}
+	}
 	pthread_mutex_lock(&c->heap_lock);
-	off = ferry_heap_alloc(c->base, c->size, n);
+	for (;;) {
+		off = ferry_heap_alloc(c->base, c->size, n);
+		if (off != -ENOMEM || timeout_ns == 0 || n > c->size - c->heap_off)
+			break;
+		if (timeout_ns < 0) {
+			pthread_cond_wait(&c->heap_freed, &c->heap_lock);
+		} else if (pthread_cond_timedwait(&c->heap_freed, &c->heap_lock, &end) == ETIMEDOUT) {
+			off = ferry_heap_alloc(c->base, c->size, n);	/* one last try */
+			break;
+		}
+	}
 	pthread_mutex_unlock(&c->heap_lock);
 	if (off < 0) {
 		errno = (int)-off;
@@ -207,6 +246,7 @@ void ferry_free(struct ferry_child *c, void *p)
 		return;
 	pthread_mutex_lock(&c->heap_lock);
 	ferry_heap_free(c->base, c->size, off);
+	pthread_cond_broadcast(&c->heap_freed);
 	pthread_mutex_unlock(&c->heap_lock);
 }
 

@@ -51,12 +51,31 @@ static int pool_call(struct ferry_child *c, struct ferry_desc *d)
 
 int ferry_child_pool_alloc(struct ferry_child *c, size_t n, uint64_t *off)
 {
-	struct ferry_desc d = { .op = FERRY_OP_POOL_ALLOC, .len = n };
+	return ferry_child_pool_alloc_timeout(c, n, 0, off);
+}
+
+/* The broker answers a waiting ALLOC by its deadline; this is only in
+ * case it does not (a late block would stay held until the child ends). */
+#define ALLOC_GRACE_NS (10LL * 1000000000)
+
+int ferry_child_pool_alloc_timeout(struct ferry_child *c, size_t n, int64_t timeout_ns,
+				   uint64_t *off)
+{
+	struct ferry_desc d = {
+		.op = FERRY_OP_POOL_ALLOC, .len = n,
+		.arg = { timeout_ns != 0, (uint64_t)timeout_ns },
+	};
 	int err;
 
 	if (!c || !off || n == 0)
 		return -EINVAL;
-	err = pool_call(c, &d);
+	if (!c->pool_ref.kind)
+		return -ENOENT;
+	err = ferry_child_call_internal(c, &d, timeout_ns < 0 ? -1 :
+					timeout_ns > INT64_MAX - ALLOC_GRACE_NS ? -1 :
+					timeout_ns + ALLOC_GRACE_NS);
+	if (!err)
+		err = d.status;
 	if (!err)
 		*off = d.offset;
 	return err;

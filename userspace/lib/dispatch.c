@@ -182,6 +182,7 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 		struct bslot *sl = s < b->nslot ? &b->slot[s] : NULL;
 
 		any = true;
+		hp->ready = true;	/* it answers: its init went through */
 		if (!sl || !sl->used || sl->gen != gen || sl->helper != h) {
 			b->st.bad_reply++;
 			continue;
@@ -269,9 +270,10 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 		return -1;
 	}
 	if (d.op == FERRY_OP_POOL_ALLOC || d.op == FERRY_OP_POOL_FREE) {
-		/* The broker owns the pool's offsets: answered here. */
-		ferry_bpool_request(b, i, &d);
-		to_child(b, i, &d);
+		/* The broker owns the pool's offsets: answered here (or,
+		 * for an ALLOC waiting for room, when room comes). */
+		if (ferry_bpool_request(b, i, &d))
+			to_child(b, i, &d);
 		return 1;
 	}
 	rsize = ferry_region_size(c->chan.region);
@@ -716,6 +718,9 @@ void *ferry_dispatch_main(void *arg)
 		due = ferry_helper_ctl_due(b);
 		if (due >= 0 && (timeout < 0 || due < timeout))
 			timeout = due;
+		due = ferry_bpool_due(b);
+		if (due >= 0 && (timeout < 0 || due < timeout))
+			timeout = due;
 		publish(b, timeout != 0);
 		n = ferry_waitset_wait(b->ws, keys, sizeof(keys) / sizeof(keys[0]), timeout);
 		if (n < 0 && n != -EINTR)
@@ -798,6 +803,11 @@ static void flush_wakes(struct ferry_broker *b)
 		b->wakes_queued = false;
 		ferry_waitset_flush(b->ws);
 	}
+}
+
+void ferry_dispatch_reply(struct ferry_broker *b, uint32_t i, struct ferry_desc *d)
+{
+	to_child(b, i, d);
 }
 
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i)

@@ -33,7 +33,8 @@
 #include "broker_internal.h"
 
 /* A helper that leaves its socket full this long is hung: killed
- * (opts.helper_timeout_ns instead, when set). */
+ * (opts.helper_timeout_ns instead, when set and the helper is known to
+ * be past its init). */
 #define CTL_STUCK_NS	30000000000ull
 /* After ETOOMANYREFS (too many fds in flight for this user) or a POLLOUT
  * that could not be armed: try again this much later. */
@@ -185,7 +186,7 @@ void ferry_helper_ctl_writable(struct ferry_broker *b, unsigned int h)
 int64_t ferry_helper_ctl_due(struct ferry_broker *b)
 {
 	uint64_t now = 0, next = UINT64_MAX;
-	uint64_t stuck = b->o.helper_timeout_ns ? b->o.helper_timeout_ns : CTL_STUCK_NS;
+	uint64_t stuck;
 
 	for (unsigned int h = 0; h < b->o.helpers; h++) {
 		struct bhelper *hp = &b->helper[h];
@@ -193,6 +194,9 @@ int64_t ferry_helper_ctl_due(struct ferry_broker *b)
 
 		if (!hp->alive || hp->ctl_stuck || !hp->ctl_blocked_ns)
 			continue;
+		/* One not known to be past its init (a restart that has not
+		 * answered yet: CUDA may take seconds) gets the 30 s. */
+		stuck = b->o.helper_timeout_ns && hp->ready ? b->o.helper_timeout_ns : CTL_STUCK_NS;
 		if (!now)
 			now = ferry_now_ns();
 		if (now - hp->ctl_blocked_ns >= stuck) {

@@ -48,6 +48,7 @@ struct ferry_child {
 	int efd[2];
 	unsigned int window;
 	pthread_mutex_t heap_lock;
+	pthread_cond_t heap_freed;	/* CLOCK_MONOTONIC: ferry_malloc_timeout */
 	/*
 	 * Requests and replies (child_calls.c), shared by the threads of a
 	 * service: everything below is under io_lock; one thread at a time

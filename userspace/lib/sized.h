@@ -38,7 +38,7 @@
 
 /* This library's: where the fields it knows end. */
 #define FERRY_OPTS_END			ferry_offsetofend(struct ferry_broker_opts, flags)
-#define FERRY_BROKER_STATS_END		ferry_offsetofend(struct ferry_broker_stats, dispatch_cpu_ns)
+#define FERRY_BROKER_STATS_END		ferry_offsetofend(struct ferry_broker_stats, pool_waits)
 #define FERRY_HEAP_STATS_END		ferry_offsetofend(struct ferry_heap_stats, free_blocks)
 
 /* One release's layout of one struct. */

@@ -72,9 +72,10 @@ static void render(struct ferry_broker *b, struct text *t)
 	put(t, "attached %llu\nattach_refused %llu\nwakeups %llu\nbells %llu\n",
 	    (unsigned long long)s->attached, (unsigned long long)s->attach_refused,
 	    (unsigned long long)s->wakeups, (unsigned long long)s->bells);
-	put(t, "pool_allocs %llu\npool_frees %llu\npool_oom %llu\ndispatch_cpu_ns %llu\n",
+	put(t, "pool_allocs %llu\npool_frees %llu\npool_oom %llu\npool_waits %llu\n"
+	    "dispatch_cpu_ns %llu\n",
 	    (unsigned long long)s->pool_allocs, (unsigned long long)s->pool_frees,
-	    (unsigned long long)s->pool_oom,
+	    (unsigned long long)s->pool_oom, (unsigned long long)s->pool_waits,
 	    (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec);
 	for (unsigned int h = 0; h < b->o.helpers; h++) {
 		const struct bhelper *hp = &b->helper[h];
