@@ -479,6 +479,60 @@ TEST(gpu_pool_both_ways_outlives_its_maker)
 	munmap(pp, sizeof(*pp));
 }
 
+/* Whether this process has CUDA (the driver, or the fake one) mapped. */
+static bool cuda_loaded(void)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	bool found = false;
+
+	while (f && !found && fgets(line, sizeof(line), f))
+		found = strstr(line, "cuda") != NULL;
+	if (f)
+		fclose(f);
+	return found;
+}
+
+#define COPY_BYTES (32u << 20)
+
+/* Put 32 MiB into a block of the GPU pool and get it back, by the helper. */
+static int without_cuda(struct ferry_child *c, void *arg)
+{
+	uint8_t *src = malloc(COPY_BYTES), *back = malloc(COPY_BYTES);
+	uint64_t off;
+
+	(void)arg;
+	if (!src || !back)
+		return 1;
+	fill(src, COPY_BYTES, 5 + ferry_child_index(c));
+	memset(back, 0, COPY_BYTES);
+	if (ferry_child_pool_put(c, src, COPY_BYTES, &off))
+		return 2;
+	if (ferry_child_pool_get(c, off, back, COPY_BYTES) || memcmp(src, back, COPY_BYTES))
+		return 3;
+	if (ferry_child_pool_free(c, off))
+		return 4;
+	return cuda_loaded() ? 5 : 0;	/* the copies were the helper's */
+}
+
+TEST(children_copy_through_helpers_without_cuda)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+	struct ferry_broker *b;
+
+	NEED_GPU();
+	opts_for(&o, 2, 1);
+	o.child_fn = without_cuda;
+	o.pool_size = 128u << 20;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(2, st.pool_allocs);
+	EXPECT_EQ(0, st.bad_desc);
+	ferry_broker_stop(b);
+}
+
 TEST(defer_refused_without_a_gpu)
 {
 	EXPECT_EQ(-EINVAL, ferry_helper_defer(NULL, NULL, NULL));

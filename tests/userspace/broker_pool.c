@@ -490,6 +490,124 @@ TEST(heap_wait_times_out_then_is_served)
 	EXPECT_EQ(0, run(&o, NULL));
 }
 
+/*
+ * Copies by the helper: a buffer outside the region (5 MiB, staged through
+ * a 2 MiB region in pieces) put and got back; one in the region direct;
+ * one submitted asynchronously; every byte checked.
+ */
+static int copies(struct ferry_child *c, void *arg)
+{
+	const size_t big = 5u << 20, small = 64u << 10;
+	uint8_t *src = malloc(big), *back = malloc(big), *in = ferry_malloc(c, small);
+	struct ferry_desc d, rep;
+	uint64_t off, off2;
+
+	(void)arg;
+	if (!src || !back || !in)
+		return 1;
+	fill(src, big, 7 + ferry_child_index(c));
+	if (ferry_child_pool_put(c, src, big, &off))
+		return 2;
+	memset(back, 0, big);
+	if (ferry_child_pool_get(c, off, back, big) || memcmp(src, back, big))
+		return 3;
+	/* In the region: no staging.  Asynchronous: submit, complete. */
+	fill(in, small, 99);
+	if (ferry_child_pool_alloc(c, small, &off2) ||
+	    ferry_child_pool_copy_desc(c, FERRY_POOL_PUT, in, small, off2, &d))
+		return 4;
+	d.tag = 42;
+	if (ferry_submit(c, &d) || ferry_complete(c, &rep, 30LL * 1000000000) ||
+	    rep.tag != 42 || rep.status)
+		return 5;
+	memcpy(back, in, small);
+	memset(in, 0, small);
+	if (ferry_child_pool_get(c, off2, in, small) || memcmp(in, back, small))
+		return 6;
+	/* A part of a block, at an offset inside it. */
+	if (ferry_child_pool_get(c, off + 4096, back, 1000) || memcmp(back, src + 4096, 1000))
+		return 7;
+	/* Ranges that are not the child's: refused by the broker. */
+	if (ferry_child_pool_copy_desc(c, FERRY_POOL_GET, in, small, off2 + small, &d) ||
+	    ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 8;	/* past its block */
+	d = (struct ferry_desc){ .op = 0xff000005u, .offset = 0, .len = small, .arg = { off2 } };
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 9;	/* its channel, not its heap */
+	if (ferry_child_pool_free(c, off) || ferry_child_pool_free(c, off2))
+		return 10;
+	free(src);
+	free(back);
+	return 0;
+}
+
+TEST(helper_copies_put_get_checked)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 1, copies, NULL);	/* its 5 MiB block takes most of the pool */
+	EXPECT_EQ(0, run(&o, &st));
+	EXPECT_EQ(2, st.bad_desc);
+}
+
+/* Child 1 gets from, and puts into, child 0's block: refused. */
+static int copy_trespass(struct ferry_child *c, void *arg)
+{
+	struct shared *s = arg;
+	uint8_t *buf = ferry_malloc(c, 4096);
+	struct ferry_desc d, rep;
+	uint64_t off;
+
+	if (!buf)
+		return 1;
+	if (ferry_child_index(c) == 0) {
+		memset(buf, 0x5a, 4096);
+		if (ferry_child_pool_put(c, buf, 4096, &off))
+			return 2;
+		atomic_store(&s->off, off);
+		atomic_store(&s->stage, 1);
+		while (atomic_load(&s->stage) != 2)
+			usleep(1000);
+		memset(buf, 0, 4096);
+		if (ferry_child_pool_get(c, off, buf, 4096))
+			return 3;
+		for (int i = 0; i < 4096; i++)
+			if (buf[i] != 0x5a)
+				return 4;	/* overwritten by the other */
+		return 0;
+	}
+	while (atomic_load(&s->stage) != 1)
+		usleep(1000);
+	off = atomic_load(&s->off);
+	memset(buf, 0xee, 4096);
+	if (ferry_child_pool_get(c, off, buf, 4096) != -EINVAL)
+		return 10;
+	for (int i = 0; i < 4096; i++)
+		if (buf[i] != 0xee)
+			return 11;	/* read the other's bytes */
+	if (ferry_child_pool_copy_desc(c, FERRY_POOL_PUT, buf, 4096, off, &d) ||
+	    ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 12;
+	atomic_store(&s->stage, 2);
+	return 0;
+}
+
+TEST(helper_copies_of_another_childs_block_refused)
+{
+	struct shared *s = mmap(NULL, sizeof(*s), PROT_READ | PROT_WRITE,
+				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+
+	ASSERT_NE(MAP_FAILED, s);
+	memset(s, 0, sizeof(*s));
+	opts_for(&o, 2, copy_trespass, s);
+	EXPECT_EQ(0, run(&o, &st));
+	EXPECT_EQ(2, st.bad_desc);
+	munmap(s, sizeof(*s));
+}
+
 static int no_pool(struct ferry_child *c, void *arg)
 {
 	struct ferry_pool *p;

@@ -472,8 +472,8 @@ unsigned int ferry_window(const struct ferry_child *c);
  * flags = FERRY_DESC_POOL and (offset, len) inside one of this child's
  * blocks.  ferry_child_pool_free() fails with -EBUSY while requests naming
  * the block are at helpers.  ferry_child_pool_put(): a buffer that is not
- * in the pool is copied into a new block once (host to device for a GPU
- * pool); bytes already in the pool need no copy.
+ * in the pool is copied into a new block once (by a helper: see below);
+ * bytes already in the pool need no copy.
  */
 int ferry_child_pool(struct ferry_child *c, struct ferry_pool **out);
 int ferry_child_pool_alloc(struct ferry_child *c, size_t n, uint64_t *off);
@@ -488,6 +488,24 @@ int ferry_child_pool_alloc_timeout(struct ferry_child *c, size_t n, int64_t time
 				   uint64_t *off);
 int ferry_child_pool_free(struct ferry_child *c, uint64_t off);
 int ferry_child_pool_put(struct ferry_child *c, const void *src, size_t n, uint64_t *off);
+/*
+ * Copies between a child and its pool blocks are made by a helper (host
+ * to device on its stream, from the child's pinned region, for a GPU
+ * pool): a child needs no CUDA context.  ferry_child_pool_put() above
+ * allocates a block and copies @src into it; ferry_child_pool_get()
+ * copies @n bytes of the block bytes at @off into @dst.  A buffer in the
+ * child's region is copied from or to directly; any other is staged
+ * through the region's heap (up to 4 MiB at a time).  For overlap, fill
+ * a descriptor with ferry_child_pool_copy_desc() (a buffer in the region,
+ * a range of one of this child's blocks), set its tag, and ferry_submit()
+ * it; its reply comes through ferry_complete() like any other.  The broker
+ * checks both ranges against the child's heap and blocks.
+ */
+enum ferry_pool_copy { FERRY_POOL_PUT = 1, FERRY_POOL_GET = 2 };
+int ferry_child_pool_get(struct ferry_child *c, uint64_t off, void *dst, size_t n);
+int ferry_child_pool_copy_desc(const struct ferry_child *c, enum ferry_pool_copy dir,
+			       const void *region_ptr, size_t n, uint64_t block_off,
+			       struct ferry_desc *d);
 
 /*
  * Attach to a running broker's socket as a service; ferry_detach() ends

@@ -12,7 +12,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cuda_api.h"
 #include "peer.h"
 
 int ferry_child_pool(struct ferry_child *c, struct ferry_pool **out)
@@ -90,40 +89,86 @@ int ferry_child_pool_free(struct ferry_child *c, uint64_t off)
 	return pool_call(c, &d);
 }
 
+int ferry_child_pool_copy_desc(const struct ferry_child *c, enum ferry_pool_copy dir,
+			       const void *region_ptr, size_t n, uint64_t block_off,
+			       struct ferry_desc *d)
+{
+	uint64_t at = c && region_ptr ? ferry_offset(c, region_ptr) : UINT64_MAX;
+
+	if (!d || at == UINT64_MAX || n == 0 || (dir != FERRY_POOL_PUT && dir != FERRY_POOL_GET))
+		return -EINVAL;
+	*d = (struct ferry_desc){
+		.op = dir == FERRY_POOL_PUT ? FERRY_OP_POOL_PUT : FERRY_OP_POOL_GET,
+		.offset = at, .len = n, .arg = { block_off },
+	};
+	return 0;
+}
+
+/* The most staging the copies of a buffer outside the region take at once. */
+#define STAGE_MAX (4u << 20)
+
+/*
+ * Copy @n bytes between @buf and block bytes at @off, through the helper.
+ * A buffer in the child's region goes as it is; any other is staged
+ * through the region's heap in pieces.
+ */
+static int copy(struct ferry_child *c, enum ferry_pool_copy dir, void *buf, size_t n,
+		uint64_t off)
+{
+	size_t piece = n < STAGE_MAX ? n : STAGE_MAX;
+	uint8_t *stage = NULL;
+	struct ferry_desc d;
+	int err;
+
+	if (ferry_offset(c, buf) != UINT64_MAX && ferry_offset(c, (uint8_t *)buf + n - 1) !=
+	    UINT64_MAX) {
+		err = ferry_child_pool_copy_desc(c, dir, buf, n, off, &d);
+		if (!err)
+			err = ferry_child_call_internal(c, &d, -1);
+		return err ? err : d.status;
+	}
+	while (piece && !(stage = ferry_malloc(c, piece)))
+		piece /= 2;
+	if (!stage)
+		return -ENOMEM;
+	err = 0;
+	for (size_t k = 0; k < n && !err; k += piece) {
+		size_t len = n - k < piece ? n - k : piece;
+
+		if (dir == FERRY_POOL_PUT)
+			memcpy(stage, (const uint8_t *)buf + k, len);
+		err = ferry_child_pool_copy_desc(c, dir, stage, len, off + k, &d);
+		if (!err)
+			err = ferry_child_call_internal(c, &d, -1);
+		if (!err)
+			err = d.status;
+		if (!err && dir == FERRY_POOL_GET)
+			memcpy((uint8_t *)buf + k, stage, len);
+	}
+	ferry_free(c, stage);
+	return err;
+}
+
 int ferry_child_pool_put(struct ferry_child *c, const void *src, size_t n, uint64_t *off)
 {
-	struct ferry_pool *p;
-	struct ferry_cuda *cu;
-	uint64_t addr;
 	int err;
 
 	if (!c || !src || !off || n == 0)
 		return -EINVAL;
-	err = ferry_child_pool(c, &p);
-	if (!err)
-		err = ferry_child_pool_alloc(c, n, off);
+	err = ferry_child_pool_alloc(c, n, off);
 	if (err)
 		return err;
-	addr = ferry_pool_addr(p, *off, n);
-	if (!addr) {
-		err = -EPROTO;	/* the broker gave a block outside the pool */
-	} else if (ferry_pool_kind(p) == FERRY_POOL_CPU) {
-		memcpy((void *)(uintptr_t)addr, src, n);
-	} else {
-		err = ferry_cuda_get(&cu);
-		if (!err)
-			err = ferry_cuda_use_device(cu, c->pool_ref.device);
-		if (!err)
-			err = ferry_cuda_errno(cu->cuMemcpyHtoD((CUdeviceptr)addr, src, n));
-		/*
-		 * From pageable memory the copy returns once the bytes are
-		 * staged, before they reach the device; a helper in another
-		 * context that reads the block next would see old bytes.
-		 */
-		if (!err)
-			err = ferry_cuda_errno(cu->cuCtxSynchronize());
-	}
+	err = copy(c, FERRY_POOL_PUT, (void *)src, n, *off);
 	if (err)
 		ferry_child_pool_free(c, *off);
 	return err;
+}
+
+int ferry_child_pool_get(struct ferry_child *c, uint64_t off, void *dst, size_t n)
+{
+	if (!c || !dst || n == 0)
+		return -EINVAL;
+	if (!c->pool_ref.kind)
+		return -ENOENT;
+	return copy(c, FERRY_POOL_GET, dst, n, off);
 }

@@ -241,6 +241,41 @@ static void child_died(struct ferry_broker *b, uint32_t i);
 #define DISPATCH_QUANTUM_MAX 16
 #endif
 
+/* (@off, @len) lies in child @i's heap (empty: no range at all). */
+static bool in_heap(struct ferry_broker *b, uint32_t i, uint64_t off, uint64_t len)
+{
+	size_t rsize = ferry_region_size(b->child[i].chan.region);
+
+	return !len || (off >= b->chan_bytes_child && off <= rsize && len <= rsize - off);
+}
+
+/*
+ * Every range @d names is the sender's: (offset, len) in its heap, or
+ * (FERRY_DESC_POOL) in one of its pool blocks, which then stays held
+ * until the reply (*block); a PUT/GET names both, its heap range and, at
+ * arg[0], as many bytes of one of its blocks.  Users' ops stay below the
+ * internal ones.  0, or -EINVAL with nothing held.
+ */
+static int check_ranges(struct ferry_broker *b, uint32_t i, const struct ferry_desc *d,
+			uint64_t *block)
+{
+	bool copy = d->op == FERRY_OP_POOL_PUT || d->op == FERRY_OP_POOL_GET;
+
+	*block = UINT64_MAX;
+	if (d->flags & ~FERRY_DESC_POOL)
+		return -EINVAL;
+	if (copy) {
+		if (d->flags || !d->len || !in_heap(b, i, d->offset, d->len))
+			return -EINVAL;
+		return ferry_bpool_hold(b, i, d->arg[0], d->len, block) ? -EINVAL : 0;
+	}
+	if (d->op >= FERRY_OP_FIRST_INTERNAL)
+		return -EINVAL;
+	if (d->flags & FERRY_DESC_POOL)
+		return ferry_bpool_hold(b, i, d->offset, d->len, block) ? -EINVAL : 0;
+	return in_heap(b, i, d->offset, d->len) ? 0 : -EINVAL;
+}
+
 /*
  * Take one request from child @i and hand it to helper @h.  1 if a request
  * was taken (dispatched or failed back), 0 if the ring is empty, -1 if the
@@ -250,8 +285,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 {
 	struct bchild *c = &b->child[i];
 	struct ferry_desc d;
-	uint64_t rung, block = UINT64_MAX;
-	size_t rsize;
+	uint64_t rung, block;
 	uint32_t s;
 
 	switch (ferry_chan_recv(&c->chan.ch, &d)) {
@@ -276,16 +310,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 			to_child(b, i, &d);
 		return 1;
 	}
-	rsize = ferry_region_size(c->chan.region);
-	/*
-	 * A range, when there is one, must lie in the child's heap part, or
-	 * (FERRY_DESC_POOL) in a pool block of this child, which then stays
-	 * held until the reply.
-	 */
-	if ((d.flags & ~FERRY_DESC_POOL) || d.op >= FERRY_OP_FIRST_INTERNAL ||
-	    (d.flags & FERRY_DESC_POOL ? ferry_bpool_hold(b, i, d.offset, d.len, &block) != 0 :
-	     d.len && (d.offset < b->chan_bytes_child || d.offset > rsize ||
-		       d.len > rsize - d.offset))) {
+	if (check_ranges(b, i, &d, &block)) {
 		b->st.bad_desc++;
 		fail_back(b, i, d.op, d.tag, -EINVAL);
 		return 1;

@@ -179,7 +179,10 @@ _Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)
 		rep = req;
 		h.cur = &req;
 		h.deferred_cur = false;
-		rep.status = cfg->handler(&h, &req, &rep, cfg->helper_arg);
+		if (req.op == FERRY_OP_POOL_PUT || req.op == FERRY_OP_POOL_GET)
+			rep.status = ferry_hgpu_copy(&h, &req, &rep);
+		else
+			rep.status = cfg->handler(&h, &req, &rep, cfg->helper_arg);
 		h.cur = NULL;
 		if (rep.status == FERRY_DEFERRED && h.deferred_cur)
 			continue;	/* ferry_hgpu_poll() sends it */

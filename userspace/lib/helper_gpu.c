@@ -226,3 +226,30 @@ unsigned int ferry_helper_pinned_count(const struct ferry_helper *h)
 {
 	return h ? h->npinned : 0;
 }
+
+int ferry_hgpu_copy(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep)
+{
+	bool put = req->op == FERRY_OP_POOL_PUT;
+	uint8_t *host = ferry_helper_data(h, req, req->offset, req->len);
+	uint64_t dev = ferry_helper_pool_addr(h, req->arg[0], req->len);
+	void *stream;
+	int err;
+
+	if (!host || !dev)
+		return -EFAULT;
+	if (ferry_pool_kind(h->pool) == FERRY_POOL_CPU) {
+		if (put)
+			memcpy((void *)(uintptr_t)dev, host, req->len);
+		else
+			memcpy(host, (const void *)(uintptr_t)dev, req->len);
+		return 0;
+	}
+	/* From the child's region, pinned where CUDA could register it. */
+	stream = ferry_helper_stream(h);
+	err = ferry_cuda_errno(put ?
+		h->cu->cuMemcpyHtoDAsync((CUdeviceptr)dev, host, req->len, (CUstream)stream) :
+		h->cu->cuMemcpyDtoHAsync(host, (CUdeviceptr)dev, req->len, (CUstream)stream));
+	if (!err)
+		err = ferry_helper_defer(h, rep, stream);
+	return err ? err : FERRY_DEFERRED;
+}

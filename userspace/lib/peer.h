@@ -128,6 +128,8 @@ void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_exit(struct ferry_helper *h);
 unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait);
+/* FERRY_OP_POOL_PUT / _GET, as a handler would: 0, FERRY_DEFERRED, -errno. */
+int ferry_hgpu_copy(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep);
 /* Import the pool SETUP described, or make it and send it to the broker. */
 int ferry_hgpu_pool(struct ferry_helper *h, const struct ferry_ctl *m, int pool_fd);
 

@@ -18,6 +18,11 @@
 #define FERRY_OP_CTRL		0xff000001u	/* helper: read control messages up to arg[0] */
 #define FERRY_OP_POOL_ALLOC	0xff000002u	/* child -> broker: len bytes of the pool */
 #define FERRY_OP_POOL_FREE	0xff000003u	/* child -> broker: the block at offset */
+/* child -> helper: copy (offset, len) of the child's region into (PUT) or
+ * out of (GET) the child's pool block at arg[0]; the helper copies, on its
+ * stream for a GPU pool, so that children never need CUDA. */
+#define FERRY_OP_POOL_PUT	0xff000004u
+#define FERRY_OP_POOL_GET	0xff000005u
 
 enum ferry_ctl_type {
 	FERRY_CTL_HELLO = 1,		/* service -> broker: please attach me */
