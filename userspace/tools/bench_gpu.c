@@ -269,9 +269,13 @@ static int owner(struct side *s, int sock, unsigned int n, const char *plot)
 {
 	struct ferry_cuda *cu;
 	double worst_pool = 0, best_legacy = 1e18, gbps[3][2], xs[NSIZES], us[4][NSIZES];
+	double put = 0, get = 0;
 	size_t nsz = 0;
-	int err = ferry_cuda_get(&cu);
+	int err = ferry_gpu_count_forked() > 0 ? bench_pool_copies(&put, &get) : 0;
 
+	if (err)
+		return 1;
+	err = ferry_cuda_get(&cu);
 	if (err) {
 		printf("ferry-bench gpu: no GPU here (%s); nothing measured\n", ferry_cuda_why());
 		return 1;
@@ -324,12 +328,15 @@ static int owner(struct side *s, int sock, unsigned int n, const char *plot)
 	printf("  pageable (baseline)           %8.2f   %8.2f\n", gbps[0][0], gbps[0][1]);
 	printf("  ferry pinned region           %8.2f   %8.2f\n", gbps[1][0], gbps[1][1]);
 	printf("  cuMemAllocHost (reference)    %8.2f   %8.2f\n", gbps[2][0], gbps[2][1]);
+	printf("  ferry put/get by the helper   %8.2f   %8.2f  (%.0f%% / %.0f%% of the reference)\n",
+	       put, get, 100 * put / gbps[2][0], 100 * get / gbps[2][1]);
 	/* Conservative: ferry's worst size against legacy's best. */
 	printf("bench=gpu overhead_us=%.2f legacy_overhead_us=%.2f speedup=%.1f h2d_gbps=%.2f "
 	       "pinned_ref_gbps=%.2f h2d_ratio=%.3f pageable_gbps=%.2f d2h_gbps=%.2f "
-	       "d2h_ref_gbps=%.2f\n", worst_pool / 1e3, best_legacy / 1e3,
+	       "d2h_ref_gbps=%.2f put_gbps=%.2f get_gbps=%.2f put_ratio=%.3f get_ratio=%.3f\n",
+	       worst_pool / 1e3, best_legacy / 1e3,
 	       best_legacy / worst_pool, gbps[1][0], gbps[2][0], gbps[1][0] / gbps[2][0],
-	       gbps[0][0], gbps[1][1], gbps[2][1]);
+	       gbps[0][0], gbps[1][1], gbps[2][1], put, get, put / gbps[2][0], get / gbps[2][1]);
 	return plot && plot_sizes(plot, xs, us, nsz) ? 1 : 0;
 }
 
