@@ -78,7 +78,7 @@ fi
 root=$out/initramfs
 rm -rf "$root" && mkdir -p "$root"/{bin,dev,proc,sys,tmp,tests}
 cp "$busybox" "$root/bin/busybox"
-for a in sh mount insmod rmmod cat echo dmesg reboot sleep tr mkdir ls; do
+for a in sh mount insmod rmmod cat echo dmesg reboot sleep tr mkdir ls readlink grep cut; do
 	ln -s busybox "$root/bin/$a"
 done
 cp "$out/src/kmod/ferry.ko" "$root/ferry.ko"
@@ -149,7 +149,21 @@ for f in failslab fail_page_alloc; do
 	[ -e /faults ] && echo "FERRY-VM faults-left $f $(cat $d/times)"
 done
 echo "FERRY-VM stats $(tr '\n' ' ' </sys/kernel/debug/ferry/stats)"
-rmmod ferry; echo "FERRY-VM rmmod $?"
+rmmod ferry; rc=$?
+if [ $rc != 0 ]; then
+	# Name what still holds the module: a /dev/ferry session fd or a
+	# region's mapping, in whatever process a test left behind.
+	for p in /proc/[0-9]*; do
+		what=
+		for f in $p/fd/*; do
+			[ "$(readlink $f 2>/dev/null)" = /dev/ferry ] && what="$what fd ${f##*/}"
+		done
+		grep -q 'ferry' $p/maps 2>/dev/null && what="$what maps"
+		[ -n "$what" ] || continue
+		echo "FERRY-VM holder pid ${p#/proc/} ppid $(cut -d' ' -f4 <$p/stat 2>/dev/null) [$(tr '\0' ' ' <$p/cmdline 2>/dev/null)]:$what"
+	done
+fi
+echo "FERRY-VM rmmod $rc"
 echo "FERRY-VM taint-end $(cat /proc/sys/kernel/tainted)"
 if [ -e /sys/kernel/debug/kmemleak ]; then
 	# Objects must stay unreferenced a while before a scan reports them.
@@ -168,6 +182,7 @@ chmod +x "$root/init"
 
 # --- boot and relay ---------------------------------------------------------
 log=$out/console.log
+holders=()
 insmod_rc= rmmod_rc= stats= bad_rc=() taint_boot= taint_insmod= taint_end= in_dmesg=0 dmesg_bad=() in_leak=0 leaks=() have_kmemleak=0
 declare -A injected=()
 t0=$(date +%s)
@@ -218,6 +233,7 @@ while IFS= read -r line; do
 		set -- ${line#FERRY-VM faults-left }
 		injected[$1]=$((1000000000 - $2)) ;;
 	"FERRY-VM rmmod "*) rmmod_rc=${line##* } ;;
+	"FERRY-VM holder "*) holders+=("${line#FERRY-VM holder }") ;;
 	"FERRY-VM dmesg-begin") in_dmesg=1 ;;
 	"FERRY-VM kmemleak-begin") in_leak=1 have_kmemleak=1 ;;
 	"not ok "*|"ok "*)
@@ -272,7 +288,12 @@ for k in regions live_regions bytes maps grants sessions; do
 done
 [ $zero = 1 ] && check OK "debugfs counters zero after the tests" ||
 	check FAIL "debugfs counters zero after the tests (got: ${stats:-nothing})"
-[ "$rmmod_rc" = 0 ] && check OK "rmmod ferry" || check FAIL "rmmod ferry (rc=${rmmod_rc:-none})"
+if [ "$rmmod_rc" = 0 ]; then
+	check OK "rmmod ferry"
+else
+	for h in "${holders[@]}"; do echo "#   still holding ferry: $h"; done
+	check FAIL "rmmod ferry (rc=${rmmod_rc:-none}; ${#holders[@]} processes hold /dev/ferry or a region)"
+fi
 # /proc/sys/kernel/tainted: whatever insmod added is the base; any flag
 # the tests added (bad page, warning, oops, ...) fails the run.
 if [ -n "$taint_insmod" ] && [ -n "$taint_end" ] &&
