@@ -438,7 +438,6 @@ TEST_F(session, owner_exit_destroys_regions_after_owner_closed_its_copy)
 		struct ferry_test_region r;
 		int fd = ferry_open();
 		int parent = ferry_pidfd_open(getppid());
-		pid_t holder;
 
 		if (fd < 0 || parent < 0 || ferry_region_new(fd, 1, 8, &r) ||
 		    ferry_grant(fd, r.id, parent, FERRY_RIGHT_READ))
