@@ -25,7 +25,7 @@ FIXTURE_SETUP(session)
 {
 	FERRY_SETUP_REQUIRE_DEVICE();
 	self->ps = ferry_page();
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 }
 
