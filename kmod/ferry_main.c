@@ -23,9 +23,9 @@
 
 #include "ferry.h"
 
-unsigned int ferry_max_regions = 4096;
+unsigned int ferry_max_regions = 65536;
 module_param_named(max_regions, ferry_max_regions, uint, 0644);
-MODULE_PARM_DESC(max_regions, "Regions one session may hold (default 4096)");
+MODULE_PARM_DESC(max_regions, "Regions one session may hold (default 65536)");
 
 unsigned long long ferry_max_bytes = 64ULL << 30;
 module_param_named(max_bytes, ferry_max_bytes, ullong, 0644);
@@ -422,8 +422,10 @@ static void __exit ferry_exit(void)
 	/* Every session and map held a module reference: all are gone. */
 	WARN_ON(!xa_empty(&ferry_regions));
 	xa_destroy(&ferry_regions);
-	/* An object still allocated here makes SLUB complain: the VM tests
-	 * fail on that. */
+	/*
+	 * An object still allocated here makes SLUB complain: the VM tests
+	 * fail on that.
+	 */
 	ferry_caches_destroy();
 }
 

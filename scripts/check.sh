@@ -104,6 +104,14 @@ vm_dirs=(build/tests/kmod)
 for k in ${FERRY_KERNELS:-6.1 6.12}; do
 	tally "module + libferry on Debian $k (qemu)" "$here/vm-test.sh" "$k" "${vm_dirs[@]}"
 done
+# Those 1 GiB guests run tests/userspace/scale.c with 256 children (its
+# memory rule); the production shape, 4096 children x 8 helpers on kmod,
+# gets a 3 GiB guest on one kernel.
+if [ -x build/tests/userspace/scale ]; then
+	tally "module + libferry at 4096 children, Debian 6.12 (qemu)" \
+		env FERRY_VM_MEM=3072 FERRY_SCALE_CHILDREN=4096 "$here/vm-test.sh" 6.12 \
+		build/tests/userspace/scale
+fi
 
 # The debug kernel (KASAN, lockdep, kmemleak, DEBUG_VM...): every module
 # test, the fuzzer and libferry again; any report fails.  Then the module's

@@ -1,7 +1,14 @@
 #!/bin/bash
 # Run the module selftests inside qemu on one Debian kernel series.
 #
-#   scripts/vm-test.sh 6.1|6.12|debug TESTDIR [TESTDIR...]
+#   scripts/vm-test.sh 6.1|6.12|debug TESTDIR|TESTBIN [TESTDIR|TESTBIN...]
+#
+# Each argument is a directory (every executable in it runs) or one test
+# binary.  FERRY_VM_MEM is the guest's memory in MiB (default 1024), split
+# over its two NUMA nodes.  FERRY_SCALE_CHILDREN, when set, reaches the
+# tests in the guest (tests/userspace/scale.c's child count); so that the
+# broker can raise its soft RLIMIT_NOFILE for thousands of children, the
+# guest's hard limit is 524288 for the tests.
 #
 # "debug" is ferry's own 6.1 build with KASAN, lockdep and kmemleak
 # (debug-kernel.sh); there kmemleak is cleared before insmod and scanned
@@ -28,7 +35,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 . "$here/lib.sh"
 
-[ $# -ge 2 ] || ferry_die "usage: vm-test.sh 6.1|6.12|debug TESTDIR..."
+[ $# -ge 2 ] || ferry_die "usage: vm-test.sh 6.1|6.12|debug TESTDIR|TESTBIN..."
 series=$1; shift
 kenv=$("$here/kernel.sh" "$series") || exit 1
 FERRY_KAPPEND=
@@ -39,6 +46,12 @@ busybox=$(ferry_busybox) || exit 1
 
 out=$repo/build/vm/$FERRY_KABI
 timeout_s=${FERRY_VM_TIMEOUT:-900}
+mem=${FERRY_VM_MEM:-1024}
+[[ $mem =~ ^[0-9]+$ ]] && [ "$mem" -ge 256 ] ||
+	ferry_die "FERRY_VM_MEM=$mem: MiB, at least 256"
+mem0=$((mem / 2)) mem1=$((mem - mem / 2))
+kappend=
+[ -n "${FERRY_SCALE_CHILDREN:-}" ] && kappend+=" FERRY_SCALE_CHILDREN=$FERRY_SCALE_CHILDREN"
 pass=0 fail=0 skip=0 n=0
 
 check() {	# check OK|FAIL description
@@ -56,7 +69,7 @@ finish() {
 	exit
 }
 
-echo "# kernel $FERRY_KABI ($series)"
+echo "# kernel $FERRY_KABI ($series), guest ${mem} MiB${FERRY_SCALE_CHILDREN:+, FERRY_SCALE_CHILDREN=$FERRY_SCALE_CHILDREN}"
 
 # --- the module, built in a private copy of the sources ------------------
 rm -rf "$out/src" && mkdir -p "$out/src"
@@ -78,7 +91,7 @@ fi
 root=$out/initramfs
 rm -rf "$root" && mkdir -p "$root"/{bin,dev,proc,sys,tmp,tests}
 cp "$busybox" "$root/bin/busybox"
-for a in sh mount insmod rmmod cat echo dmesg reboot sleep tr mkdir ls; do
+for a in sh mount insmod rmmod cat echo dmesg reboot sleep tr mkdir ls readlink grep cut; do
 	ln -s busybox "$root/bin/$a"
 done
 cp "$out/src/kmod/ferry.ko" "$root/ferry.ko"
@@ -91,6 +104,11 @@ for t in "$repo"/build/vm-tools/*; do
 done
 nt=0
 for d in "$@"; do
+	if [ -f "$d" ]; then
+		[ -x "$d" ] || ferry_die "$d: not an executable test binary"
+		cp "$d" "$root/tests/" && nt=$((nt + 1))
+		continue
+	fi
 	for t in "$d"/*; do
 		[ -f "$t" ] && [ -x "$t" ] || continue
 		cp "$t" "$root/tests/" && nt=$((nt + 1))
@@ -133,6 +151,8 @@ if [ -e /faults ] && [ -d /sys/kernel/debug/failslab ]; then
 	[ -d $d ] && { echo Y >$d/task-filter; echo 1 >$d/probability; }
 	echo "FERRY-VM faults on"
 fi
+# The broker raises its soft limit up to this for thousands of children.
+ulimit -Hn 524288 || echo "FERRY-VM could not raise the nofile hard limit"
 for t in /tests/*; do
 	echo "FERRY-VM run ${t##*/}"
 	if [ -e /faults ]; then
@@ -149,7 +169,21 @@ for f in failslab fail_page_alloc; do
 	[ -e /faults ] && echo "FERRY-VM faults-left $f $(cat $d/times)"
 done
 echo "FERRY-VM stats $(tr '\n' ' ' </sys/kernel/debug/ferry/stats)"
-rmmod ferry; echo "FERRY-VM rmmod $?"
+rmmod ferry; rc=$?
+if [ $rc != 0 ]; then
+	# Name what still holds the module: a /dev/ferry session fd or a
+	# region's mapping, in whatever process a test left behind.
+	for p in /proc/[0-9]*; do
+		what=
+		for f in $p/fd/*; do
+			[ "$(readlink $f 2>/dev/null)" = /dev/ferry ] && what="$what fd ${f##*/}"
+		done
+		grep -q 'ferry' $p/maps 2>/dev/null && what="$what maps"
+		[ -n "$what" ] || continue
+		echo "FERRY-VM holder pid ${p#/proc/} ppid $(cut -d' ' -f4 <$p/stat 2>/dev/null) [$(tr '\0' ' ' <$p/cmdline 2>/dev/null)]:$what"
+	done
+fi
+echo "FERRY-VM rmmod $rc"
 echo "FERRY-VM taint-end $(cat /proc/sys/kernel/tainted)"
 if [ -e /sys/kernel/debug/kmemleak ]; then
 	# Objects must stay unreferenced a while before a scan reports them.
@@ -168,6 +202,7 @@ chmod +x "$root/init"
 
 # --- boot and relay ---------------------------------------------------------
 log=$out/console.log
+holders=()
 insmod_rc= rmmod_rc= stats= bad_rc=() taint_boot= taint_insmod= taint_end= in_dmesg=0 dmesg_bad=() in_leak=0 leaks=() have_kmemleak=0
 declare -A injected=()
 t0=$(date +%s)
@@ -218,6 +253,7 @@ while IFS= read -r line; do
 		set -- ${line#FERRY-VM faults-left }
 		injected[$1]=$((1000000000 - $2)) ;;
 	"FERRY-VM rmmod "*) rmmod_rc=${line##* } ;;
+	"FERRY-VM holder "*) holders+=("${line#FERRY-VM holder }") ;;
 	"FERRY-VM dmesg-begin") in_dmesg=1 ;;
 	"FERRY-VM kmemleak-begin") in_leak=1 have_kmemleak=1 ;;
 	"not ok "*|"ok "*)
@@ -234,11 +270,11 @@ while IFS= read -r line; do
 		pass=$((pass + 1)); echo "$line" ;;
 	*) echo "$line" ;;
 	esac
-done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2,sockets=2,cores=1,threads=1 -m 1024 \
-	-object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M \
+done < <(timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp 2,sockets=2,cores=1,threads=1 -m "$mem" \
+	-object memory-backend-ram,id=m0,size="${mem0}M" -object memory-backend-ram,id=m1,size="${mem1}M" \
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \
 	-nographic -no-reboot -kernel "$FERRY_VMLINUZ" -initrd "$out/initramfs.cpio.gz" \
-	-append "console=ttyS0 panic=-1 loglevel=3 tsc=reliable $FERRY_KAPPEND ${FERRY_VM_APPEND:-}" </dev/null 2>&1)
+	-append "console=ttyS0 panic=-1 loglevel=3 tsc=reliable $FERRY_KAPPEND$kappend ${FERRY_VM_APPEND:-}" </dev/null 2>&1)
 	[ -z "$insmod_rc" ] || break
 	echo "# boot attempt $attempt died before the tests started:"
 	grep -m 3 -E 'Oops|BUG:|panic' "$log" | sed 's/^/#   /'
@@ -272,7 +308,12 @@ for k in regions live_regions bytes maps grants sessions; do
 done
 [ $zero = 1 ] && check OK "debugfs counters zero after the tests" ||
 	check FAIL "debugfs counters zero after the tests (got: ${stats:-nothing})"
-[ "$rmmod_rc" = 0 ] && check OK "rmmod ferry" || check FAIL "rmmod ferry (rc=${rmmod_rc:-none})"
+if [ "$rmmod_rc" = 0 ]; then
+	check OK "rmmod ferry"
+else
+	for h in "${holders[@]}"; do echo "#   still holding ferry: $h"; done
+	check FAIL "rmmod ferry (rc=${rmmod_rc:-none}; held by ${#holders[@]} process(es): /dev/ferry or a region)"
+fi
 # /proc/sys/kernel/tainted: whatever insmod added is the base; any flag
 # the tests added (bad page, warning, oops, ...) fails the run.
 if [ -n "$taint_insmod" ] && [ -n "$taint_end" ] &&

@@ -26,7 +26,7 @@ FIXTURE_SETUP(create)
 {
 	FERRY_SETUP_REQUIRE_DEVICE();
 	self->ps = ferry_page();
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd) TH_LOG("open %s: %s", FERRY_DEV_PATH,
 				       strerror(-self->fd));
 	ASSERT_EQ(0, ferry_version(self->fd, &self->v));
@@ -590,7 +590,7 @@ FIXTURE_SETUP(limits)
 	ASSERT_EQ(0, ferry_param_read("max_regions", &self->max_regions));
 	ASSERT_EQ(0, ferry_param_read("max_bytes", &self->max_bytes));
 	self->saved = true;
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 }
 

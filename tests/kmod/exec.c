@@ -79,7 +79,7 @@ FIXTURE_SETUP(exec)
 	FERRY_SETUP_REQUIRE_DEVICE();
 	self->r.memfd = -1;
 	self->suid[0] = 0;
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 	ASSERT_EQ(0, ferry_region_new(self->fd, 2, 5, &self->r));
 }

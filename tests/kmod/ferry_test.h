@@ -134,6 +134,20 @@ static inline int ferry_open(void)
 	return fd < 0 ? -errno : fd;
 }
 
+/*
+ * In FIXTURE_SETUP: the case's own session, asked for again while opening
+ * fails with ENOMEM.  Under fault injection the module's allocations fail
+ * at random; a case whose setup gave up on that tested nothing.
+ */
+static inline int ferry_open_setup(void)
+{
+	int fd = ferry_open();
+
+	for (int tries = 0; fd == -ENOMEM && tries < 1000; tries++)
+		fd = ferry_open();
+	return fd;
+}
+
 static inline int ferry_ioctl(int fd, unsigned long cmd, void *arg)
 {
 	return ioctl(fd, cmd, arg) ? -errno : 0;
@@ -257,6 +271,59 @@ static inline int ferry_wait(pid_t pid)
 	if (WIFSIGNALED(status))
 		return 128 + WTERMSIG(status);
 	return -ECHILD;
+}
+
+/*
+ * The processes a test forks itself (peers have their own bookkeeping):
+ * ferry_kids_add() right after fork(), ferry_kids_wait() instead of
+ * ferry_wait() to reap one, and ferry_kids_reap() in FIXTURE_TEARDOWN,
+ * which SIGKILLs whatever is left, then reaps it in the order added.  An
+ * ASSERT jumps straight to the teardown, so no child (and the /dev/ferry session
+ * or memfd it inherited, which would keep rmmod from working) outlives a
+ * case that failed half-way.  Add a parent before the processes it forks:
+ * once it is reaped, its orphans are ours to reap where the test is a
+ * subreaper (PR_SET_CHILD_SUBREAPER); elsewhere they are init's, and
+ * waitpid() just says ECHILD.
+ */
+#define FERRY_KIDS_MAX	8
+
+struct ferry_kids {
+	pid_t pid[FERRY_KIDS_MAX];
+	int n;
+};
+
+static inline void ferry_kids_add(struct ferry_kids *k, pid_t pid)
+{
+	if (pid > 0 && k->n < FERRY_KIDS_MAX)
+		k->pid[k->n++] = pid;
+}
+
+static inline void ferry_kids_forget(struct ferry_kids *k, pid_t pid)
+{
+	for (int i = 0; i < k->n; i++)
+		if (k->pid[i] == pid) {
+			memmove(&k->pid[i], &k->pid[i + 1],
+				(size_t)(k->n - i - 1) * sizeof(pid_t));
+			k->n--;
+			return;
+		}
+}
+
+static inline int ferry_kids_wait(struct ferry_kids *k, pid_t pid)
+{
+	int ret = ferry_wait(pid);
+
+	ferry_kids_forget(k, pid);
+	return ret;
+}
+
+static inline void ferry_kids_reap(struct ferry_kids *k)
+{
+	for (int i = 0; i < k->n; i++)
+		kill(k->pid[i], SIGKILL);
+	for (int i = 0; i < k->n; i++)
+		ferry_wait(k->pid[i]);
+	k->n = 0;
 }
 
 /* Wait until the process behind @pidfd has exited (a zombie, unreaped). */

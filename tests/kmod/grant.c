@@ -28,7 +28,7 @@ FIXTURE_SETUP(grant)
 	self->ps = ferry_page();
 	self->len = G_PAGES * self->ps;
 	self->r.memfd = -1;
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 	ASSERT_EQ(0, ferry_region_new(self->fd, G_PAGES, G_SEED, &self->r));
 	ASSERT_EQ(0, ferry_peer_start(&self->peer));

@@ -33,7 +33,7 @@ FIXTURE_SETUP(holes)
 	self->ps = ferry_page();
 	self->len = H_PAGES * self->ps;
 	self->taint = ferry_tainted();
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 	self->memfd = ferry_memfd(H_PAGES, F_SEAL_SHRINK, H_SEED);
 	ASSERT_LE(0, self->memfd);

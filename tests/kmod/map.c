@@ -26,7 +26,7 @@ FIXTURE_SETUP(map)
 	FERRY_SETUP_REQUIRE_DEVICE();
 	self->ps = ferry_page();
 	self->r.memfd = -1;
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 	ASSERT_EQ(0, ferry_region_new(self->fd, MAP_PAGES, MAP_SEED, &self->r));
 }

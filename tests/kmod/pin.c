@@ -32,7 +32,7 @@ FIXTURE_SETUP(pin)
 	self->ps = ferry_page();
 	self->len = P_PAGES * self->ps;
 	self->r.memfd = -1;
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 	ASSERT_EQ(0, ferry_region_new(self->fd, P_PAGES, P_SEED, &self->r));
 	ASSERT_EQ(0, ferry_map(self->fd, self->r.off, self->len, RW, &v));

@@ -18,18 +18,20 @@ FIXTURE(session) {
 	int fd;
 	size_t ps;
 	struct ferry_peer peer;
+	struct ferry_kids kids;	/* killed and reaped in the teardown */
 };
 
 FIXTURE_SETUP(session)
 {
 	FERRY_SETUP_REQUIRE_DEVICE();
 	self->ps = ferry_page();
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 }
 
 FIXTURE_TEARDOWN(session)
 {
+	ferry_kids_reap(&self->kids);
 	ferry_peer_release(&self->peer);
 	if (self->fd > 0)
 		close(self->fd);
@@ -90,7 +92,8 @@ TEST_F(session, inherited_fd_is_useless_after_fork)
 	ASSERT_LE(0, pid);
 	if (pid == 0)
 		_exit(foreign_session_checks(self->fd, r.id, r.off, self->ps));
-	EXPECT_EQ(0, ferry_wait(pid));
+	ferry_kids_add(&self->kids, pid);
+	EXPECT_EQ(0, ferry_kids_wait(&self->kids, pid));
 	/* The child's attempts and its exit changed nothing here. */
 	ASSERT_EQ(0, ferry_info(self->fd, r.id, &info));
 	EXPECT_EQ(0u, info.nr_maps);
@@ -176,9 +179,10 @@ TEST_F(session, fd_passed_over_scm_rights_is_useless)
 			_exit(104);
 		_exit(0);
 	}
+	ferry_kids_add(&self->kids, pid);
 	close(sv[1]);
 	ASSERT_EQ(0, send_fd(sv[0], self->fd));
-	EXPECT_EQ(0, ferry_wait(pid));
+	EXPECT_EQ(0, ferry_kids_wait(&self->kids, pid));
 	close(sv[0]);
 	EXPECT_EQ(0, ferry_info(self->fd, r.id, &info));
 	ferry_region_close_memfd(&r);
@@ -377,6 +381,12 @@ TEST_F(session, owner_exit_destroys_regions_a_child_still_has_fd_to)
 			struct ferry_version v;
 			char c;
 
+			/*
+			 * Keep only the session fd and the pipe it waits on:
+			 * no copy of a write end, so a test that failed
+			 * half-way (its end closed) lets it go.
+			 */
+			ferry_close_inherited(hold[0], fd);
 			/* Hold the inherited fd until told; it stays useless. */
 			if (read(hold[0], &c, 1) != 1)
 				_exit(3);
@@ -387,19 +397,21 @@ TEST_F(session, owner_exit_destroys_regions_a_child_still_has_fd_to)
 			_exit(5);
 		_exit(0);	/* with its fd still open */
 	}
+	ferry_kids_add(&self->kids, owner);
 	close(idpipe[1]);
 	close(hold[0]);
 	ASSERT_EQ(0, ferry_read_full(idpipe[0], &id, sizeof(id)));
 	ASSERT_EQ(0, ferry_read_full(idpipe[0], &holder, sizeof(holder)));
+	ferry_kids_add(&self->kids, holder);
 	close(idpipe[0]);
-	ASSERT_EQ(0, ferry_wait(owner));
+	ASSERT_EQ(0, ferry_kids_wait(&self->kids, owner));
 
 	EXPECT_EQ(-ENOENT, ferry_info(self->fd, id, &info));
 
 	/* Reparented to us; its inherited fd is still refused. */
 	ASSERT_EQ(1, write(hold[1], "x", 1));
 	close(hold[1]);
-	EXPECT_EQ(0, ferry_wait(holder));
+	EXPECT_EQ(0, ferry_kids_wait(&self->kids, holder));
 }
 
 /*
@@ -414,8 +426,10 @@ TEST_F(session, owner_exit_destroys_regions_after_owner_closed_its_copy)
 	int idpipe[2], hold[2];
 	struct ferry_info info;
 	uint32_t id = 0;
-	pid_t owner;
+	pid_t owner, holder = 0;
 
+	/* The holder outlives its parent, the owner: let it come to us. */
+	ASSERT_EQ(0, prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0));
 	ASSERT_EQ(0, pipe(idpipe));
 	ASSERT_EQ(0, pipe(hold));
 	owner = fork();
@@ -424,7 +438,6 @@ TEST_F(session, owner_exit_destroys_regions_after_owner_closed_its_copy)
 		struct ferry_test_region r;
 		int fd = ferry_open();
 		int parent = ferry_pidfd_open(getppid());
-		pid_t holder;
 
 		if (fd < 0 || parent < 0 || ferry_region_new(fd, 1, 8, &r) ||
 		    ferry_grant(fd, r.id, parent, FERRY_RIGHT_READ))
@@ -435,24 +448,31 @@ TEST_F(session, owner_exit_destroys_regions_after_owner_closed_its_copy)
 		if (holder == 0) {
 			char c;
 
+			/* The copy of the fd, and no write end to wait on. */
+			ferry_close_inherited(hold[0], fd);
 			_exit(read(hold[0], &c, 1) == 1 ? 0 : 3);
 		}
 		close(fd);
-		if (ferry_write_full(idpipe[1], &r.id, sizeof(r.id)))
+		if (ferry_write_full(idpipe[1], &r.id, sizeof(r.id)) ||
+		    ferry_write_full(idpipe[1], &holder, sizeof(holder)))
 			_exit(5);
 		_exit(0);
 	}
+	ferry_kids_add(&self->kids, owner);
 	close(idpipe[1]);
 	close(hold[0]);
 	ASSERT_EQ(0, ferry_read_full(idpipe[0], &id, sizeof(id)));
+	ASSERT_EQ(0, ferry_read_full(idpipe[0], &holder, sizeof(holder)));
+	ferry_kids_add(&self->kids, holder);
 	close(idpipe[0]);
-	ASSERT_EQ(0, ferry_wait(owner));
+	ASSERT_EQ(0, ferry_kids_wait(&self->kids, owner));
 	EXPECT_EQ(-ENOENT, ferry_info(self->fd, id, &info)) {
 		TH_LOG("region %u still there, owner_pid %d", id,
 		       info.owner_pid);
 	}
 	ASSERT_EQ(1, write(hold[1], "x", 1));
 	close(hold[1]);
+	EXPECT_EQ(0, ferry_kids_wait(&self->kids, holder));
 }
 
 /*
@@ -477,6 +497,7 @@ TEST_F(session, owner_close_ends_regions_a_child_still_has_fd_to)
 		close(hold[1]);
 		_exit(read(hold[0], &c, 1) == 1 ? 0 : 3);
 	}
+	ferry_kids_add(&self->kids, holder);
 	close(hold[0]);
 	EXPECT_EQ(0, ferry_info(other, r.id, &info));
 	close(self->fd);
@@ -484,7 +505,7 @@ TEST_F(session, owner_close_ends_regions_a_child_still_has_fd_to)
 	EXPECT_EQ(-ENOENT, ferry_info(other, r.id, &info));
 	ASSERT_EQ(1, write(hold[1], "x", 1));
 	close(hold[1]);
-	EXPECT_EQ(0, ferry_wait(holder));
+	EXPECT_EQ(0, ferry_kids_wait(&self->kids, holder));
 	close(other);
 	ferry_region_close_memfd(&r);
 }
@@ -540,6 +561,12 @@ TEST_F(session, owner_pid_is_zero_outside_the_owners_pid_namespace)
 	if (mid == 0) {
 		pid_t child;
 
+		/*
+		 * No copy of go's write end here or below: the inner child
+		 * sees EOF when the test closes its end (or fails and exits)
+		 * instead of waiting for ever with the test's session fd.
+		 */
+		ferry_close_inherited(report[1], go[0]);
 		if (unshare(CLONE_NEWPID))
 			_exit(errno == EPERM ? 99 : 98);
 		child = fork();
@@ -550,6 +577,7 @@ TEST_F(session, owner_pid_is_zero_outside_the_owners_pid_namespace)
 			int fd;
 			char c;
 
+			ferry_close_inherited(go[0], -1);
 			/* Wait for the grant, then look from inside. */
 			if (read(go[0], &c, 1) != 1)
 				_exit(1);
@@ -567,19 +595,23 @@ TEST_F(session, owner_pid_is_zero_outside_the_owners_pid_namespace)
 		ferry_write_full(report[1], &child, sizeof(child));
 		_exit(ferry_wait(child));
 	}
+	ferry_kids_add(&self->kids, mid);
 	close(report[1]);
 	close(go[0]);
 	if (ferry_read_full(report[0], &inner, sizeof(inner))) {
-		status = ferry_wait(mid);
+		status = ferry_kids_wait(&self->kids, mid);
 		if (status == 99)
 			SKIP(return, "cannot unshare a pid namespace (not root?)");
 		ASSERT_EQ(0, status);
 	}
+	/* Not our child (mid's): the teardown kills it, mid reaps it. */
+	ferry_kids_add(&self->kids, inner);
 	pidfd = ferry_pidfd_open(inner);
 	ASSERT_LE(0, pidfd);
 	ASSERT_EQ(0, ferry_grant(self->fd, r.id, pidfd, FERRY_RIGHT_READ));
 	ASSERT_EQ(1, write(go[1], "g", 1));
-	EXPECT_EQ(0, ferry_wait(mid));
+	EXPECT_EQ(0, ferry_kids_wait(&self->kids, mid));
+	ferry_kids_forget(&self->kids, inner);	/* mid reaped it */
 	close(pidfd);
 	close(go[1]);
 	close(report[0]);

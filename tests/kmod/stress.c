@@ -28,7 +28,7 @@ FIXTURE_SETUP(stress)
 {
 	FERRY_SETUP_REQUIRE_DEVICE();
 	self->ps = ferry_page();
-	self->fd = ferry_open();
+	self->fd = ferry_open_setup();
 	ASSERT_LE(0, self->fd);
 	self->stats = ferry_have_stats();
 	if (self->stats)

@@ -289,47 +289,6 @@ TEST_F_TIMEOUT(load, thirty_two_children_four_helpers_100k, 600)
 	ferry_broker_stop(b);
 }
 
-/*
- * Production shape: thousands of children (FERRY_SCALE_CHILDREN, default
- * 1024) x 8 helpers start, each serves checked requests, all stop.  Start
- * announced every child to every helper with blocking sends and hung at
- * 279 children; eventfd mode ran out of descriptors at ~250.
- */
-TEST_F_TIMEOUT(load, thousands_of_children_start_serve_stop, 900)
-{
-	const char *env = getenv("FERRY_SCALE_CHILDREN");
-	unsigned int n = env && *env ? (unsigned int)strtoul(env, NULL, 0) : 1024;
-	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-
-	/* The test VMs have 1 GiB: a process per child must fit. */
-	if (!(env && *env) && pages > 0 && (uint64_t)pages * (uint64_t)psz < (4ULL << 30))
-		n = 256;
-	struct work w = { .requests = 4, .max_len = 256 };
-	struct ferry_broker_opts o;
-	struct ferry_broker *b;
-	struct ferry_broker_stats st;
-	struct timespec t0, t1, t2;
-
-	opts_for(&o, n, 8, &w);
-	o.region_size = 64u << 10;
-	o.window = 2;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	ASSERT_EQ(0, ferry_broker_start(&o, &b));
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	EXPECT_EQ(0, ferry_broker_wait(b, 800LL * 1000000000));
-	clock_gettime(CLOCK_MONOTONIC, &t2);
-	ferry_broker_stats(b, &st);
-	EXPECT_EQ((uint64_t)n * 4, st.requests);
-	EXPECT_EQ(st.requests, st.replies);
-	EXPECT_EQ(0, st.bad_desc);
-	EXPECT_EQ(0, st.bad_reply);
-	TH_LOG("%u children x 8 helpers (%s): started in %.2f s, all served in %.2f s more",
-	       n, ferry_backend_name(ferry_broker_backend(b)),
-	       (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
-	       (t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9);
-	ferry_broker_stop(b);
-}
-
 static int hostile_body(struct ferry_child *c, void *arg)
 {
 	uint8_t *blk = ferry_malloc(c, 4096);
