@@ -137,23 +137,44 @@ static bool wait_phase(int want)
 	return atomic_load(&stage->phase) >= want;
 }
 
+/*
+ * Which helper answers.  On a loaded machine the watchdog (300 ms) may
+ * take a helper that was slow to answer for a hung one: the request fails
+ * back with -ETIMEDOUT and is asked again.
+ */
+static int who(struct ferry_child *c, uint64_t tag, uint64_t *pid)
+{
+	struct ferry_desc d = { .op = OP_WHO, .tag = tag }, rep;
+
+	for (int tries = 0; tries < 20; tries++) {
+		if (ferry_call(c, &d, &rep) || rep.tag != tag)
+			return -1;
+		if (rep.status == 0) {
+			*pid = rep.arg[0];
+			return 0;
+		}
+		if (rep.status != -ETIMEDOUT)
+			return -1;
+	}
+	return -1;
+}
+
 static int stage_body(struct ferry_child *c, void *arg)
 {
-	struct ferry_desc d = { .op = OP_WHO, .tag = 1 }, rep;
+	uint64_t pid;
 
 	(void)arg;
 	if (ferry_child_index(c) != 0)
 		return wait_phase(2) ? 0 : 20;	/* their deaths queue DROPs */
-	if (ferry_call(c, &d, &rep) || rep.status)
+	if (who(c, 1, &pid))
 		return 21;
-	atomic_store(&stage->first_pid, rep.arg[0]);
+	atomic_store(&stage->first_pid, pid);
 	atomic_store(&stage->phase, 1);
 	if (!wait_phase(3))
 		return 22;
-	d.tag = 2;
-	if (ferry_call(c, &d, &rep) || rep.status || rep.tag != 2)
+	if (who(c, 2, &pid))
 		return 23;
-	atomic_store(&stage->second_pid, rep.arg[0]);
+	atomic_store(&stage->second_pid, pid);
 	return 0;
 }
 
@@ -168,7 +189,7 @@ TEST_F_TIMEOUT(ctl, helper_that_stops_reading_is_replaced, 120)
 {
 	struct ferry_broker_opts o;
 	struct ferry_broker *b;
-	struct ferry_broker_stats st;
+	struct ferry_broker_stats st, before;
 	pid_t helper;
 
 	stage = mmap(NULL, sizeof(*stage), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
@@ -180,23 +201,26 @@ TEST_F_TIMEOUT(ctl, helper_that_stops_reading_is_replaced, 120)
 	o.helper_timeout_ns = 300 * 1000000ULL;
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
 	ASSERT_TRUE(wait_phase(1));
+	/* It holds no request now: only its full socket can get it killed. */
+	ferry_broker_stats(b, &before);
 	helper = ferry_broker_helper_pid(b, 0);
-	ASSERT_EQ((pid_t)atomic_load(&stage->first_pid), helper);
+	ASSERT_LT(0, helper);
 	ASSERT_EQ(0, kill(helper, SIGSTOP));
 	atomic_store(&stage->phase, 2);
 	for (int i = 0; i < 60000; i++) {
 		ferry_broker_stats(b, &st);
-		if (st.helper_restarts)
+		if (st.helper_restarts > before.helper_restarts)
 			break;
 		usleep(1000);
 	}
-	EXPECT_EQ(1, st.helper_timeouts);
-	EXPECT_EQ(1, st.helper_restarts);
+	EXPECT_LT(before.helper_timeouts, st.helper_timeouts);
+	EXPECT_LT(before.helper_restarts, st.helper_restarts);
+	EXPECT_NE(helper, ferry_broker_helper_pid(b, 0));
 	atomic_store(&stage->phase, 3);
 	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
 	ferry_broker_stats(b, &st);
 	EXPECT_NE(0, atomic_load(&stage->second_pid));
-	EXPECT_NE(atomic_load(&stage->first_pid), atomic_load(&stage->second_pid));
+	EXPECT_NE((uint64_t)helper, atomic_load(&stage->second_pid));
 	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
 	munmap(stage, sizeof(*stage));
