@@ -464,6 +464,7 @@ TEST(gpu_pool_both_ways_outlives_its_maker)
 	o.child_fn = pool_user;
 	o.child_arg = pp;
 	o.pool_size = 64u << 20;
+	o.flags |= FERRY_CHILDREN_MAP_POOL;	/* these children map it themselves */
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
 	for (int t = 0; t < 60000 && atomic_load(&pp->phase) == 0; t++)
 		usleep(1000);

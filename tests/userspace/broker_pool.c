@@ -96,16 +96,33 @@ static int run(struct ferry_broker_opts *o, struct ferry_broker_stats *st)
 	return err;
 }
 
-/* Child -> helper (put, helper reads) and helper -> child (helper writes). */
+/*
+ * The bytes of @n at block @off as this child can see them: through its
+ * own mapping of the pool (@p, FERRY_CHILDREN_MAP_POOL), else copied out
+ * by a helper into @buf.
+ */
+static const uint8_t *block_bytes(struct ferry_child *c, struct ferry_pool *p, uint64_t off,
+				  size_t n, uint8_t *buf)
+{
+	if (p)
+		return (const uint8_t *)(uintptr_t)ferry_pool_addr(p, off, n);
+	return ferry_child_pool_get(c, off, buf, n) ? NULL : buf;
+}
+
+/* Child -> helper (put, helper reads) and helper -> child (helper writes);
+ * @arg non-NULL: the pool is mapped by children. */
 static int both_ways_steps(struct ferry_child *c, void *arg)
 {
 	uint8_t *src = malloc(300000), *want = malloc(300000);
-	struct ferry_pool *p;
+	struct ferry_pool *p = NULL;
 	struct ferry_desc d, rep;
 
-	(void)arg;
-	if (!src || !want || ferry_child_pool(c, &p))
+	if (!src || !want)
 		return 1;
+	if (arg ? ferry_child_pool(c, &p) != 0 : ferry_child_pool(c, &p) != -EACCES)
+		return 1;
+	if (!arg)
+		p = NULL;
 	for (unsigned int round = 0; round < 40; round++) {
 		size_t n = 1 + (round * 7919u + ferry_child_index(c) * 131u) % 300000;
 		uint64_t in, out;
@@ -118,15 +135,16 @@ static int both_ways_steps(struct ferry_child *c, void *arg)
 					 .len = n, .arg = { out, round } };
 		if (ferry_call(c, &d, &rep) || rep.status)
 			return 3;
-		got = (const uint8_t *)(uintptr_t)ferry_pool_addr(p, out, n);
-		for (size_t i = 0; i < n; i++)
+		got = block_bytes(c, p, out, n, want);
+		for (size_t i = 0; got && i < n; i++)
 			if (got[i] != (uint8_t)(src[i] ^ round))
 				return 4;
 		d = (struct ferry_desc){ .op = OP_FILL, .flags = FERRY_DESC_POOL, .offset = out,
 					 .len = n, .arg = { 0, round } };
-		if (ferry_call(c, &d, &rep) || rep.status)
+		if (!got || ferry_call(c, &d, &rep) || rep.status)
 			return 5;
-		for (size_t i = 0; i < n; i++)
+		got = block_bytes(c, p, out, n, want);
+		for (size_t i = 0; got && i < n; i++)
 			if (got[i] != (uint8_t)(i * 7 + round))
 				return 6;
 		if (ferry_child_pool_free(c, in) || ferry_child_pool_free(c, out))
@@ -146,6 +164,7 @@ static int both_ways(struct ferry_child *c, void *arg)
 	return r;
 }
 
+/* Children hold no handle to the pool (the default): get by the helper. */
 TEST(cpu_pool_offsets_both_directions_checked)
 {
 	struct ferry_broker_opts o;
@@ -155,6 +174,19 @@ TEST(cpu_pool_offsets_both_directions_checked)
 	ASSERT_EQ(0, run(&o, &st));
 	EXPECT_EQ(3 * 40 * 2, st.pool_allocs);
 	EXPECT_EQ(3 * 40 * 2, st.pool_frees);
+	EXPECT_EQ(0, st.bad_desc);
+}
+
+/* FERRY_CHILDREN_MAP_POOL: children that trust each other map the pool. */
+TEST(cpu_pool_mapped_by_children_when_asked)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+
+	opts_for(&o, 3, both_ways, &o);
+	o.flags |= FERRY_CHILDREN_MAP_POOL;
+	ASSERT_EQ(0, run(&o, &st));
+	EXPECT_EQ(3 * 40 * 2, st.pool_allocs);
 	EXPECT_EQ(0, st.bad_desc);
 }
 
@@ -344,10 +376,10 @@ static int64_t mono_ms(void)
 /* Take a block (waiting for it), fill it through a helper, check, free. */
 static int contend(struct ferry_child *c, void *arg)
 {
-	struct ferry_pool *p;
+	uint8_t *buf = malloc(CONTEND_BLOCK);
 
 	(void)arg;
-	if (ferry_child_pool(c, &p))
+	if (!buf)
 		return 1;
 	for (unsigned int r = 0; r < CONTEND_ROUNDS; r++) {
 		uint8_t key = (uint8_t)(ferry_child_index(c) * 31 + r);
@@ -361,13 +393,14 @@ static int contend(struct ferry_child *c, void *arg)
 					 .offset = off, .len = CONTEND_BLOCK, .arg = { 0, key } };
 		if (ferry_call(c, &d, &rep) || rep.status)
 			return 3;
-		got = (const uint8_t *)(uintptr_t)ferry_pool_addr(p, off, CONTEND_BLOCK);
+		got = block_bytes(c, NULL, off, CONTEND_BLOCK, buf);
 		for (uint64_t i = 0; got && i < CONTEND_BLOCK; i += 4093)
 			if (got[i] != (uint8_t)(i * 7 + key))
 				return 4;
 		if (!got || ferry_child_pool_free(c, off))
 			return 5;
 	}
+	free(buf);
 	return 0;
 }
 

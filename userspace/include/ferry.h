@@ -270,6 +270,11 @@ struct ferry_broker_opts {
 	 * children of some GPU would have no helper, so start fails with
 	 * -EINVAL (said on stderr) instead of raising @helpers to the GPU
 	 * count as it does without this flag.
+	 * FERRY_CHILDREN_MAP_POOL: children get the pool's handle and may
+	 * map all of it (ferry_child_pool); only for children that trust
+	 * each other.  Without it a child holds no handle to the pool: it
+	 * reaches its blocks through helpers (put, get, requests) and cannot
+	 * read or write another child's.
 	 */
 	unsigned int flags;
 	/* Must be 0: it names what would be padding, so that every byte of
@@ -278,6 +283,7 @@ struct ferry_broker_opts {
 	/* New fields go here, at the end, and nowhere else. */
 };
 #define FERRY_HELPERS_EXACT (1u << 0)
+#define FERRY_CHILDREN_MAP_POOL (1u << 1)
 #define FERRY_CPU_AUTO (-1)
 #define FERRY_CPU_NONE (-2)
 #define FERRY_GPU_AUTO (-1)
@@ -464,8 +470,10 @@ unsigned int ferry_window(const struct ferry_child *c);
 
 /*
  * The broker's pool (opts.pool_size), seen from a child: the pool of the
- * GPU that serves this child (or the CPU pool), imported on first use;
- * -ENOENT when the broker has none.  Blocks are asked of the broker, which
+ * GPU that serves this child (or the CPU pool).  ferry_child_pool()
+ * imports it (on first use) only with opts.flags FERRY_CHILDREN_MAP_POOL;
+ * without, -EACCES: children hold no handle to it.  -ENOENT when the
+ * broker has none.  Blocks are asked of the broker, which
  * owns the offsets: ferry_child_pool_alloc() puts the block's offset in
  * *@off (-ENOMEM when full, -EAGAIN when the window is full: each call
  * takes one request's place while it runs).  A request names a block with

@@ -140,6 +140,14 @@ int ferry_bpool_for_child(const struct ferry_broker *b, unsigned int i, struct f
 	p = &b->pool[ferry_bpool_of_child(b, i)];
 	if (!p->made)
 		return -1;	/* its GPU's helpers never came up */
+	if (!(b->o.flags & FERRY_CHILDREN_MAP_POOL)) {
+		/* No fd, no IPC handle: nothing to map the pool with. */
+		m->pool_op = FERRY_POOL_OP_DESCRIBE;
+		m->pool = (struct ferry_pool_ref){
+			.kind = p->ref.kind, .device = p->ref.device, .size = p->ref.size, .fd = -1,
+		};
+		return -1;
+	}
 	m->pool_op = FERRY_POOL_OP_IMPORT;
 	m->pool = p->ref;
 	m->pool.fd = p->ref.fd >= 0 ? 1 : -1;

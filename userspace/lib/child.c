@@ -27,7 +27,7 @@ static bool valid_setup(const struct ferry_ctl *m)
 	       (m->head_id == 0 ||
 		(m->backend == FERRY_BACKEND_KMOD &&
 		 m->chan_bytes == ferry_page_round(m->chan_bytes))) &&
-	       m->pool_op <= FERRY_POOL_OP_CREATE &&
+	       m->pool_op <= FERRY_POOL_OP_DESCRIBE &&
 	       (m->pool_op == FERRY_POOL_OP_NONE ||
 		((m->pool.kind == FERRY_POOL_CPU || m->pool.kind == FERRY_POOL_CUDA) &&
 		 m->pool.size > 0)) &&
@@ -121,8 +121,10 @@ int ferry_child_init(struct ferry_child *c, int ctl, bool attached)
 	err = ferry_peer_setup(ctl, &m, &c->rc, &c->region, &c->ch, c->efd, &c->pool_fd);
 	if (err)
 		return err;
-	if (m.pool_op == FERRY_POOL_OP_IMPORT)
+	if (m.pool_op == FERRY_POOL_OP_IMPORT || m.pool_op == FERRY_POOL_OP_DESCRIBE) {
 		c->pool_ref = m.pool;
+		c->pool_mappable = m.pool_op == FERRY_POOL_OP_IMPORT;
+	}
 	c->index = m.index;
 	c->base = ferry_region_base(c->region);
 	c->size = ferry_region_size(c->region);

@@ -24,6 +24,8 @@ int ferry_child_pool(struct ferry_child *c, struct ferry_pool **out)
 	if (!c->pool) {
 		if (!c->pool_ref.kind)
 			return -ENOENT;
+		if (!c->pool_mappable)
+			return -EACCES;	/* reached through helpers only */
 		ref = c->pool_ref;
 		ref.fd = c->pool_fd;
 		err = ferry_pool_import(&ref, &c->pool);

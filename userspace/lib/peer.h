@@ -61,6 +61,7 @@ struct ferry_child {
 	unsigned int outstanding;	/* sent, reply not yet taken or dropped */
 	/* the broker's pool (child_pool.c): described at setup, imported on use */
 	struct ferry_pool_ref pool_ref;	/* kind 0: none */
+	bool pool_mappable;		/* FERRY_CHILDREN_MAP_POOL: it may import it */
 	int pool_fd;
 	struct ferry_pool *pool;
 	uint64_t internal_seq;

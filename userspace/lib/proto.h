@@ -39,6 +39,8 @@ enum ferry_pool_op {
 	FERRY_POOL_OP_NONE = 0,		/* there is none */
 	FERRY_POOL_OP_IMPORT = 1,	/* @pool describes it (its fd comes last) */
 	FERRY_POOL_OP_CREATE = 2,	/* helper: make one like @pool, send it back */
+	FERRY_POOL_OP_DESCRIBE = 3,	/* child: there is one (kind, size, device
+					 * only): reach it through helpers */
 };
 
 #define FERRY_PROTO_MAGIC 0x46525259u	/* "FRRY" */
