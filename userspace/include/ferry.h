@@ -74,7 +74,44 @@ struct ferry_desc {
 #define FERRY_DESC_SIZE 64
 /* offset/len name a block of the pool (opts.pool_size), not the region. */
 #define FERRY_DESC_POOL 1u
+/* offset/len name a table of struct ferry_tensor in the child's heap. */
+#define FERRY_DESC_TENSORS 2u
 static_assert(sizeof(struct ferry_desc) == FERRY_DESC_SIZE, "descriptor is 64 bytes");
+
+/*
+ * Several tensors per request, with their shapes (DLPack-like; a binding
+ * can hand them to numpy or torch).  A child puts up to FERRY_TENSORS_MAX
+ * of these in its heap (ferry_malloc) and sends a descriptor with flags
+ * FERRY_DESC_TENSORS and (offset, len) naming them.  The broker copies the
+ * table where only it writes, checks every entry (its bytes in the child's
+ * heap, or in one of the child's pool blocks, held until the reply; shape
+ * and strides inside nbytes) and the helper reads the checked copy with
+ * ferry_helper_tensors(): what it sees cannot change under it and names
+ * only the sender's memory.  Any bad entry fails the request (-EINVAL).
+ */
+#define FERRY_TENSORS_MAX 16
+#define FERRY_TENSOR_NDIM 6
+enum ferry_dtype {
+	FERRY_DT_BOOL = 1, FERRY_DT_U8, FERRY_DT_I8, FERRY_DT_U16, FERRY_DT_I16,
+	FERRY_DT_F16, FERRY_DT_BF16, FERRY_DT_U32, FERRY_DT_I32, FERRY_DT_F32,
+	FERRY_DT_U64, FERRY_DT_I64, FERRY_DT_F64,
+};
+enum ferry_where { FERRY_IN_REGION = 0, FERRY_IN_POOL = 1 };
+struct ferry_tensor {
+	uint8_t where;		/* enum ferry_where */
+	uint8_t dtype;		/* enum ferry_dtype */
+	uint8_t ndim;		/* 0 (a scalar) .. FERRY_TENSOR_NDIM */
+	uint8_t flags;		/* 0 */
+	uint32_t reserved;	/* 0 */
+	uint64_t offset;	/* region offset (ferry_offset) or pool offset */
+	uint64_t nbytes;	/* bytes from offset the tensor may touch */
+	int64_t shape[FERRY_TENSOR_NDIM];	/* > 0 below ndim, 0 above */
+	int64_t strides[FERRY_TENSOR_NDIM];	/* elements, >= 0; all 0: contiguous */
+	uint64_t reserved2;	/* 0 */
+};
+static_assert(sizeof(struct ferry_tensor) == 128, "a tensor entry is 128 bytes");
+/* Bytes per element of @dtype; 0 for a value that is not one. */
+size_t ferry_dtype_size(unsigned int dtype);
 
 /* ------------------------------------------------------------------ */
 /* Regions and their backends                                           */
@@ -561,6 +598,16 @@ void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
  * checked against the pool's bounds.
  */
 uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len);
+/*
+ * A FERRY_DESC_TENSORS request's checked table: its entry count (and
+ * *@t), or -EINVAL for any other request.  ferry_helper_tensor_addr():
+ * where entry @t's bytes are in this helper (a host pointer for a region
+ * tensor, a device address for a pool tensor on a GPU), 0 if nowhere.
+ */
+int ferry_helper_tensors(struct ferry_helper *h, const struct ferry_desc *req,
+			 const struct ferry_tensor **t);
+uint64_t ferry_helper_tensor_addr(struct ferry_helper *h, const struct ferry_desc *req,
+				  const struct ferry_tensor *t);
 int ferry_helper_gpu(const struct ferry_helper *h);
 void *ferry_helper_stream(struct ferry_helper *h);
 int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, void *stream);

@@ -85,6 +85,10 @@ struct bpool {
 	unsigned int nwait, capwait;
 };
 
+/* Checked tensor tables per helper: one place per request it may hold. */
+#define FERRY_TABLE_BYTES (FERRY_TENSORS_MAX * sizeof(struct ferry_tensor))
+#define FERRY_TABLES_MAX 1024	/* opts.helper_depth's limit */
+
 struct bhelper {
 	bool alive;
 	pid_t pid;
@@ -111,6 +115,10 @@ struct bhelper {
 	uint64_t served;
 	bool pidfd_armed;
 	bool corrupt;
+	/* Tensor tables (broker_tensors.c): places in use, and where the
+	 * first is in the broker's mapping of its channel region. */
+	uint64_t table_used[FERRY_TABLES_MAX / 64];
+	uint8_t *tables;
 };
 
 /* A request at a helper. */
@@ -123,7 +131,13 @@ struct bslot {
 	uint64_t child_tag;
 	uint64_t block;		/* pool block the request names, UINT64_MAX: none */
 	uint64_t sent_ns;	/* when it went to the helper (watchdog on only) */
+	/* FERRY_DESC_TENSORS (broker_tensors.c): its table's place at the
+	 * helper (-1: none) and the pool blocks its entries hold. */
+	int16_t table;
+	uint8_t ntblock;
+	uint64_t tblock[FERRY_TENSORS_MAX];
 };
+
 
 struct ferry_broker {
 	struct ferry_broker_opts o;
@@ -277,6 +291,17 @@ int ferry_dispatch_queue_wake(void *broker, _Atomic uint32_t *word, int n);
 void ferry_dispatch_reply(struct ferry_broker *b, uint32_t i, struct ferry_desc *d);
 /* A newly attached child slot @i: watch its connection and its bell. */
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i);
+
+/* broker_tensors.c */
+/* Bytes of a helper's channel region: the channel, then its tables. */
+size_t ferry_helper_region_bytes(const struct ferry_broker *b, size_t *chan_bytes);
+/* Copy child @i's table that @d names to helper @h's place for slot @s,
+ * check it and hold its pool blocks; @d then names the copy.  0 or -EINVAL
+ * (nothing held). */
+int ferry_btensors_take(struct ferry_broker *b, uint32_t i, uint32_t h, uint32_t s,
+			struct ferry_desc *d);
+/* Slot @s is done: its blocks and its table's place go back. */
+void ferry_btensors_release(struct ferry_broker *b, uint32_t s);
 
 /* helper_ctl.c: child regions announced to helpers, never blocking */
 /* Queue "map (@add) / unmap child slot @ci" for helper @h (granting it now). */

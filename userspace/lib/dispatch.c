@@ -146,6 +146,7 @@ static void slot_done(struct ferry_broker *b, uint32_t s)
 
 	if (sl->block != UINT64_MAX)
 		ferry_bpool_release(b, sl->child, sl->block);
+	ferry_btensors_release(b, s);
 	sl->used = false;
 	sl->gen++;
 	b->slot_free[b->nslot_free++] = s;
@@ -262,7 +263,8 @@ static int check_ranges(struct ferry_broker *b, uint32_t i, const struct ferry_d
 	bool copy = d->op == FERRY_OP_POOL_PUT || d->op == FERRY_OP_POOL_GET;
 
 	*block = UINT64_MAX;
-	if (d->flags & ~FERRY_DESC_POOL)
+	if ((d->flags & ~(FERRY_DESC_POOL | FERRY_DESC_TENSORS)) ||
+	    d->flags == (FERRY_DESC_POOL | FERRY_DESC_TENSORS))
 		return -EINVAL;
 	if (copy) {
 		if (d->flags || !d->len || !in_heap(b, i, d->offset, d->len))
@@ -271,6 +273,8 @@ static int check_ranges(struct ferry_broker *b, uint32_t i, const struct ferry_d
 	}
 	if (d->op >= FERRY_OP_FIRST_INTERNAL)
 		return -EINVAL;
+	if (d->flags & FERRY_DESC_TENSORS)
+		return 0;	/* the table: ferry_btensors_take() */
 	if (d->flags & FERRY_DESC_POOL)
 		return ferry_bpool_hold(b, i, d->offset, d->len, block) ? -EINVAL : 0;
 	return in_heap(b, i, d->offset, d->len) ? 0 : -EINVAL;
@@ -319,8 +323,15 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	b->slot[s] = (struct bslot){
 		.used = true, .gen = b->slot[s].gen, .child = i,
 		.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag, .block = block,
-		.sent_ns = b->o.helper_timeout_ns ? ferry_now_ns() : 0,
+		.sent_ns = b->o.helper_timeout_ns ? ferry_now_ns() : 0, .table = -1,
 	};
+	if ((d.flags & FERRY_DESC_TENSORS) && ferry_btensors_take(b, i, (uint32_t)h, s, &d)) {
+		b->slot[s].used = false;
+		b->slot_free[b->nslot_free++] = s;
+		b->st.bad_desc++;
+		fail_back(b, i, d.op, d.tag, -EINVAL);
+		return 1;
+	}
 	d.region = i;
 	d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
 	rung = b->helper[h].chan.ch.wakes;
@@ -329,6 +340,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 		b->slot_free[b->nslot_free++] = s;
 		if (block != UINT64_MAX)
 			ferry_bpool_release(b, i, block);
+		ferry_btensors_release(b, s);
 		fail_back(b, i, d.op, b->slot[s].child_tag, -EAGAIN);
 		return 1;
 	}

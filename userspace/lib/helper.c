@@ -150,6 +150,11 @@ _Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)
 	int err, pool_fd;
 
 	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd, &pool_fd);
+	if (!err) {
+		/* After the channel: the broker's checked copies of tensor tables. */
+		h.tables = (const uint8_t *)ferry_region_base(h.chanreg) + m.chan_bytes;
+		h.tables_bytes = ferry_region_size(h.chanreg) - m.chan_bytes;
+	}
 	if (!err)
 		err = ferry_hgpu_init(&h, cfg);
 	if (!err)
@@ -217,4 +222,26 @@ void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
 bad:
 	h->rejected++;
 	return NULL;
+}
+
+int ferry_helper_tensors(struct ferry_helper *h, const struct ferry_desc *req,
+			 const struct ferry_tensor **t)
+{
+	if (!h || !req || !t || !(req->flags & FERRY_DESC_TENSORS) || !req->len ||
+	    req->len % sizeof(struct ferry_tensor) ||
+	    req->len > FERRY_TENSORS_MAX * sizeof(struct ferry_tensor) ||
+	    req->offset > h->tables_bytes || req->len > h->tables_bytes - req->offset)
+		return -EINVAL;
+	*t = (const struct ferry_tensor *)(h->tables + req->offset);
+	return (int)(req->len / sizeof(struct ferry_tensor));
+}
+
+uint64_t ferry_helper_tensor_addr(struct ferry_helper *h, const struct ferry_desc *req,
+				  const struct ferry_tensor *t)
+{
+	if (!h || !req || !t)
+		return 0;
+	if (t->where == FERRY_IN_POOL)
+		return ferry_helper_pool_addr(h, t->offset, t->nbytes);
+	return (uint64_t)(uintptr_t)ferry_helper_data(h, req, t->offset, t->nbytes);
 }

@@ -28,6 +28,9 @@ static inline uint64_t ferry_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* tensors.c: 0, or -EINVAL when @t is not as ferry.h says. */
+int ferry_tensor_check(const struct ferry_tensor *t);
+
 /* region.c */
 int ferry_rctx_devfd(const struct ferry_rctx *rc);
 int ferry_region_memfd(const struct ferry_region *r);

@@ -109,6 +109,8 @@ struct ferry_helper {
 	struct hregion *regions;
 	unsigned int nregions;
 	uint32_t ctl_seq;		/* REGIONS messages applied */
+	const uint8_t *tables;		/* checked tensor tables, written by the broker */
+	size_t tables_bytes;
 	uint64_t rejected;		/* ferry_helper_data() refusals */
 	const struct ferry_desc *cur;	/* the request being handled */
 	bool deferred_cur;		/* ... and its reply was deferred */

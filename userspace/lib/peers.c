@@ -184,7 +184,7 @@ static void ctl_sndbuf(int sock)
 int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 {
 	struct bhelper *hp = &b->helper[h];
-	size_t bytes = ferry_chan_bytes(b->nslots_helper);
+	size_t chan_bytes, bytes = ferry_helper_region_bytes(b, &chan_bytes);
 	pid_t pid;
 	int err, ctl;
 
@@ -198,6 +198,7 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 				 ferry_node_of_helper(b, h));
 	if (err)
 		return err;
+	hp->tables = (uint8_t *)ferry_region_base(hp->chan.region) + chan_bytes;
 	struct ferry_peer_cfg cfg = {
 		.index = h, .handler = b->o.handler, .helper_init = b->o.helper_init,
 		.helper_arg = b->o.helper_arg, .gpu = ferry_helper_gpu_of(b, h),
@@ -222,7 +223,8 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 		struct ferry_ctl m = { 0 };
 		int pool_fd = ferry_bpool_for_helper(b, h, &m);
 
-		err = send_setup(b, hp->ctl, h, &hp->chan, b->nslots_helper, bytes, &m, pool_fd);
+		err = send_setup(b, hp->ctl, h, &hp->chan, b->nslots_helper, chan_bytes, &m,
+				 pool_fd);
 		/* Its GPU has no pool yet: this helper makes it. */
 		if (!err && m.pool_op == FERRY_POOL_OP_CREATE) {
 			err = ferry_bpool_take_created(b, h, hp->ctl);
