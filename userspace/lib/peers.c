@@ -335,16 +335,15 @@ static unsigned int fds_open(void)
 /*
  * The broker holds per forked child a pidfd (its control socket is closed
  * once SETUP is sent), per attached service its connection, per helper a
- * pidfd and a control socket; each peer adds its region's memfd on the
- * memfd backend and two eventfds in eventfd mode (Debian 12's 6.1
- * kernel); a helper may add a pool fd.  Raise the soft RLIMIT_NOFILE to the hard one (the default soft 1024
+ * pidfd and a control socket; each peer adds its region's memfd (on kmod
+ * too: ferry_region_create keeps it open) and two eventfds in eventfd
+ * mode (Debian 12's 6.1 kernel); a helper may add a pool fd.  Raise the soft RLIMIT_NOFILE to the hard one (the default soft 1024
  * ran out at ~250 children in eventfd mode), and say so when even that is
  * too few: -EMFILE from start, not a failure half-way through.
  */
 int ferry_peers_fit_nofile(const struct ferry_broker *b)
 {
-	unsigned int per = 1 + (ferry_rctx_backend(b->rc) == FERRY_BACKEND_MEMFD) +
-			   2 * (b->mode == FERRY_BELL_EVENTFD);
+	unsigned int per = 2 + 2 * (b->mode == FERRY_BELL_EVENTFD);
 	uint64_t need = (uint64_t)(b->nslots_total + b->o.helpers) * per + 2 * b->o.helpers +
 			fds_open() + 16;
 	struct rlimit rl;
