@@ -202,8 +202,18 @@ TEST_F_TIMEOUT(ctl, helper_that_stops_reading_is_replaced, 120)
 	o.helper_timeout_ns = 1000 * 1000000ULL;
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
 	ASSERT_TRUE(wait_phase(1));
-	/* It holds no request now: only its full socket can get it killed. */
-	ferry_broker_stats(b, &before);
+	/*
+	 * It holds no request now: only its full socket can get it killed.
+	 * A watchdog kill of a slow helper may still be on its way (every
+	 * death here is one): wait until each was followed by its restart.
+	 */
+	for (int i = 0; i < 60000; i++) {
+		ferry_broker_stats(b, &before);
+		if (before.helper_timeouts == before.helper_deaths &&
+		    before.helper_deaths == before.helper_restarts)
+			break;
+		usleep(1000);
+	}
 	helper = ferry_broker_helper_pid(b, 0);
 	ASSERT_LT(0, helper);
 	ASSERT_EQ(0, kill(helper, SIGSTOP));
