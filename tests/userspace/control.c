@@ -9,6 +9,8 @@
  * And the spawner that forks the children.
  */
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -130,11 +133,27 @@ struct stage {
 
 static struct stage *stage;
 
+/*
+ * Sleep on the phase word (a shared futex: 300 children polling it every
+ * millisecond starved a 2-vCPU VM) until it reaches @want, 120 s at most.
+ */
 static bool wait_phase(int want)
 {
-	for (int i = 0; i < 60000 && atomic_load(&stage->phase) < want; i++)
-		usleep(1000);
+	for (int i = 0; i < 120; i++) {
+		int now = atomic_load(&stage->phase);
+		struct timespec ts = { .tv_sec = 1 };
+
+		if (now >= want)
+			return true;
+		syscall(SYS_futex, &stage->phase, FUTEX_WAIT, now, &ts, NULL, 0);
+	}
 	return atomic_load(&stage->phase) >= want;
+}
+
+static void set_phase(int v)
+{
+	atomic_store(&stage->phase, v);
+	syscall(SYS_futex, &stage->phase, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
 /*
@@ -170,7 +189,7 @@ static int stage_body(struct ferry_child *c, void *arg)
 	if (who(c, 1, &pid))
 		return 21;
 	atomic_store(&stage->first_pid, pid);
-	atomic_store(&stage->phase, 1);
+	set_phase(1);
 	if (!wait_phase(3))
 		return 22;
 	if (who(c, 2, &pid))
@@ -219,7 +238,7 @@ TEST_F_TIMEOUT(ctl, helper_that_stops_reading_is_replaced, 300)
 	helper = ferry_broker_helper_pid(b, 0);
 	ASSERT_LT(0, helper);
 	ASSERT_EQ(0, kill(helper, SIGSTOP));
-	atomic_store(&stage->phase, 2);
+	set_phase(2);
 	for (int i = 0; i < 60000; i++) {
 		ferry_broker_stats(b, &st);
 		if (st.helper_restarts > before.helper_restarts)
@@ -229,7 +248,7 @@ TEST_F_TIMEOUT(ctl, helper_that_stops_reading_is_replaced, 300)
 	EXPECT_LT(before.helper_timeouts, st.helper_timeouts);
 	EXPECT_LT(before.helper_restarts, st.helper_restarts);
 	EXPECT_NE(helper, ferry_broker_helper_pid(b, 0));
-	atomic_store(&stage->phase, 3);
+	set_phase(3);
 	EXPECT_EQ(0, ferry_broker_wait(b, 60LL * 1000000000));
 	ferry_broker_stats(b, &st);
 	EXPECT_NE(0, atomic_load(&stage->second_pid));
