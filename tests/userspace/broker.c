@@ -85,6 +85,7 @@ struct work {
 	unsigned int sleep_first_ms;	/* OP_SLEEP before the real work */
 	bool retry_epipe;	/* resubmit what a dying helper failed back */
 	bool child0_endless;	/* child 0 goes on until it is killed */
+	_Atomic int *stop;	/* non-NULL: go on until it is set, then finish */
 };
 
 static uint64_t rng(uint64_t *s)
@@ -155,10 +156,15 @@ static int child_body(struct ferry_child *c, void *arg)
 		if (ferry_call(c, &d, &rep) || rep.status)
 			return 12;
 	}
-	unsigned int requests = w->child0_endless && ferry_child_index(c) == 0 ? UINT_MAX : w->requests;
+	unsigned int requests = (w->child0_endless && ferry_child_index(c) == 0) || w->stop ?
+				UINT_MAX : w->requests;
 
 	while (done < requests) {
-		while (sent < requests && ferry_outstanding(c) < k) {
+		bool stop = w->stop && atomic_load(w->stop);
+
+		if (stop && done == sent)
+			break;
+		while (!stop && sent < requests && ferry_outstanding(c) < k) {
 			unsigned int slot = 0;
 
 			while (bufs[slot].busy)
@@ -596,18 +602,26 @@ TEST_F_TIMEOUT(load, restarted_helper_serves, 120)
 	ferry_broker_stop(b);
 
 	/* Under load: children that resubmit what failed back finish every
-	 * request, checked, with the restarted helper taking its share.
-	 * Enough of them that the restarted helper has work left on any
-	 * machine (it must serve 100 more before the children are done). */
-	w = (struct work){ .requests = 50000, .max_len = 256, .async = true,
-			   .retry_epipe = true };
+	 * request, checked, with the restarted helper taking its share.  They
+	 * go on until the restarted helper has served 100 more, however fast
+	 * or slow the machine (a fixed count ran out of time on the debug
+	 * kernel under TCG), then finish what they have in flight. */
+	_Atomic int *stop = mmap(NULL, sizeof(*stop), PROT_READ | PROT_WRITE,
+				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	ASSERT_NE(MAP_FAILED, stop);
+	atomic_store(stop, 0);
+	w = (struct work){ .max_len = 256, .async = true, .retry_epipe = true, .stop = stop };
 	opts_for(&o, 2, 2, &w);
 	ASSERT_EQ(0, ferry_broker_start(&o, &b));
 	ASSERT_TRUE(WAIT_FOR(b, st, ferry_broker_helper_served(b, 1) > 0 && st.in_flight > 0, 60));
 	ASSERT_EQ(0, kill(ferry_broker_helper_pid(b, 1), SIGKILL));
 	ASSERT_TRUE(WAIT_FOR(b, st, st.helper_restarts == 1, 60));
 	before = ferry_broker_helper_served(b, 1);
+	EXPECT_TRUE(WAIT_FOR(b, st, ferry_broker_helper_served(b, 1) >= before + 100, 60));
+	atomic_store(stop, 1);
 	EXPECT_EQ(0, ferry_broker_wait(b, 100LL * 1000000000));
+	munmap((void *)stop, sizeof(*stop));
 	ferry_broker_stats(b, &st);
 	EXPECT_LT(before, ferry_broker_helper_served(b, 1));
 	EXPECT_EQ(1, st.helper_restarts);
