@@ -266,6 +266,8 @@ int ferry_node_of_helper(const struct ferry_broker *b, unsigned int h);
 int ferry_bchan_create(struct ferry_broker *b, struct bchan *bc, size_t bytes, uint32_t nslots,
 		       int node);
 void ferry_bchan_destroy(struct bchan *bc);
+/* (@off, @len) lies in child @i's heap, past its channel (len 0: yes). */
+bool ferry_child_heap_has(const struct ferry_broker *b, uint32_t i, uint64_t off, uint64_t len);
 int ferry_child_slot_setup(struct ferry_broker *b, unsigned int i);
 int ferry_child_send_setup(struct ferry_broker *b, unsigned int i, int pidfd);
 /* Fork every child (start-up); the first error. */
@@ -304,6 +306,11 @@ int ferry_btensors_take(struct ferry_broker *b, uint32_t i, uint32_t h, uint32_t
 void ferry_btensors_release(struct ferry_broker *b, uint32_t s);
 
 /* helper_ctl.c: child regions announced to helpers, never blocking */
+/* @hp has announcements not yet sent, or a marker not yet on its ring. */
+static inline bool ferry_helper_ctl_owes(const struct bhelper *hp)
+{
+	return hp->nout || hp->ctl_marked != hp->ctl_sent;
+}
 /* Queue "map (@add) / unmap child slot @ci" for helper @h (granting it now). */
 int ferry_helper_ctl_queue(struct ferry_broker *b, unsigned int h, unsigned int ci, bool add);
 /* Send what the socket takes and the marker; true when nothing is owed

@@ -232,6 +232,13 @@ static int alloc_for(struct ferry_broker *b, unsigned int i, struct bpool *p, ui
 	return 0;
 }
 
+/* Take waiter @k out of @p's queue, keeping the others' order. */
+static void drop_waiter(struct bpool *p, unsigned int k)
+{
+	memmove(&p->waiters[k], &p->waiters[k + 1], (p->nwait - k - 1) * sizeof(*p->waiters));
+	p->nwait--;
+}
+
 /* Answer waiter @k of @p with @err (0: *off is its block) and drop it. */
 static void answer_waiter(struct ferry_broker *b, struct bpool *p, unsigned int k, int err,
 			  uint64_t off)
@@ -242,8 +249,7 @@ static void answer_waiter(struct ferry_broker *b, struct bpool *p, unsigned int 
 		.offset = err ? 0 : off, .len = w.len,
 	};
 
-	memmove(&p->waiters[k], &p->waiters[k + 1], (p->nwait - k - 1) * sizeof(*p->waiters));
-	p->nwait--;
+	drop_waiter(p, k);
 	if (err == -ENOMEM)
 		b->st.pool_oom++;
 	ferry_dispatch_reply(b, w.child, &d);
@@ -410,13 +416,10 @@ void ferry_bpool_child_gone(struct ferry_broker *b, unsigned int i)
 		return;
 	/* Its waits go (nobody hears the answer); its blocks may serve others. */
 	for (unsigned int w = 0; w < p->nwait;) {
-		if (p->waiters[w].child == i) {
-			memmove(&p->waiters[w], &p->waiters[w + 1],
-				(p->nwait - w - 1) * sizeof(*p->waiters));
-			p->nwait--;
-		} else {
+		if (p->waiters[w].child == i)
+			drop_waiter(p, w);
+		else
 			w++;
-		}
 	}
 	if (p->nwait)
 		serve_waiters(b, p);

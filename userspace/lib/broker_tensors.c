@@ -50,7 +50,6 @@ int ferry_btensors_take(struct ferry_broker *b, uint32_t i, uint32_t h, uint32_t
 	struct bslot *sl = &b->slot[s];
 	struct bchild *c = &b->child[i];
 	uint8_t *base = ferry_region_base(c->chan.region);
-	size_t rsize = ferry_region_size(c->chan.region);
 	unsigned int n = (unsigned int)(d->len / sizeof(struct ferry_tensor));
 	struct ferry_tensor *t;
 	int place;
@@ -58,8 +57,7 @@ int ferry_btensors_take(struct ferry_broker *b, uint32_t i, uint32_t h, uint32_t
 	sl->table = -1;
 	sl->ntblock = 0;
 	if (!d->len || d->len % sizeof(struct ferry_tensor) || n > FERRY_TENSORS_MAX ||
-	    d->offset < b->chan_bytes_child || d->offset > rsize || d->len > rsize - d->offset ||
-	    d->offset % 8)
+	    !ferry_child_heap_has(b, i, d->offset, d->len) || d->offset % 8)
 		return -EINVAL;
 	place = place_take(hp, b->o.helper_depth);
 	if (place < 0)
@@ -72,9 +70,8 @@ int ferry_btensors_take(struct ferry_broker *b, uint32_t i, uint32_t h, uint32_t
 		if (ferry_tensor_check(&t[k]))
 			goto bad;
 		if (t[k].where == FERRY_IN_REGION) {
-			if (t[k].offset < b->chan_bytes_child || t[k].offset > rsize ||
-			    t[k].nbytes > rsize - t[k].offset)
-				goto bad;
+			if (!ferry_child_heap_has(b, i, t[k].offset, t[k].nbytes))
+				goto bad;	/* nbytes > 0: ferry_tensor_check */
 			continue;
 		}
 		if (ferry_bpool_hold(b, i, t[k].offset, t[k].nbytes, &block))

@@ -213,8 +213,7 @@ static int32_t pick_helper(struct ferry_broker *b, int gpu)
 		if (b->ngpus > 1 && ferry_helper_gpu_of(b, h) != gpu)
 			continue;
 		if (hp->alive && hp->in_flight < b->o.helper_depth &&
-		    (hp->nout == 0 && hp->ctl_marked == hp->ctl_sent ? true :
-		     ferry_helper_ctl_flush(b, h))) {
+		    (!ferry_helper_ctl_owes(hp) || ferry_helper_ctl_flush(b, h))) {
 			b->rr_helper = (h + 1) % b->o.helpers;
 			return (int32_t)h;
 		}
@@ -242,14 +241,6 @@ static void child_died(struct ferry_broker *b, uint32_t i);
 #define DISPATCH_QUANTUM_MAX 16
 #endif
 
-/* (@off, @len) lies in child @i's heap (empty: no range at all). */
-static bool in_heap(struct ferry_broker *b, uint32_t i, uint64_t off, uint64_t len)
-{
-	size_t rsize = ferry_region_size(b->child[i].chan.region);
-
-	return !len || (off >= b->chan_bytes_child && off <= rsize && len <= rsize - off);
-}
-
 /*
  * Every range @d names is the sender's: (offset, len) in its heap, or
  * (FERRY_DESC_POOL) in one of its pool blocks, which then stays held
@@ -267,7 +258,7 @@ static int check_ranges(struct ferry_broker *b, uint32_t i, const struct ferry_d
 	    d->flags == (FERRY_DESC_POOL | FERRY_DESC_TENSORS))
 		return -EINVAL;
 	if (copy) {
-		if (d->flags || !d->len || !in_heap(b, i, d->offset, d->len))
+		if (d->flags || !d->len || !ferry_child_heap_has(b, i, d->offset, d->len))
 			return -EINVAL;
 		return ferry_bpool_hold(b, i, d->arg[0], d->len, block) ? -EINVAL : 0;
 	}
@@ -277,7 +268,7 @@ static int check_ranges(struct ferry_broker *b, uint32_t i, const struct ferry_d
 		return 0;	/* the table: ferry_btensors_take() */
 	if (d->flags & FERRY_DESC_POOL)
 		return ferry_bpool_hold(b, i, d->offset, d->len, block) ? -EINVAL : 0;
-	return in_heap(b, i, d->offset, d->len) ? 0 : -EINVAL;
+	return ferry_child_heap_has(b, i, d->offset, d->len) ? 0 : -EINVAL;
 }
 
 /*
@@ -610,7 +601,7 @@ static bool service(struct ferry_broker *b)
 
 		any |= drain_helper(b, h);
 		/* Announcements first: requests wait for them. */
-		if (hp->alive && (hp->nout || hp->ctl_marked != hp->ctl_sent))
+		if (hp->alive && ferry_helper_ctl_owes(hp))
 			ferry_helper_ctl_flush(b, h);
 	}
 	any |= dispatch(b);

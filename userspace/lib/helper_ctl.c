@@ -174,7 +174,7 @@ bool ferry_helper_ctl_flush(struct ferry_broker *b, unsigned int h)
 		if (ferry_chan_send(&hp->chan.ch, &d) == 0)
 			hp->ctl_marked = hp->ctl_sent;
 	}
-	return hp->nout == 0 && hp->ctl_marked == hp->ctl_sent;
+	return !ferry_helper_ctl_owes(hp);
 }
 
 void ferry_helper_ctl_writable(struct ferry_broker *b, unsigned int h)

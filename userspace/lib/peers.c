@@ -116,6 +116,13 @@ static int send_setup(struct ferry_broker *b, int sock, unsigned int index,
 	return ferry_ctl_send(sock, m, fds, n);
 }
 
+bool ferry_child_heap_has(const struct ferry_broker *b, uint32_t i, uint64_t off, uint64_t len)
+{
+	size_t rsize = ferry_region_size(b->child[i].chan.region);
+
+	return !len || (off >= b->chan_bytes_child && off <= rsize && len <= rsize - off);
+}
+
 /*
  * Region + channel head + heap for child slot @i (forked or attached).
  * Always a new region of a new memfd: the one a dead peer held is
