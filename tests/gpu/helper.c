@@ -29,7 +29,7 @@
 #include "ferry.h"
 #include "kselftest_harness.h"
 
-enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3, OP_POOL_COPY = 4 };
+enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3, OP_POOL_COPY = 4, OP_POOL_MAKE = 5 };
 #define SCRATCH (4u << 20)
 
 /* GPUs seen by a forked child (CUDA stays out of this process); why if none. */
@@ -126,6 +126,24 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 		if (cu->cuMemcpyDtoDAsync(z, a, req->len, (CUstream)st))
 			return -EIO;
 		rep->arg[1] = (uint64_t)getpid();
+		return ferry_helper_defer(h, rep, st) ? -EIO : FERRY_DEFERRED;
+	}
+	if (req->op == OP_POOL_MAKE) {
+		/* An output only the helper sizes: arg[0] bytes of arg[1]. */
+		uint64_t off;
+		int err;
+
+		st = ferry_helper_stream(h);
+		err = ferry_helper_pool_alloc(h, req, req->arg[0], st, &off);
+		if (err)
+			return err;
+		dev = ferry_helper_pool_addr(h, off, req->arg[0]);
+		if (!dev || cu->cuMemsetD8Async(dev, (unsigned char)req->arg[1], req->arg[0],
+						(CUstream)st))
+			return -EIO;
+		rep->flags = FERRY_DESC_POOL;
+		rep->offset = off;
+		rep->len = req->arg[0];
 		return ferry_helper_defer(h, rep, st) ? -EIO : FERRY_DEFERRED;
 	}
 	if (req->op == OP_PINNED) {
@@ -531,6 +549,55 @@ TEST(children_copy_through_helpers_without_cuda)
 	ferry_broker_stats(b, &st);
 	EXPECT_EQ(2, st.pool_allocs);
 	EXPECT_EQ(0, st.bad_desc);
+	ferry_broker_stop(b);
+}
+
+/* Outputs the helper sizes and makes on its stream, read back by copies. */
+static int outputs(struct ferry_child *c, void *arg)
+{
+	uint8_t *back = malloc(4u << 20);
+	uint64_t n;
+
+	(void)arg;
+	if (!back)
+		return 1;
+	for (unsigned int k = 0; k < 200; k++) {
+		struct ferry_desc d = { .op = OP_POOL_MAKE }, rep;
+
+		n = 1 + (k * 104729u) % (4u << 20);
+		d.arg[0] = n;
+		d.arg[1] = k & 0xff;
+		if (ferry_call(c, &d, &rep) || rep.status || rep.flags != FERRY_DESC_POOL)
+			return 2;
+		memset(back, ~k & 0xff, n);
+		if (ferry_child_pool_get(c, rep.offset, back, n))
+			return 3;
+		for (uint64_t i = 0; i < n; i++)
+			if (back[i] != (k & 0xff))
+				return 4;
+		if (ferry_child_pool_free(c, rep.offset))
+			return 5;
+	}
+	free(back);
+	return cuda_loaded() ? 6 : 0;
+}
+
+TEST(outputs_made_by_gpu_helpers_for_children)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+	struct ferry_broker *b;
+
+	NEED_GPU();
+	opts_for(&o, 2, 2);
+	o.child_fn = outputs;
+	o.pool_size = 128u << 20;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(400, st.pool_allocs);
+	EXPECT_EQ(400, st.pool_frees);
+	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
 }
 

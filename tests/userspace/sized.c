@@ -113,7 +113,7 @@ TEST(opts_newer_nonzero_tail_is_e2big)
 	}
 }
 
-/* reserved is where the next release's field goes: this one refuses it. */
+/* reserved names padding between fields: it must be 0. */
 TEST(opts_reserved_nonzero_is_e2big)
 {
 	struct ferry_broker_opts o;

@@ -317,6 +317,14 @@ struct ferry_broker_opts {
 	/* Must be 0: it names what would be padding, so that every byte of
 	 * the struct is either a field or checked (see "ABI" above). */
 	unsigned int reserved;
+	/*
+	 * Bytes of each helper's pool arena (ferry_helper_pool_alloc): taken
+	 * from its GPU's pool when the helper starts, so children can
+	 * allocate the rest.  0: a quarter of the pool, shared evenly by the
+	 * helpers of that pool; more than the pool holds: start fails with
+	 * -EINVAL.
+	 */
+	uint64_t helper_pool_bytes;
 	/* New fields go here, at the end, and nowhere else. */
 };
 #define FERRY_HELPERS_EXACT (1u << 0)
@@ -594,8 +602,10 @@ void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
  * The address (a CUdeviceptr, or a pointer for a CPU pool) of [off, off +
  * len) of this helper's pool, or 0 (counted) outside it.  The broker has
  * checked that a FERRY_DESC_POOL request's own (offset, len) lies in a
- * block of the child that sent it; other ranges a request names are only
- * checked against the pool's bounds.
+ * block of the child that sent it, and so are a tensor table's entries
+ * (FERRY_DESC_TENSORS); arg[] is the application's own and is checked by
+ * nobody: name pool memory with FERRY_DESC_POOL or a table, never by an
+ * offset in arg[].
  */
 uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len);
 /*
@@ -608,6 +618,25 @@ int ferry_helper_tensors(struct ferry_helper *h, const struct ferry_desc *req,
 			 const struct ferry_tensor **t);
 uint64_t ferry_helper_tensor_addr(struct ferry_helper *h, const struct ferry_desc *req,
 				  const struct ferry_tensor *t);
+/*
+ * Outputs sized by the model: a block of @n bytes of this helper's pool
+ * for the child that sent @req (the request being handled), without
+ * asking anyone: each helper sub-allocates its own arena of the pool
+ * (opts.helper_pool_bytes).  0 and *@off; the handler writes the block
+ * (on @stream, a stream of this helper or NULL, which the block then
+ * belongs to: its reuse after the child frees it is ordered after that
+ * stream's work) and names it in its reply (FERRY_DESC_POOL, or a table
+ * in the child's heap).  When the reply's status is 0 the block is the
+ * child's, which frees it with ferry_child_pool_free(); with an error
+ * status it goes back to the arena.  At most FERRY_HELPER_ALLOCS_MAX per
+ * request (-ENOSPC beyond); -ENOMEM when the arena is full (the blocks
+ * children freed are taken back first); -EINVAL outside a handler, for
+ * n == 0 or another request than the one being handled; -ENOENT without
+ * a pool.
+ */
+#define FERRY_HELPER_ALLOCS_MAX 8
+int ferry_helper_pool_alloc(struct ferry_helper *h, const struct ferry_desc *req, size_t n,
+			    void *stream, uint64_t *off);
 int ferry_helper_gpu(const struct ferry_helper *h);
 void *ferry_helper_stream(struct ferry_helper *h);
 int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, void *stream);

@@ -59,7 +59,9 @@ int ferry_broker_start_opts(const struct ferry_broker_opts *o, struct ferry_brok
 	    o->window == 0 || o->window > 4096 || o->helper_depth == 0 ||
 	    o->helper_depth > 1024 || o->region_size == 0 || o->children > 65536 ||
 	    o->helpers > 4096 || o->max_attached > 65536 || o->gpu < FERRY_GPU_NONE ||
-	    o->streams == 0 || o->streams > 64 || (o->flags & ~(FERRY_HELPERS_EXACT | FERRY_CHILDREN_MAP_POOL)))
+	    o->streams == 0 || o->streams > 64 ||
+	    (o->flags & ~(FERRY_HELPERS_EXACT | FERRY_CHILDREN_MAP_POOL)) ||
+	    (o->pool_size && o->helper_pool_bytes > o->pool_size))
 		return -EINVAL;
 	b = calloc(1, sizeof(*b));
 	if (!b)

@@ -67,6 +67,24 @@ struct bchild {
 struct bblock {
 	uint64_t off, size;
 	uint32_t inflight;
+	int32_t arena;		/* a helper made it (its pool's arena index), or -1 */
+};
+
+/*
+ * A helper's arena (ferry_helper_pool_alloc): a range of its pool that
+ * the helper sub-allocates on its own.  The blocks it gives children are
+ * theirs (bblock.arena); when freed they go back to the helper through
+ * its ferry_arena_shm.  An arena outlives a dead helper while children
+ * hold blocks of it (@helper -1: orphaned), then returns to the pool.
+ */
+struct barena {
+	bool used;
+	uint64_t off, size;
+	int32_t helper;		/* the incarnation's slot, -1: orphaned */
+	uint32_t live;		/* blocks of it children hold */
+	/* returns the helper's shm had no room for, oldest first */
+	uint64_t *backlog;
+	unsigned int nbacklog, capbacklog;
 };
 
 /* One pool (broker_pool.c). */
@@ -83,6 +101,8 @@ struct bpool {
 		uint64_t deadline;	/* CLOCK_MONOTONIC ns; UINT64_MAX: none */
 	} *waiters;
 	unsigned int nwait, capwait;
+	struct barena *arenas;
+	unsigned int narenas;
 };
 
 /* Checked tensor tables per helper: one place per request it may hold. */
@@ -119,6 +139,10 @@ struct bhelper {
 	 * first is in the broker's mapping of its channel region. */
 	uint64_t table_used[FERRY_TABLES_MAX / 64];
 	uint8_t *tables;
+	/* Its arena (broker_pool.c): index in its pool's arenas, -1: none;
+	 * and the shared page that tells the helper about it. */
+	int32_t arena;
+	struct ferry_arena_shm *arena_shm;
 };
 
 /* A request at a helper. */
@@ -136,6 +160,10 @@ struct bslot {
 	int16_t table;
 	uint8_t ntblock;
 	uint64_t tblock[FERRY_TENSORS_MAX];
+	/* Blocks the helper made for this request's child (FERRY_OP_POOL_GRANT):
+	 * the child's once the reply is a success, back to the arena if not. */
+	uint8_t ngrant;
+	struct { uint64_t off, size; } grant[FERRY_HELPER_ALLOCS_MAX];
 };
 
 
@@ -248,6 +276,19 @@ int ferry_bpool_hold(struct ferry_broker *b, unsigned int i, uint64_t off, uint6
 		     uint64_t *block);
 void ferry_bpool_release(struct ferry_broker *b, unsigned int i, uint64_t block);
 void ferry_bpool_child_gone(struct ferry_broker *b, unsigned int i);
+/* Helper @h (its region's arena page at @shm) gets an arena, if its pool
+ * has one made and room for it; called for each incarnation. */
+void ferry_bpool_helper_arena(struct ferry_broker *b, unsigned int h);
+/* Helper @h is dead: its arena is orphaned (or back to the pool). */
+void ferry_bpool_helper_gone(struct ferry_broker *b, unsigned int h);
+/* A GRANT from helper @h: is [off, off + len) a block of its arena? */
+bool ferry_bpool_grant_ok(const struct ferry_broker *b, unsigned int h, uint64_t off,
+			  uint64_t len);
+/* Returns to helper @h that its arena page had no room for, now. */
+void ferry_bpool_arena_flush(struct ferry_broker *b, unsigned int h);
+/* A request's granted blocks: to child @i (@keep) or back to @h's arena. */
+void ferry_bpool_grants_settle(struct ferry_broker *b, unsigned int h, unsigned int i,
+			       struct bslot *sl, bool keep);
 /* gpu_probe.c: GPUs (0 where none) and their nodes, without CUDA here. */
 int ferry_gpu_probe(int nodes[FERRY_MAX_GPUS]);
 
@@ -295,7 +336,8 @@ void ferry_dispatch_reply(struct ferry_broker *b, uint32_t i, struct ferry_desc 
 void ferry_dispatch_adopt(struct ferry_broker *b, uint32_t i);
 
 /* broker_tensors.c */
-/* Bytes of a helper's channel region: the channel, then its tables. */
+/* Bytes of a helper's channel region: the channel, its tables, then its
+ * arena page (struct ferry_arena_shm) at the end. */
 size_t ferry_helper_region_bytes(const struct ferry_broker *b, size_t *chan_bytes);
 /* Copy child @i's table that @d names to helper @h's place for slot @s,
  * check it and hold its pool blocks; @d then names the copy.  0 or -EINVAL

@@ -13,6 +13,12 @@
  *   offsets    the broker's allocator (no CUDA needed: a helper replies only
  *              after its stream's work is done, so a block the child frees
  *              afterwards is idle).  Every block belongs to one child.
+ *              Each helper also gets an arena, one range of its pool that
+ *              it sub-allocates itself for outputs only it can size
+ *              (ferry_helper_pool_alloc): a block it makes becomes the
+ *              child's with the reply (FERRY_OP_POOL_GRANT ahead of it),
+ *              and goes back to the helper, through its arena page, when
+ *              the child frees it.
  *   checking   a FERRY_DESC_POOL descriptor's range must lie in a block of
  *              the child that sent it; while requests naming a block are at
  *              helpers it cannot be freed (-EBUSY), so it is never handed to
@@ -21,6 +27,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +104,9 @@ void ferry_bpool_destroy(struct ferry_broker *b)
 		if (p->cpu)
 			ferry_pool_close(p->cpu);
 		free(p->waiters);
+		for (unsigned int k = 0; k < p->narenas; k++)
+			free(p->arenas[k].backlog);
+		free(p->arenas);
 	}
 	free(b->pool);
 	b->pool = NULL;
@@ -206,13 +216,9 @@ static struct bblock *block_at(struct bchild *c, uint64_t off)
 	return NULL;
 }
 
-/* A block of @len for child @i: 0 and *off, or -errno. */
-static int alloc_for(struct ferry_broker *b, unsigned int i, struct bpool *p, uint64_t len,
-		     uint64_t *off)
+/* Room for one more block in @c's list: 0 or -ENOSPC. */
+static int grow_blocks(struct bchild *c)
 {
-	struct bchild *c = &b->child[i];
-	int err;
-
 	if (c->nblocks == c->cap_blocks) {
 		unsigned int cap = c->cap_blocks ? 2 * c->cap_blocks : 16;
 		struct bblock *t;
@@ -222,14 +228,222 @@ static int alloc_for(struct ferry_broker *b, unsigned int i, struct bpool *p, ui
 		c->blocks = t;
 		c->cap_blocks = cap;
 	}
+	return 0;
+}
+
+/* A block of @len for child @i: 0 and *off, or -errno. */
+static int alloc_for(struct ferry_broker *b, unsigned int i, struct bpool *p, uint64_t len,
+		     uint64_t *off)
+{
+	struct bchild *c = &b->child[i];
+	int err = grow_blocks(c);
+
+	if (err)
+		return err;
 	err = ferry_palloc_alloc(p->alloc, len, NULL, off);
 	if (err)
 		return err;
 	c->blocks[c->nblocks++] = (struct bblock){
-		.off = *off, .size = ferry_palloc_block_size(p->alloc, *off),
+		.off = *off, .size = ferry_palloc_block_size(p->alloc, *off), .arena = -1,
 	};
 	b->st.pool_allocs++;
 	return 0;
+}
+
+/* ---- helpers' arenas ---- */
+
+static void serve_waiters(struct ferry_broker *b, struct bpool *p);
+
+static struct ferry_arena_shm *arena_shm(const struct ferry_broker *b, unsigned int h)
+{
+	return b->helper[h].alive ? b->helper[h].arena_shm : NULL;
+}
+
+/*
+ * Hand @off back to arena @k's helper through its page (in order: the
+ * backlog first).  False when the page is full: the caller keeps it.
+ */
+static bool arena_push(struct ferry_arena_shm *shm, uint64_t off)
+{
+	uint64_t head = atomic_load_explicit((_Atomic uint64_t *)&shm->head, memory_order_relaxed);
+	uint64_t tail = atomic_load_explicit((_Atomic uint64_t *)&shm->tail, memory_order_acquire);
+
+	/* A tail the helper wrote past head is its bug: take it as full. */
+	if (head - tail >= FERRY_ARENA_RETURNS)
+		return false;
+	shm->ret[head % FERRY_ARENA_RETURNS] = off;
+	atomic_store_explicit((_Atomic uint64_t *)&shm->head, head + 1, memory_order_release);
+	return true;
+}
+
+static void arena_flush(struct barena *a, struct ferry_arena_shm *shm)
+{
+	unsigned int n = 0;
+
+	while (n < a->nbacklog && arena_push(shm, a->backlog[n]))
+		n++;
+	memmove(a->backlog, a->backlog + n, (a->nbacklog - n) * sizeof(*a->backlog));
+	a->nbacklog -= n;
+}
+
+void ferry_bpool_arena_flush(struct ferry_broker *b, unsigned int h)
+{
+	struct bhelper *hp = &b->helper[h];
+	struct barena *a;
+
+	if (!b->pool || hp->arena < 0)
+		return;
+	a = &b->pool[ferry_bpool_of_helper(b, h)].arenas[hp->arena];
+	if (a->nbacklog && arena_shm(b, h))
+		arena_flush(a, hp->arena_shm);
+}
+
+/* Block @off of arena @k is free again: to its helper, or (orphaned, and
+ * the last) the whole arena back to the pool. */
+static void arena_return(struct ferry_broker *b, struct bpool *p, unsigned int k, uint64_t off)
+{
+	struct barena *a = &p->arenas[k];
+	struct ferry_arena_shm *shm = a->helper >= 0 ? arena_shm(b, (unsigned int)a->helper) : NULL;
+
+	if (!shm) {
+		if (a->helper < 0 && a->live == 0) {
+			ferry_palloc_free(p->alloc, a->off);
+			free(a->backlog);
+			*a = (struct barena){ .helper = -1 };
+		}
+		return;
+	}
+	if (a->nbacklog)
+		arena_flush(a, shm);
+	if (!a->nbacklog && arena_push(shm, off))
+		return;
+	if (a->nbacklog == a->capbacklog) {
+		unsigned int cap = a->capbacklog ? 2 * a->capbacklog : 64;
+		uint64_t *t = realloc(a->backlog, cap * sizeof(*t));
+
+		if (!t)
+			return;	/* lost to this incarnation only: its arena ends with it */
+		a->backlog = t;
+		a->capbacklog = cap;
+	}
+	a->backlog[a->nbacklog++] = off;
+}
+
+/* A child's block @bl is freed (by it, or with it). */
+static void block_free(struct ferry_broker *b, struct bpool *p, struct bblock *bl)
+{
+	if (bl->arena < 0) {
+		ferry_palloc_free(p->alloc, bl->off);
+		return;
+	}
+	p->arenas[bl->arena].live--;
+	arena_return(b, p, (unsigned int)bl->arena, bl->off);
+}
+
+static uint64_t arena_bytes(const struct ferry_broker *b, unsigned int h)
+{
+	unsigned int g = ferry_bpool_of_helper(b, h), n = 0;
+
+	if (b->o.helper_pool_bytes)
+		return b->o.helper_pool_bytes;
+	for (unsigned int k = 0; k < b->o.helpers; k++)
+		n += ferry_bpool_of_helper(b, k) == g;
+	return (b->o.pool_size / 4 / (n ? n : 1)) & ~(uint64_t)(POOL_ALIGN - 1);
+}
+
+void ferry_bpool_helper_arena(struct ferry_broker *b, unsigned int h)
+{
+	struct bhelper *hp = &b->helper[h];
+	struct ferry_arena_shm *shm = hp->arena_shm;
+	struct bpool *p = b->pool ? &b->pool[ferry_bpool_of_helper(b, h)] : NULL;
+	uint64_t bytes = arena_bytes(b, h), off;
+	unsigned int k;
+
+	hp->arena = -1;
+	if (!p || !p->made || bytes < POOL_ALIGN)
+		return;
+	for (k = 0; k < p->narenas && p->arenas[k].used; k++)
+		;
+	if (k == p->narenas) {
+		struct barena *t = realloc(p->arenas, (k + 1) * sizeof(*t));
+
+		if (!t)
+			return;
+		p->arenas = t;
+		p->narenas++;
+	}
+	/* No room (children hold the pool): this helper allocates nothing. */
+	if (ferry_palloc_alloc(p->alloc, bytes, NULL, &off)) {
+		p->arenas[k] = (struct barena){ .helper = -1 };
+		return;
+	}
+	p->arenas[k] = (struct barena){ .used = true, .off = off, .size = bytes,
+					.helper = (int32_t)h };
+	hp->arena = (int32_t)k;
+	shm->off = off;
+	shm->size = bytes;
+	atomic_store_explicit((_Atomic uint32_t *)&shm->ready, 1, memory_order_release);
+}
+
+void ferry_bpool_helper_gone(struct ferry_broker *b, unsigned int h)
+{
+	struct bhelper *hp = &b->helper[h];
+	struct bpool *p;
+	struct barena *a;
+
+	if (!b->pool || hp->arena < 0)
+		return;
+	p = &b->pool[ferry_bpool_of_helper(b, h)];
+	a = &p->arenas[hp->arena];
+	hp->arena = -1;
+	/* What it had not taken back dies with its allocator. */
+	free(a->backlog);
+	a->backlog = NULL;
+	a->nbacklog = a->capbacklog = 0;
+	a->helper = -1;
+	if (a->live == 0) {
+		ferry_palloc_free(p->alloc, a->off);
+		*a = (struct barena){ .helper = -1 };
+		if (p->nwait)
+			serve_waiters(b, p);
+	}
+}
+
+bool ferry_bpool_grant_ok(const struct ferry_broker *b, unsigned int h, uint64_t off,
+			  uint64_t len)
+{
+	const struct bhelper *hp = &b->helper[h];
+	const struct barena *a;
+
+	if (!b->pool || hp->arena < 0 || !len)
+		return false;
+	a = &b->pool[ferry_bpool_of_helper(b, h)].arenas[hp->arena];
+	return off >= a->off && len <= a->size && off - a->off <= a->size - len;
+}
+
+void ferry_bpool_grants_settle(struct ferry_broker *b, unsigned int h, unsigned int i,
+			       struct bslot *sl, bool keep)
+{
+	struct bchild *c = &b->child[i];
+	struct bhelper *hp = &b->helper[h];
+	struct bpool *p = b->pool ? &b->pool[ferry_bpool_of_helper(b, h)] : NULL;
+
+	for (unsigned int k = 0; p && k < sl->ngrant; k++) {
+		uint64_t off = sl->grant[k].off;
+
+		if (hp->arena < 0)
+			break;	/* dead: its arena's allocator is gone */
+		if (keep && c->used && c->alive && grow_blocks(c) == 0) {
+			c->blocks[c->nblocks++] = (struct bblock){
+				.off = off, .size = sl->grant[k].size, .arena = hp->arena,
+			};
+			p->arenas[hp->arena].live++;
+			b->st.pool_allocs++;
+			continue;
+		}
+		arena_return(b, p, (unsigned int)hp->arena, off);
+	}
+	sl->ngrant = 0;
 }
 
 /* Take waiter @k out of @p's queue, keeping the others' order. */
@@ -320,7 +534,7 @@ bool ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_de
 		} else if (bl->inflight) {
 			d->status = -EBUSY;	/* a helper may still be using it */
 		} else {
-			ferry_palloc_free(p->alloc, bl->off);
+			block_free(b, p, bl);
 			*bl = c->blocks[--c->nblocks];
 			d->status = 0;
 			b->st.pool_frees++;
@@ -408,7 +622,7 @@ void ferry_bpool_child_gone(struct ferry_broker *b, unsigned int i)
 	struct bpool *p = b->pool ? &b->pool[ferry_bpool_of_child(b, i)] : NULL;
 
 	for (unsigned int k = 0; p && p->alloc && k < c->nblocks; k++)
-		ferry_palloc_free(p->alloc, c->blocks[k].off);
+		block_free(b, p, &c->blocks[k]);
 	free(c->blocks);
 	c->blocks = NULL;
 	c->nblocks = c->cap_blocks = 0;

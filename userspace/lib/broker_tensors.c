@@ -17,7 +17,8 @@
 size_t ferry_helper_region_bytes(const struct ferry_broker *b, size_t *chan_bytes)
 {
 	*chan_bytes = ferry_page_round(ferry_chan_bytes(b->nslots_helper));
-	return *chan_bytes + ferry_page_round((size_t)b->o.helper_depth * FERRY_TABLE_BYTES);
+	return *chan_bytes + ferry_page_round((size_t)b->o.helper_depth * FERRY_TABLE_BYTES) +
+	       ferry_arena_shm_bytes();
 }
 
 static int place_take(struct bhelper *hp, unsigned int depth)

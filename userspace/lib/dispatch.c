@@ -147,6 +147,8 @@ static void slot_done(struct ferry_broker *b, uint32_t s)
 	if (sl->block != UINT64_MAX)
 		ferry_bpool_release(b, sl->child, sl->block);
 	ferry_btensors_release(b, s);
+	if (sl->ngrant)
+		ferry_bpool_grants_settle(b, sl->helper, sl->child, sl, false);
 	sl->used = false;
 	sl->gen++;
 	b->slot_free[b->nslot_free++] = s;
@@ -188,6 +190,18 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 			b->st.bad_reply++;
 			continue;
 		}
+		if (d.op == FERRY_OP_POOL_GRANT) {
+			/* A block it made for this request's child: held for the reply. */
+			if (sl->ngrant < FERRY_HELPER_ALLOCS_MAX &&
+			    ferry_bpool_grant_ok(b, h, d.offset, d.len)) {
+				sl->grant[sl->ngrant].off = d.offset;
+				sl->grant[sl->ngrant++].size = d.len;
+			} else {
+				b->st.bad_reply++;
+			}
+			continue;
+		}
+		ferry_bpool_grants_settle(b, h, sl->child, sl, d.status == 0);
 		d.tag = sl->child_tag;
 		d.region = sl->child;
 		d.op = sl->op;
@@ -325,6 +339,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	}
 	d.region = i;
 	d.tag = ((uint64_t)b->slot[s].gen << 32) | s;
+	ferry_bpool_arena_flush(b, (unsigned int)h);	/* before it may allocate */
 	rung = b->helper[h].chan.ch.wakes;
 	if (ferry_chan_send(&b->helper[h].chan.ch, &d) < 0) {
 		b->slot[s].used = false;
@@ -495,6 +510,7 @@ static void helper_died(struct ferry_broker *b, uint32_t h)
 	if (hp->pidfd_armed)
 		ferry_waitset_disarm(b->ws, KEY(KEY_HELPER_PIDFD, h));
 	ferry_helper_ctl_reset(b, h);
+	ferry_bpool_helper_gone(b, h);
 	/* Did this incarnation finish its init?  Only then restart at once. */
 	if (hp->ready || ferry_helper_said_ready(hp->ctl))
 		hp->quick_deaths = 0;

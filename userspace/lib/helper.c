@@ -151,9 +151,18 @@ _Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)
 
 	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd, &pool_fd);
 	if (!err) {
-		/* After the channel: the broker's checked copies of tensor tables. */
-		h.tables = (const uint8_t *)ferry_region_base(h.chanreg) + m.chan_bytes;
-		h.tables_bytes = ferry_region_size(h.chanreg) - m.chan_bytes;
+		uint8_t *base = ferry_region_base(h.chanreg);
+		size_t size = ferry_region_size(h.chanreg);
+
+		/* After the channel: the broker's checked copies of tensor
+		 * tables, then the page about this helper's arena. */
+		if (size < m.chan_bytes + ferry_arena_shm_bytes()) {
+			err = -EPROTO;
+		} else {
+			h.tables = base + m.chan_bytes;
+			h.tables_bytes = size - m.chan_bytes - ferry_arena_shm_bytes();
+			h.arena_shm = (struct ferry_arena_shm *)(base + size - ferry_arena_shm_bytes());
+		}
 	}
 	if (!err)
 		err = ferry_hgpu_init(&h, cfg);
@@ -184,6 +193,7 @@ _Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)
 		rep = req;
 		h.cur = &req;
 		h.deferred_cur = false;
+		h.ngrant_cur = 0;
 		if (req.op == FERRY_OP_POOL_PUT || req.op == FERRY_OP_POOL_GET)
 			rep.status = ferry_hgpu_copy(&h, &req, &rep);
 		else

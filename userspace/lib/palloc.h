@@ -69,4 +69,12 @@ uint64_t ferry_palloc_block_size(const struct ferry_palloc *a, uint64_t off);
 unsigned int ferry_palloc_reclaim(struct ferry_palloc *a);
 void ferry_palloc_stats(const struct ferry_palloc *a, struct ferry_palloc_stats *out);
 
+/*
+ * pool.c: an allocator of [0, @size) that keeps @p's alignment and knows
+ * its streams (CUDA events for a GPU pool, none for a CPU pool): what a
+ * helper sub-allocates its arena of the broker's pool with.
+ */
+struct ferry_pool;
+int ferry_pool_sub_allocator(struct ferry_pool *p, uint64_t size, struct ferry_palloc **out);
+
 #endif /* FERRY_PALLOC_H */

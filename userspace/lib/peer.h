@@ -123,6 +123,11 @@ struct ferry_helper {
 	unsigned int ndefer, ndefer_max;
 	unsigned int npinned, pin_failed;
 	struct ferry_pool *pool;	/* the broker's pool of this helper's GPU */
+	/* its arena of the pool (helper_pool.c): NULL until first used */
+	struct ferry_arena_shm *arena_shm;	/* the broker's page about it */
+	struct ferry_palloc *arena;
+	uint64_t arena_off, arena_size;
+	unsigned int ngrant_cur;	/* blocks made for the current request */
 };
 
 /* helper_gpu.c */

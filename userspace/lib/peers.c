@@ -206,6 +206,9 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	if (err)
 		return err;
 	hp->tables = (uint8_t *)ferry_region_base(hp->chan.region) + chan_bytes;
+	hp->arena = -1;
+	hp->arena_shm = (struct ferry_arena_shm *)((uint8_t *)ferry_region_base(hp->chan.region) +
+						   bytes - ferry_arena_shm_bytes());
 	struct ferry_peer_cfg cfg = {
 		.index = h, .handler = b->o.handler, .helper_init = b->o.helper_init,
 		.helper_arg = b->o.helper_arg, .gpu = ferry_helper_gpu_of(b, h),
@@ -242,6 +245,7 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 	}
 	if (err)
 		return err;	/* the caller kills what was started */
+	ferry_bpool_helper_arena(b, h);
 	/* Queued only: the dispatch loop sends them (start-up too). */
 	for (unsigned int i = 0; i < b->nslots_total; i++)
 		if (b->child[i].used && b->child[i].alive)

@@ -417,6 +417,14 @@ static int owner_enter(struct ferry_pool *p)
 	return p->cu ? ferry_cuda_use_device(p->cu, p->device) : 0;
 }
 
+int ferry_pool_sub_allocator(struct ferry_pool *p, uint64_t size, struct ferry_palloc **out)
+{
+	if (!p || !size)
+		return -EINVAL;
+	return ferry_palloc_create(size, p->kind == FERRY_POOL_CPU ? CPU_ALIGN : GPU_ALIGN,
+				   p->cu ? &cuda_ops : NULL, p, out);
+}
+
 int ferry_pool_alloc(struct ferry_pool *p, size_t n, void *stream, uint64_t *off)
 {
 	int err = owner_enter(p);

@@ -23,6 +23,33 @@
  * stream for a GPU pool, so that children never need CUDA. */
 #define FERRY_OP_POOL_PUT	0xff000004u
 #define FERRY_OP_POOL_GET	0xff000005u
+/* helper -> broker, ahead of the reply to request @tag: the block at
+ * offset (len bytes, from the helper's arena) is for that request's child
+ * (ferry_helper_pool_alloc). */
+#define FERRY_OP_POOL_GRANT	0xff000006u
+
+/*
+ * A helper's arena: the part of its pool from which it allocates outputs
+ * for children without asking the broker (ferry_helper_pool_alloc).  Kept
+ * at the end of the helper's channel region, written by the broker (which
+ * owns the pool's offsets) and read by the helper: where the arena is, and
+ * the blocks children freed, which the helper takes back before it
+ * allocates.  Single producer (broker: head), single consumer (helper:
+ * tail), on their own cache lines.
+ */
+#define FERRY_ARENA_RETURNS 4096
+struct ferry_arena_shm {
+	uint64_t off, size;		/* valid once @ready is 1 */
+	uint32_t ready;
+	uint8_t pad0[44];
+	uint64_t head;			/* broker: returns written */
+	uint8_t pad1[56];
+	uint64_t tail;			/* helper: returns taken back */
+	uint8_t pad2[56];
+	uint64_t ret[FERRY_ARENA_RETURNS];	/* block offsets, pool-relative */
+};
+/* Its bytes at the end of the helper's channel region (whole pages). */
+#define ferry_arena_shm_bytes() ferry_page_round(sizeof(struct ferry_arena_shm))
 
 enum ferry_ctl_type {
 	FERRY_CTL_HELLO = 1,		/* service -> broker: please attach me */
@@ -45,8 +72,9 @@ enum ferry_pool_op {
 
 #define FERRY_PROTO_MAGIC 0x46525259u	/* "FRRY" */
 /* 2: SETUP names a region head the child must map (head_id).
- * 3: regions are announced to helpers in batches (FERRY_CTL_REGIONS). */
-#define FERRY_PROTO_VERSION 3
+ * 3: regions are announced to helpers in batches (FERRY_CTL_REGIONS).
+ * 4: a helper's channel region ends in its arena page (ferry_arena_shm). */
+#define FERRY_PROTO_VERSION 4
 #define FERRY_CTL_MAX_FDS 4
 
 struct ferry_ctl {

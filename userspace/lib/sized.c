@@ -102,6 +102,9 @@ int ferry_broker_start_sized(const struct ferry_broker_opts *o, size_t size,
 	err = ferry_copy_in(&k, FERRY_OPTS_END, o, size, uend);
 	if (err)
 		return err;
+	/* Named padding between fields: 0, like bytes past the known END. */
+	if (k.reserved)
+		return -E2BIG;
 	return ferry_broker_start_opts(&k, out);
 }
 
