@@ -312,6 +312,11 @@ struct ferry_broker_opts {
 	 * each other.  Without it a child holds no handle to the pool: it
 	 * reaches its blocks through helpers (put, get, requests) and cannot
 	 * read or write another child's.
+	 * FERRY_DISPATCH_POLL / FERRY_DISPATCH_SLEEP: the dispatch thread
+	 * polls (never sleeps: no wake-ups on the request and reply paths,
+	 * a CPU busy all the time) or sleeps when idle.  Without either it
+	 * polls where it has a CPU of its own (dispatch_cpu) and sleeps
+	 * elsewhere; $FERRY_DISPATCH_POLL=1 or 0 overrides all three.
 	 */
 	unsigned int flags;
 	/* Must be 0: it names what would be padding, so that every byte of
@@ -329,6 +334,8 @@ struct ferry_broker_opts {
 };
 #define FERRY_HELPERS_EXACT (1u << 0)
 #define FERRY_CHILDREN_MAP_POOL (1u << 1)
+#define FERRY_DISPATCH_POLL (1u << 2)
+#define FERRY_DISPATCH_SLEEP (1u << 3)
 #define FERRY_CPU_AUTO (-1)
 #define FERRY_CPU_NONE (-2)
 #define FERRY_GPU_AUTO (-1)

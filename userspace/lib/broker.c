@@ -60,7 +60,9 @@ int ferry_broker_start_opts(const struct ferry_broker_opts *o, struct ferry_brok
 	    o->helper_depth > 1024 || o->region_size == 0 || o->children > 65536 ||
 	    o->helpers > 4096 || o->max_attached > 65536 || o->gpu < FERRY_GPU_NONE ||
 	    o->streams == 0 || o->streams > 64 ||
-	    (o->flags & ~(FERRY_HELPERS_EXACT | FERRY_CHILDREN_MAP_POOL)) ||
+	    (o->flags & ~(FERRY_HELPERS_EXACT | FERRY_CHILDREN_MAP_POOL | FERRY_DISPATCH_POLL |
+			  FERRY_DISPATCH_SLEEP)) ||
+	    (o->flags & FERRY_DISPATCH_POLL && o->flags & FERRY_DISPATCH_SLEEP) ||
 	    (o->pool_size && o->helper_pool_bytes > o->pool_size))
 		return -EINVAL;
 	b = calloc(1, sizeof(*b));
@@ -80,6 +82,12 @@ int ferry_broker_start_opts(const struct ferry_broker_opts *o, struct ferry_brok
 	err = ferry_place_dispatch_cpu(b);
 	if (err)
 		goto fail;
+	env = getenv("FERRY_DISPATCH_POLL");
+	if (env && *env)
+		b->poll = strcmp(env, "0") != 0;
+	else
+		b->poll = o->flags & FERRY_DISPATCH_POLL ? true :
+			  o->flags & FERRY_DISPATCH_SLEEP ? false : b->dispatch_cpu >= 0;
 	err = ferry_place_gpus(b);
 	if (err)
 		goto fail;

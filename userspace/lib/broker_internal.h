@@ -205,6 +205,14 @@ struct ferry_broker {
 	 */
 	bool oversub;
 	/*
+	 * The dispatch thread never sleeps while it runs (it polls, looking
+	 * for deaths and stop between spins): no wake-up on the request or
+	 * the reply path.  Default where it has a CPU of its own
+	 * (dispatch_cpu); FERRY_DISPATCH_POLL / _SLEEP or $FERRY_DISPATCH_POLL
+	 * (1 or 0) decide otherwise.
+	 */
+	bool poll;
+	/*
 	 * The CPU reserved for the dispatch thread (-1: none) and the mask its
 	 * peers run on (the broker's own mask without it): a single dispatch
 	 * thread is what every message goes through, and on a machine with

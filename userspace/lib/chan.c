@@ -336,8 +336,43 @@ static int bell_sleep(struct ferry_chan *c, uint32_t seq, int64_t rem_ns)
 	}
 }
 
+void ferry_chan_wake_self(struct ferry_chan *c)
+{
+	struct ferry_chan_ctl *k = c->ctl[c->rx_dir];
+
+	atomic_thread_fence(memory_order_seq_cst);
+	/* As a sender would: only a consumer that announced its sleep. */
+	if (!atomic_load_explicit(&k->waiting, memory_order_relaxed) ||
+	    !atomic_exchange_explicit(&k->waiting, 0, memory_order_relaxed))
+		return;
+	atomic_fetch_add_explicit(&k->seq, 1, memory_order_seq_cst);
+	if (c->mode == FERRY_BELL_FUTEX) {
+		futex_wake(&k->seq, INT_MAX);
+	} else {
+		uint64_t one = 1;
+		ssize_t r = write(c->efd[c->rx_dir], &one, sizeof(one));
+
+		(void)r;
+	}
+}
+
+static int recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
+		     const _Atomic bool *dead, bool (*other)(void *), void *arg);
+
 int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
 			 const _Atomic bool *dead)
+{
+	return recv_wait(c, out, timeout_ns, dead, NULL, NULL);
+}
+
+int ferry_chan_recv_wait_or(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
+			    bool (*other)(void *), void *arg)
+{
+	return recv_wait(c, out, timeout_ns, NULL, other, arg);
+}
+
+static int recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
+		     const _Atomic bool *dead, bool (*other)(void *), void *arg)
 {
 	uint64_t start, deadline, spin_end, now;
 	unsigned int i;
@@ -379,6 +414,8 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 		r = ferry_chan_recv(c, out);
 		if (r != -EAGAIN)
 			return r;
+		if (other && other(arg))
+			return -EALREADY;
 	}
 
 	for (;;) {
@@ -398,6 +435,12 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 		if (dead && atomic_load(dead)) {
 			ferry_chan_end_sleep(c);
 			return -EPIPE;
+		}
+		/* Likewise whoever makes other() true calls ferry_chan_wake_self()
+		 * after: it happened before this look, or the wake comes. */
+		if (other && other(arg)) {
+			ferry_chan_end_sleep(c);
+			return -EALREADY;
 		}
 		slept = bell_sleep(c, seq, deadline == UINT64_MAX ? -1 : (int64_t)(deadline - now));
 		ferry_chan_end_sleep(c);

@@ -162,6 +162,19 @@ int ferry_chan_recv(struct ferry_chan *c, struct ferry_desc *out);
  */
 int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
 			 const _Atomic bool *dead);
+/*
+ * The same (without @dead), for a consumer that also waits for something
+ * else: -EALREADY (nothing received) once @other(@arg) is true.  It is
+ * asked between looks while spinning and after the sleep is announced, so
+ * whatever makes it true must then call ferry_chan_wake_self().
+ */
+int ferry_chan_recv_wait_or(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
+			    bool (*other)(void *), void *arg);
+/*
+ * Wake this end's own receive wait if it announced a sleep (as a sender
+ * would): from any thread, e.g. a CUDA host function.  Touches no counter.
+ */
+void ferry_chan_wake_self(struct ferry_chan *c);
 /* Wake whoever sleeps consuming direction @dir, unconditionally
  * (shutdown, or after setting a recv_wait's *dead).  Any end may call it. */
 void ferry_chan_kick(struct ferry_chan *c, enum ferry_chan_dir dir);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -180,6 +181,11 @@ _Noreturn void ferry_child_main(const struct ferry_peer_cfg *cfg, int ctl)
 	struct ferry_child c;
 	int ret;
 
+	/*
+	 * Its sleeps end when a reply is due (predicted_wait): without this a
+	 * timed sleep may end up to 50 us late (the default timer slack).
+	 */
+	prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
 	ret = ferry_child_init(&c, ctl, false);
 	if (ret) {
 		fprintf(stderr, "ferry: child %u setup failed: %s\n", cfg->index, strerror(-ret));
@@ -281,17 +287,68 @@ static bool broker_gone(const struct ferry_child *c)
 	return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLIN));
 }
 
+/*
+ * Waiting for a call whose op took about as long before (expect_end_ns):
+ * spinning first only pays for replies due within the spin.  A call
+ * expected to take longer than EXPECT_LONG_NS sleeps at once; one expected
+ * past the spin but sooner sleeps until EXPECT_MARGIN_NS before it is
+ * due (or until a descriptor rings the bell, whichever is first), then
+ * spins as usual, so its reply is caught without a wake-up.
+ */
+#define EXPECT_LONG_NS (2 * 1000 * 1000)
+#define EXPECT_MARGIN_NS (15 * 1000)
+
+static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t *timeout_ns,
+			  bool *no_spin)
+{
+	uint64_t until = c->expect_end_ns, expected = until - c->expect_start_ns, now;
+	uint64_t spin = c->ch.spin_ns;
+	int64_t pre;
+	int err;
+
+	if (!until || expected <= spin)
+		return -EAGAIN;
+	if (expected >= EXPECT_LONG_NS) {
+		*no_spin = true;
+		return -EAGAIN;
+	}
+	now = ferry_now_ns();
+	if (until < now + EXPECT_MARGIN_NS)
+		return -EAGAIN;
+	pre = (int64_t)(until - EXPECT_MARGIN_NS - now);
+	if (*timeout_ns >= 0 && pre > *timeout_ns)
+		pre = *timeout_ns;
+	c->ch.spin_ns = 0;
+	err = ferry_chan_recv_wait(&c->ch, rep, pre, NULL);
+	c->ch.spin_ns = spin;
+	if (err != -ETIMEDOUT)
+		return err;
+	if (*timeout_ns >= 0) {
+		*timeout_ns -= pre;
+		if (*timeout_ns <= 0)
+			return -ETIMEDOUT;
+	}
+	return -EAGAIN;
+}
+
 int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns)
 {
 	const int64_t slice = 50 * 1000 * 1000;
-	int err;
+	uint64_t spin = c->ch.spin_ns;
+	bool no_spin = false;
+	int err = predicted_wait(c, rep, &timeout_ns, &no_spin);
 
+	if (err != -EAGAIN)
+		return err;
 	for (;;) {
 		int64_t t = timeout_ns;
 
 		if (c->attached && (t < 0 || t > slice))
 			t = slice;
+		if (no_spin)
+			c->ch.spin_ns = 0;
 		err = ferry_chan_recv_wait(&c->ch, rep, t, NULL);
+		c->ch.spin_ns = spin;
 		if (err != -ETIMEDOUT || !c->attached)
 			break;
 		if (broker_gone(c))

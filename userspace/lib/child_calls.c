@@ -176,7 +176,9 @@ static bool waiter_done(struct ferry_child *c, void *arg)
 
 int ferry_child_call_internal(struct ferry_child *c, struct ferry_desc *d, int64_t timeout_ns)
 {
-	uint64_t end = timeout_ns < 0 ? UINT64_MAX : mono_ns() + (uint64_t)timeout_ns;
+	uint64_t end = timeout_ns < 0 ? UINT64_MAX : mono_ns() + (uint64_t)timeout_ns, t0;
+	uint32_t op = d->op;
+	struct ferry_expect *e;
 	struct ferry_waiter *w = NULL;
 	int err;
 
@@ -192,10 +194,21 @@ int ferry_child_call_internal(struct ferry_child *c, struct ferry_desc *d, int64
 	}
 	*w = (struct ferry_waiter){ .tag = d->tag, .used = true };
 	c->nwaiters++;
+	e = &c->expect[op % FERRY_EXPECT_OPS];
+	t0 = mono_ns();
+	c->expect_start_ns = t0;
+	c->expect_end_ns = e->op == op && e->ewma_ns ? t0 + e->ewma_ns : 0;
 	err = wait_locked(c, waiter_done, w, end);
+	c->expect_end_ns = 0;
 	if (!err && w->done) {
+		uint64_t rtt = mono_ns() - t0;
+
 		*d = w->rep;
 		c->outstanding--;
+		if (e->op != op || !e->ewma_ns)
+			*e = (struct ferry_expect){ .op = op, .ewma_ns = rtt };
+		else
+			e->ewma_ns = e->ewma_ns - e->ewma_ns / 8 + rtt / 8;
 	} else if (err == -ETIMEDOUT) {
 		c->late[c->nlate++] = w->tag;	/* dropped when it comes */
 	}

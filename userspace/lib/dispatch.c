@@ -586,6 +586,11 @@ static bool arm_all(struct ferry_broker *b)
 		/* Full window: slot_done() settles it when a reply frees room. */
 		if (c->chan.bell_armed || c->ready || c->corrupt || c->in_flight >= b->o.window)
 			continue;
+		/* Polling: no bell (its sends make no system call); spin() looks. */
+		if (b->poll) {
+			arm_push(b, i);
+			continue;
+		}
 		if (!arm_bell(b, &c->chan, KEY(KEY_CHILD_BELL, i))) {
 			ready_push(b, i);
 			quiet = false;
@@ -599,7 +604,7 @@ static bool arm_all(struct ferry_broker *b)
 		if (!hp->pidfd_armed &&
 		    ferry_waitset_arm_poll(b->ws, KEY(KEY_HELPER_PIDFD, h), hp->pidfd) == 0)
 			hp->pidfd_armed = true;
-		if (hp->chan.bell_armed || hp->corrupt)
+		if (hp->chan.bell_armed || hp->corrupt || b->poll)
 			continue;
 		if (!arm_bell(b, &hp->chan, KEY(KEY_HELPER_BELL, h)))
 			quiet = false;
@@ -640,11 +645,14 @@ static bool spin(struct ferry_broker *b)
 {
 	uint64_t start, end, pause_ns;
 
-	if (!b->o.spin_ns)
+	if (!b->o.spin_ns && !b->poll)
 		return false;
 	pause_ns = !b->oversub ? FERRY_CHAN_PAUSE_NS_DEFAULT : b->st.in_flight ? 3000 : 0;
 	start = ferry_now_ns();
-	end = start + b->o.spin_ns;
+	/* Polling: a millisecond at a time, with pause only (its own CPU). */
+	if (b->poll)
+		pause_ns = UINT64_MAX;
+	end = start + (b->poll ? 1000000 : b->o.spin_ns);
 	do {
 		for (uint32_t h = 0; h < b->o.helpers; h++)
 			if (b->helper[h].alive && !b->helper[h].corrupt &&
@@ -751,7 +759,7 @@ void *ferry_dispatch_main(void *arg)
 		due = b->restarts_pending ? ferry_helper_restart_due(b) : -1;
 		if (moved || spin(b)) {
 			timeout = 0;	/* still poll for deaths, don't sleep */
-		} else if (!arm_all(b)) {
+		} else if (!arm_all(b) || b->poll) {
 			timeout = 0;
 		}
 		if (due >= 0 && (timeout < 0 || due < timeout))

@@ -126,17 +126,33 @@ static void reply(struct ferry_helper *h, const struct ferry_desc *rep)
 		sched_yield();
 }
 
-/* The next request; while deferred replies are pending, poll them too. */
+static bool some_deferred_done(void *arg)
+{
+	return ferry_hgpu_any_done(arg);
+}
+
+/*
+ * The next request; while deferred replies are pending, send each as its
+ * work completes.  The wait spins (spin_ns), then sleeps on the ring's
+ * bell, which the stream work's host function also rings (helper_gpu.c):
+ * a helper whose GPU is busy holds no CPU.  Without host functions it
+ * polls its events, yielding.
+ */
 static int next_request(struct ferry_helper *h, struct ferry_desc *req)
 {
 	int err;
 
-	while (h->ndefer) {
-		err = ferry_chan_recv(&h->ch, req);
-		if (err != -EAGAIN)
-			return err;
-		if (ferry_hgpu_poll(h, false))
+	while (h->ndefer && ferry_hgpu_poll(h, false)) {
+		if (!h->host_wake) {
+			err = ferry_chan_recv(&h->ch, req);
+			if (err != -EAGAIN)
+				return err;
 			sched_yield();
+			continue;
+		}
+		err = ferry_chan_recv_wait_or(&h->ch, req, -1, some_deferred_done, h);
+		if (err != -EALREADY)
+			return err;
 	}
 	return ferry_chan_recv_wait(&h->ch, req, -1, NULL);
 }

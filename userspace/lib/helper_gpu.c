@@ -55,13 +55,34 @@ int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_peer_cfg *cfg)
 		if (err)
 			return err;
 	}
+	/* Blocking sync: a helper that waits for a full table sleeps too. */
 	for (unsigned int k = 0; k < h->ndefer_max; k++) {
 		err = ferry_cuda_errno(cu->cuEventCreate((CUevent *)&h->defer[k].event,
-							 CU_EVENT_DISABLE_TIMING));
+							 CU_EVENT_DISABLE_TIMING |
+							 CU_EVENT_BLOCKING_SYNC));
 		if (err)
 			return err;
 	}
+	h->host_wake = !getenv("FERRY_HELPER_POLL") || !*getenv("FERRY_HELPER_POLL") ||
+		       !strcmp(getenv("FERRY_HELPER_POLL"), "0");
 	return 0;
+}
+
+/* A CUDA host function, on the driver's thread once a deferred reply's
+ * work is done: wake the helper if it sleeps (it sends the reply). */
+static void CUDA_CB wake_helper(void *arg)
+{
+	struct ferry_helper *h = arg;
+
+	ferry_chan_wake_self(&h->ch);
+}
+
+bool ferry_hgpu_any_done(struct ferry_helper *h)
+{
+	for (unsigned int k = 0; k < h->ndefer; k++)
+		if (h->cu->cuEventQuery((CUevent)h->defer[k].event) != CUDA_ERROR_NOT_READY)
+			return true;
+	return false;
 }
 
 void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r)
@@ -207,6 +228,12 @@ int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, voi
 	err = ferry_cuda_errno(h->cu->cuEventRecord((CUevent)d->event, (CUstream)stream));
 	if (err)
 		return err;
+	/* After the event in stream order: it has completed when this runs. */
+	if (h->host_wake && h->cu->cuLaunchHostFunc((CUstream)stream, wake_helper, h)) {
+		fprintf(stderr, "ferry: helper %u: no CUDA host functions; polling its "
+			"streams instead of sleeping\n", h->index);
+		h->host_wake = false;
+	}
 	d->rep = *rep;
 	d->rep.tag = h->cur->tag;	/* the broker's, whatever the handler did */
 	d->rep.region = h->cur->region;

@@ -72,6 +72,15 @@ struct ferry_child {
 	 * when they come, are dropped; each holds a place in the window */
 	uint64_t *late;
 	unsigned int nlate;
+	/*
+	 * How long calls of each op took (child_calls.c), so a wait can sleep
+	 * until shortly before the reply is due instead of spinning first
+	 * (child.c): EWMA per op, by op % FERRY_EXPECT_OPS; and the end the
+	 * call being waited for is expected at (0: none).
+	 */
+#define FERRY_EXPECT_OPS 8
+	struct ferry_expect { uint32_t op; uint64_t ewma_ns; } expect[FERRY_EXPECT_OPS];
+	_Atomic uint64_t expect_start_ns, expect_end_ns;	/* read by the receiving thread */
 	/* calls waiting for their reply, by internal tag (window at most) */
 	struct ferry_waiter { uint64_t tag; bool used, done; struct ferry_desc rep; } *waiter;
 	unsigned int nwaiters;		/* used entries */
@@ -121,6 +130,10 @@ struct ferry_helper {
 	unsigned int nstreams, next_stream;
 	struct hdefer *defer;		/* [0, ndefer) pending, oldest first */
 	unsigned int ndefer, ndefer_max;
+	/* Each deferred reply's stream work ends with a host function that
+	 * wakes this helper's ring wait: false if they cannot be launched
+	 * (or $FERRY_HELPER_POLL is set), and the helper polls instead. */
+	bool host_wake;
 	unsigned int npinned, pin_failed;
 	struct ferry_pool *pool;	/* the broker's pool of this helper's GPU */
 	/* its arena of the pool (helper_pool.c): NULL until first used */
@@ -136,6 +149,8 @@ void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_exit(struct ferry_helper *h);
 unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait);
+/* Whether some deferred reply's work has completed (poll would send it). */
+bool ferry_hgpu_any_done(struct ferry_helper *h);
 /* FERRY_OP_POOL_PUT / _GET, as a handler would: 0, FERRY_DEFERRED, -errno. */
 int ferry_hgpu_copy(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep);
 /* Import the pool SETUP described, or make it and send it to the broker. */

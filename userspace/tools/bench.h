@@ -3,8 +3,10 @@
 #ifndef FERRY_BENCH_H
 #define FERRY_BENCH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 int ferry_bench_msg(int argc, char **argv);
 int ferry_bench_gpu(int argc, char **argv);
@@ -17,12 +19,32 @@ uint64_t bench_now_ns(void);
 double bench_pct_ns(uint64_t *v, size_t n, double pct);
 double bench_median_ns(uint64_t *v, size_t n);
 
+/* CPU time each party spent per request (µs), counted, not estimated. */
+struct bench_cpu {
+	double child_us, dispatch_us, helper_us;
+};
+
 /* A latency measurement: every round trip's time, and its summary. */
 struct bench_lat {
 	uint64_t *t;	/* n samples (ns), malloc'd; sorted once summarised */
 	size_t n;
 	double p50_us, p99_us, rps;
+	struct bench_cpu cpu;	/* where the run counted it (else 0) */
 };
+
+/*
+ * What a helper's handler does for each request in the runs with a
+ * service time (ferry-bench msg --service-us): nothing (0), spin on the
+ * clock (busy) or sleep (clock_nanosleep) for @ns.
+ */
+struct bench_service {
+	uint64_t ns;
+	bool sleep;
+};
+void bench_serve(const struct bench_service *sv);
+/* This process's CPU time so far (ns), and another's from /proc (ns, or 0). */
+uint64_t bench_self_cpu_ns(void);
+uint64_t bench_pid_cpu_ns(pid_t pid);
 
 /* The most children whose round trips one run times. */
 #define BENCH_CHILDREN_MAX 1024u
@@ -37,6 +59,7 @@ struct bench_samples {
 	uint64_t deadline_ns;
 	_Atomic int stop;		/* free-running children stop when set */
 	unsigned int cnt[BENCH_CHILDREN_MAX];
+	uint64_t cpu_ns[BENCH_CHILDREN_MAX];	/* each child's own, at its end */
 	uint64_t t[];
 };
 
@@ -63,6 +86,6 @@ int bench_samples_collect(const struct bench_samples *s, struct bench_lat *out);
  */
 int bench_pipe_pair(unsigned int n, uint64_t deadline_ns, struct bench_lat *out);
 int bench_pipe_broker(unsigned int children, unsigned int helpers, unsigned int n,
-		      uint64_t deadline_ns, struct bench_lat *out);
+		      uint64_t deadline_ns, const struct bench_service *sv, struct bench_lat *out);
 
 #endif

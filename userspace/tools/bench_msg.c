@@ -37,6 +37,7 @@ struct msg_opts {
 	uint64_t spin_ns;		/* UINT64_MAX: the library's */
 	bool scale, agg;
 	unsigned int scale_max;	/* --scale: the largest child count */
+	struct bench_service sv;	/* --service-us: what each request costs a helper */
 	const char *plot;
 };
 
@@ -106,10 +107,12 @@ out:
 	return err;
 }
 
+/* @arg: the struct bench_service of --service-us (NULL: none). */
 static int echo(struct ferry_helper *h, const struct ferry_desc *req,
 		struct ferry_desc *rep, void *arg)
 {
-	(void)h; (void)req; (void)rep; (void)arg;
+	(void)h; (void)req; (void)rep;
+	bench_serve(arg);
 	return 0;
 }
 
@@ -131,6 +134,7 @@ static int rt_child(struct ferry_child *c, void *arg)
 				return 1;
 			t[r->cnt[me]++] = bench_now_ns() - t0;
 		}
+		r->cpu_ns[me] = bench_self_cpu_ns();
 		return 0;
 	}
 	/* Until told to stop, then collect what is outstanding. */
@@ -161,6 +165,7 @@ static int start(const struct msg_opts *mo, unsigned int children, unsigned int 
 	o.helpers = helpers;
 	o.region_size = 64 << 10;
 	o.handler = echo;
+	o.helper_arg = (void *)&mo->sv;
 	o.child_fn = rt_child;
 	o.child_arg = r;
 	o.gpu = FERRY_GPU_NONE;	/* messages only: helpers need no CUDA */
@@ -181,13 +186,29 @@ static int broker_rt(const struct msg_opts *mo, struct bench_lat *out)
 
 	if (!r)
 		return -ENOMEM;
+	uint64_t helper_ns = 0, child_ns = 0, reqs = 0;
+	struct ferry_broker_stats st = { 0 };
+
 	err = start(mo, mo->children, mo->helpers, r, &b);
 	if (!err) {
 		err = ferry_broker_wait(b, -1) ? -EIO : 0;
+		/* Helpers live until stop: their CPU from /proc. */
+		for (unsigned int h = 0; h < mo->helpers; h++)
+			helper_ns += bench_pid_cpu_ns(ferry_broker_helper_pid(b, h));
+		ferry_broker_stats(b, &st);
 		ferry_broker_stop(b);
+	}
+	for (unsigned int i = 0; i < mo->children; i++) {
+		child_ns += r->cpu_ns[i];
+		reqs += r->cnt[i];
 	}
 	if (!err)
 		err = bench_samples_collect(r, out);
+	if (!err && reqs)
+		out->cpu = (struct bench_cpu){
+			.child_us = child_ns / 1e3 / reqs, .dispatch_us = st.dispatch_cpu_ns / 1e3 / reqs,
+			.helper_us = helper_ns / 1e3 / reqs,
+		};
 	bench_samples_unmap(r);
 	return err;
 }
@@ -322,6 +343,12 @@ static int run_scale(const struct msg_opts *o)
 	return 0;
 }
 
+static void print_cpu(const struct bench_cpu *c)
+{
+	printf("%-52s child %.2f  dispatch %.2f  helper %.2f  (CPU-us per request)\n", "",
+	       c->child_us, c->dispatch_us, c->helper_us);
+}
+
 static int fail(const char *what, int err)
 {
 	fprintf(stderr, "ferry-bench msg: %s: %s\n", what, strerror(-err));
@@ -334,12 +361,15 @@ static int run_msg(const struct msg_opts *o)
 	struct steady agg = { .dispatch_cpu = -1 };
 	int err, rc = 1;
 
-	if ((err = bench_pipe_broker(o->children, o->helpers, o->n, deadline(o), &base))) {
+	double svc_us = o->sv.ns / 1e3;
+
+	if ((err = bench_pipe_broker(o->children, o->helpers, o->n, deadline(o), &o->sv, &base))) {
 		fail("pipe+poll baseline", err);
 		goto out;
 	}
 	printf("%-52s p50 %7.2f us  p99 %7.2f us"
 	       "  %8.0f round trips/s\n", "child->broker->helper->child, pipes+poll (baseline)", base.p50_us, base.p99_us, base.rps);
+	print_cpu(&base.cpu);
 	if ((err = broker_rt(o, &rt))) {
 		fail("ferry_call via the broker", err);
 		goto out;
@@ -347,6 +377,15 @@ static int run_msg(const struct msg_opts *o)
 	printf("%-52s p50 %7.2f us  p99 %7.2f us"
 	       "  %8.0f round trips/s  (%.1fx baseline)\n", "ferry_call via the broker (same path)", rt.p50_us, rt.p99_us, rt.rps,
 	       base.p50_us / rt.p50_us);
+	print_cpu(&rt.cpu);
+	if (o->sv.ns) {
+		/* What the transport adds to a request that takes svc_us itself. */
+		printf("service %.0f us (%s): overhead p50 %.2f us (pipes+poll %.2f us, %.1fx less), "
+		       "p99 %.2f us (pipes+poll %.2f us)\n", svc_us, o->sv.sleep ? "sleeping" : "busy",
+		       rt.p50_us - svc_us, base.p50_us - svc_us,
+		       (base.p50_us - svc_us) / (rt.p50_us - svc_us), rt.p99_us - svc_us,
+		       base.p99_us - svc_us);
+	}
 	if ((err = bench_pipe_pair(o->n, deadline(o), &pbase))) {
 		fail("pipe pair baseline", err);
 		goto out;
@@ -376,6 +415,14 @@ static int run_msg(const struct msg_opts *o)
 	       base.rps, o->children, o->helpers, pair.p50_us, pbase.p50_us,
 	       pbase.p50_us / pair.p50_us, o->agg ? agg.rps : 0, o->agg ? o->agg_children : 0,
 	       o->agg ? o->agg_helpers : 0, agg.dispatch_cpu);
+	printf("bench=msg_cpu service_us=%.0f service=%s overhead_p50_us=%.2f "
+	       "baseline_overhead_p50_us=%.2f overhead_p99_us=%.2f baseline_overhead_p99_us=%.2f "
+	       "overhead_ratio=%.2f cpu_child_us=%.2f cpu_dispatch_us=%.2f cpu_helper_us=%.2f "
+	       "baseline_cpu_child_us=%.2f baseline_cpu_dispatch_us=%.2f baseline_cpu_helper_us=%.2f\n",
+	       svc_us, o->sv.sleep ? "sleep" : "busy", rt.p50_us - svc_us, base.p50_us - svc_us,
+	       rt.p99_us - svc_us, base.p99_us - svc_us, (base.p50_us - svc_us) / (rt.p50_us - svc_us),
+	       rt.cpu.child_us, rt.cpu.dispatch_us, rt.cpu.helper_us, base.cpu.child_us,
+	       base.cpu.dispatch_us, base.cpu.helper_us);
 	fflush(stdout);
 	rc = 0;
 	if (o->plot) {
@@ -405,6 +452,10 @@ static void msg_usage(FILE *f)
 		"  --spin-ns NS     spin this long before sleeping (default: the library's,\n"
 		"                   $FERRY_SPIN_NS; 0 sleeps at once)\n"
 		"  --sleep          the same as --spin-ns 0\n"
+		"  --service-us N   each request takes the helper N us (busy: spins on the\n"
+		"                   clock), in both ferry's and the pipes' runs; the overhead\n"
+		"                   printed is the round trip minus N\n"
+		"  --service-sleep  the helper sleeps its N us instead of spinning\n"
 		"  --agg CxH        children x helpers of the aggregate run (default 32x4)\n"
 		"  --no-agg         skip the aggregate run\n"
 		"  --scale          only the broker's CPU per request at 4, 16, 64, 256 children\n"
@@ -446,6 +497,8 @@ int ferry_bench_msg(int argc, char **argv)
 		{ "depth", required_argument, NULL, 'd' },
 		{ "spin-ns", required_argument, NULL, 'S' },
 		{ "sleep", no_argument, NULL, 'Z' },
+		{ "service-us", required_argument, NULL, 'U' },
+		{ "service-sleep", no_argument, NULL, 'Y' },
 		{ "agg", required_argument, NULL, 'A' },
 		{ "no-agg", no_argument, NULL, 'N' },
 		{ "scale", no_argument, NULL, 's' },
@@ -481,6 +534,14 @@ int ferry_bench_msg(int argc, char **argv)
 			      o.spin_ns == UINT64_MAX ? "--spin-ns" : NULL;
 			break;
 		case 'Z': o.spin_ns = 0; break;
+		case 'U': {
+			unsigned int us;
+
+			bad = parse_uint(optarg, 0, 10000000, &us) ? "--service-us" : NULL;
+			o.sv.ns = (uint64_t)us * 1000;
+			break;
+		}
+		case 'Y': o.sv.sleep = true; break;
 		case 'A':
 			if (sscanf(optarg, "%ux%u", &o.agg_children, &o.agg_helpers) != 2 ||
 			    !o.agg_children || o.agg_children > 65536 || !o.agg_helpers ||
@@ -522,6 +583,9 @@ int ferry_bench_msg(int argc, char **argv)
 	if (!o.scale)
 		printf(", %u round trips per child per run, %u children x %u helpers",
 		       o.n, o.children, o.helpers);
+	if (o.sv.ns)
+		printf(", service %llu us %s", (unsigned long long)(o.sv.ns / 1000),
+		       o.sv.sleep ? "sleeping" : "busy");
 	printf("\n");
 	fflush(stdout);
 	return o.scale ? run_scale(&o) : run_msg(&o);

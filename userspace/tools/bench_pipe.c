@@ -16,7 +16,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -127,15 +129,17 @@ static void close_others(struct pipes *p, int keep0, int keep1)
 		}
 }
 
-static void pipe_helper(struct pipes *p, unsigned int h)
+static void pipe_helper(struct pipes *p, unsigned int h, const struct bench_service *sv)
 {
 	struct pmsg m;
 	int in = p->hreq[h][0], out = p->hrep[h][1], r;
 
 	close_others(p, in, out);
-	while (wait_in(in) == 0 && (r = get(in, &m)) == 1)
+	while (wait_in(in) == 0 && (r = get(in, &m)) == 1) {
+		bench_serve(sv);
 		if (put(out, &m))
 			_exit(1);
+	}
 	_exit(0);
 }
 
@@ -154,6 +158,7 @@ static void pipe_child(struct pipes *p, struct bench_samples *s, unsigned int c)
 			_exit(1);
 		t[s->cnt[c]++] = bench_now_ns() - t0;
 	}
+	s->cpu_ns[c] = bench_self_cpu_ns();
 	_exit(0);
 }
 
@@ -272,8 +277,9 @@ static void pipes_free(struct pipes *p)
 }
 
 int bench_pipe_broker(unsigned int children, unsigned int helpers, unsigned int n,
-		      uint64_t deadline_ns, struct bench_lat *out)
+		      uint64_t deadline_ns, const struct bench_service *sv, struct bench_lat *out)
 {
+	uint64_t helper_ns = 0, child_ns = 0, disp_ns = 0, reqs = 0;
 	struct bench_samples *s = bench_samples_map(children, n, deadline_ns);
 	struct pipes p = { 0 };
 	int err;
@@ -292,7 +298,7 @@ int bench_pipe_broker(unsigned int children, unsigned int helpers, unsigned int 
 
 		if (pid == 0) {
 			if (k < helpers)
-				pipe_helper(&p, k);
+				pipe_helper(&p, k, sv);
 			pipe_child(&p, s, k - helpers);
 		}
 		if (pid < 0)
@@ -308,8 +314,14 @@ int bench_pipe_broker(unsigned int children, unsigned int helpers, unsigned int 
 		close(p.hreq[h][0]); p.hreq[h][0] = -1;
 		close(p.hrep[h][1]); p.hrep[h][1] = -1;
 	}
-	if (!err)
+	if (!err) {
+		struct timespec a, z;
+
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
 		err = pipe_dispatch(&p);
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &z);
+		disp_ns = (uint64_t)((z.tv_sec - a.tv_sec) * 1000000000LL + (z.tv_nsec - a.tv_nsec));
+	}
 	if (err)	/* nobody is left waiting on a broker that gave up */
 		for (unsigned int k = 0; k < helpers + children; k++)
 			if (p.pid[k] > 0)
@@ -317,14 +329,27 @@ int bench_pipe_broker(unsigned int children, unsigned int helpers, unsigned int 
 	for (unsigned int h = 0; h < helpers; h++)
 		close_pair(p.hreq[h]);	/* helpers see end of file */
 	for (unsigned int k = 0; k < helpers + children; k++) {
+		struct rusage ru;
 		int st;
 
-		if (p.pid[k] > 0 && (waitpid(p.pid[k], &st, 0) != p.pid[k] ||
+		if (p.pid[k] > 0 && (wait4(p.pid[k], &st, 0, &ru) != p.pid[k] ||
 				     !WIFEXITED(st) || WEXITSTATUS(st)))
 			err = err ? err : -EIO;
+		else if (p.pid[k] > 0 && k < helpers)
+			helper_ns += (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000u +
+				     (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000u;
+	}
+	for (unsigned int i = 0; i < children; i++) {
+		child_ns += s->cpu_ns[i];
+		reqs += s->cnt[i];
 	}
 	if (!err)
 		err = bench_samples_collect(s, out);
+	if (!err && reqs)
+		out->cpu = (struct bench_cpu){
+			.child_us = child_ns / 1e3 / reqs, .dispatch_us = disp_ns / 1e3 / reqs,
+			.helper_us = helper_ns / 1e3 / reqs,
+		};
 	pipes_free(&p);
 	bench_samples_unmap(s);
 	return err;

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /* ferry-bench: the clock and the percentiles every measurement uses. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bench.h"
 
@@ -103,4 +105,59 @@ void bench_samples_unmap(struct bench_samples *s)
 int bench_samples_collect(const struct bench_samples *s, struct bench_lat *out)
 {
 	return bench_lat_collect(out, s->t, s->cnt, s->children, s->n);
+}
+
+void bench_serve(const struct bench_service *sv)
+{
+	uint64_t end;
+
+	if (!sv || !sv->ns)
+		return;
+	if (sv->sleep) {
+		struct timespec ts = { .tv_sec = (time_t)(sv->ns / 1000000000),
+				       .tv_nsec = (long)(sv->ns % 1000000000) };
+
+		while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR)
+			;
+		return;
+	}
+	end = bench_now_ns() + sv->ns;
+	while (bench_now_ns() < end)
+		;
+}
+
+uint64_t bench_self_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* /proc/<pid>/schedstat's first field: ns on a CPU; else stat's ticks. */
+uint64_t bench_pid_cpu_ns(pid_t pid)
+{
+	char path[64];
+	unsigned long long ns = 0, ut = 0, st = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
+	f = fopen(path, "r");
+	if (f) {
+		int n = fscanf(f, "%llu", &ns);
+
+		fclose(f);
+		if (n == 1)
+			return ns;
+	}
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	/* After "(comm)", which may hold spaces: fields 14 and 15. */
+	if (fscanf(f, "%*d (%*[^)]) %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+		   &ut, &st) != 2)
+		ut = st = 0;
+	fclose(f);
+	return (ut + st) * (1000000000ull / (unsigned long long)sysconf(_SC_CLK_TCK));
 }
