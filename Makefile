@@ -67,7 +67,7 @@ tools: $(BUILD)/ferry-bench $(BUILD)/ferry-demo $(BUILD)/ferryctl
 # stays dynamic, because libcuda is dlopened and needs the system's libc.
 BENCH_SRCS := userspace/tools/ferry-bench.c userspace/tools/bench_msg.c userspace/tools/bench_gpu.c \
 	userspace/tools/bench_plot.c userspace/tools/bench_time.c userspace/tools/bench_pipe.c \
-	userspace/tools/bench_pool_copy.c
+	userspace/tools/bench_pool_copy.c userspace/tools/bench_e2e.c
 $(BUILD)/ferry-bench: $(BENCH_SRCS) userspace/tools/bench.h userspace/tools/bench_plot.h $(LIB_A)
 	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(BENCH_SRCS) $(LIB_A) $(LIB_LDLIBS) -lm
 

@@ -10,6 +10,7 @@
 
 int ferry_bench_msg(int argc, char **argv);
 int ferry_bench_gpu(int argc, char **argv);
+int ferry_bench_e2e(int argc, char **argv);
 /* bench_pool_copy.c: put/get of 256 MiB through a broker's helper (GB/s). */
 int bench_pool_copies(double *put_gbps, double *get_gbps);
 

@@ -13,6 +13,8 @@ static const struct {
 	{ "msg", "message round trips: pipe+poll vs ferry channel/broker", ferry_bench_msg },
 	{ "gpu", "tensors: per-tensor CUDA IPC vs pool offsets; pinned region copies",
 	  ferry_bench_gpu },
+	{ "e2e", "child -> GPU helper (H2D + D2H) -> child against cuMemAllocHost copies",
+	  ferry_bench_e2e },
 };
 
 int main(int argc, char **argv)
