@@ -410,12 +410,13 @@ static int run_msg(const struct msg_opts *o)
 	printf("bench=msg rtt_p50_us=%.2f rtt_p99_us=%.2f baseline_rtt_p50_us=%.2f "
 	       "baseline_rtt_p99_us=%.2f speedup=%.2f rps=%.0f baseline_rps=%.0f children=%u "
 	       "helpers=%u pair_rtt_p50_us=%.2f pair_baseline_p50_us=%.2f pair_speedup=%.2f "
-	       "agg_rps=%.0f agg_children=%u agg_helpers=%u agg_dispatch_cpu=%d\n",
+	       "agg_rps=%.0f agg_children=%u agg_helpers=%u agg_dispatch_cpu=%d ",
 	       rt.p50_us, rt.p99_us, base.p50_us, base.p99_us, base.p50_us / rt.p50_us, rt.rps,
 	       base.rps, o->children, o->helpers, pair.p50_us, pbase.p50_us,
 	       pbase.p50_us / pair.p50_us, o->agg ? agg.rps : 0, o->agg ? o->agg_children : 0,
 	       o->agg ? o->agg_helpers : 0, agg.dispatch_cpu);
-	printf("bench=msg_cpu service_us=%.0f service=%s overhead_p50_us=%.2f "
+	/* Same line: the last line is the one scripts read. */
+	printf("service_us=%.0f service=%s overhead_p50_us=%.2f "
 	       "baseline_overhead_p50_us=%.2f overhead_p99_us=%.2f baseline_overhead_p99_us=%.2f "
 	       "overhead_ratio=%.2f cpu_child_us=%.2f cpu_dispatch_us=%.2f cpu_helper_us=%.2f "
 	       "baseline_cpu_child_us=%.2f baseline_cpu_dispatch_us=%.2f baseline_cpu_helper_us=%.2f\n",
