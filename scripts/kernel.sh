@@ -31,10 +31,10 @@ series=${1:-}
 # How the series' ABIs are found: in the host's lists (bookworm) or in the
 # private lists of the newer suites (xapt).
 case "$series" in
-6.1)         src=host re='^linux-image-(6\.1\.0-[0-9]+)-amd64-unsigned$' ;;
-6.12)        src=host re='^linux-image-(6\.12\.[0-9]+\+deb12)-amd64-unsigned$' ;;
-6.12-trixie) src=xapt re='^linux-headers-(6\.12\.[0-9]+\+deb13)-amd64$' ;;
-7)           src=xapt re='^linux-headers-(7\.[0-9]+(\.[0-9]+)?(\+deb[0-9]+)?)-amd64$' ;;
+6.1)         src=host pfx=linux-image-6.1 re='^linux-image-(6\.1\.0-[0-9]+)-amd64-unsigned$' ;;
+6.12)        src=host pfx=linux-image-6.12 re='^linux-image-(6\.12\.[0-9]+\+deb12)-amd64-unsigned$' ;;
+6.12-trixie) src=xapt pfx=linux-headers-6.12 re='^linux-headers-(6\.12\.[0-9]+\+deb13)-amd64$' ;;
+7)           src=xapt pfx=linux-headers-7 re='^linux-headers-(7\.[0-9]+(\.[0-9]+)?(\+deb[0-9]+)?)-amd64$' ;;
 *)           ferry_die "usage: kernel.sh 6.1|6.12|6.12-trixie|7|debug (got '${series}')" ;;
 esac
 
@@ -46,7 +46,7 @@ apt_() {	# apt_ apt-get|apt-cache ARGS: on the lists this series is in
 # and 7.4~rc1 beats 7.3.4), not by the name.
 resolve() {
 	local abi best= bestv= v
-	for abi in $(apt_ apt-cache pkgnames "${re:1:14}" 2>/dev/null | sed -nE "s/$re/\\1/p"); do
+	for abi in $(apt_ apt-cache pkgnames "$pfx" 2>/dev/null | sed -nE "s/$re/\\1/p"); do
 		v=$(apt_ apt-cache show --no-all-versions "linux-headers-$abi-amd64" 2>/dev/null |
 		    sed -n 's/^Version: //p' | head -n 1)
 		[ -n "$v" ] || continue
