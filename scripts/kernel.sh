@@ -17,6 +17,7 @@
 # prints shell assignments for eval:
 #   FERRY_KABI=6.1.0-56  FERRY_KDIR=<headers dir>  FERRY_VMLINUZ=<image>
 #   FERRY_KSUITE=<suite>  FERRY_KCC=<gcc major>  FERRY_KCHROOT=<dir or empty>
+#   FERRY_KAPT=host|xapt (whose package lists it came from: lib.sh)
 # A kernel of a suite newer than the host's is built for in a chroot of
 # its suite with its own compiler (chroot.sh, made here once, cached);
 # FERRY_KCHROOT names it.  A pinned ABI (FERRY_KABI_6_1=6.1.0-56,
@@ -137,3 +138,4 @@ printf 'FERRY_VMLINUZ=%q\n' "$root/boot/vmlinuz-$abi-amd64"
 printf 'FERRY_KSUITE=%q\n' "$suite"
 printf 'FERRY_KCC=%q\n' "$cc"
 printf 'FERRY_KCHROOT=%q\n' "$chroot_dir"
+printf 'FERRY_KAPT=%q\n' "$src"

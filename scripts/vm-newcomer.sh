@@ -1,10 +1,11 @@
 #!/bin/bash
 # The README's DKMS steps, as a newcomer would type them, in a Debian VM.
 #
-#   scripts/vm-newcomer.sh [6.1|6.12]
+#   scripts/vm-newcomer.sh [6.1|6.12|6.12-trixie|7]
 #
-# Boots Debian's kernel under qemu (TCG) with a bookworm userspace
-# (debootstrap, cached under $FERRY_CACHE/rootfs) that has what the README
+# Boots Debian's kernel under qemu (TCG) with the userspace of its suite
+# (bookworm for 6.1 and 6.12, trixie for 6.12-trixie and 7.x+deb13:
+# debootstrap, cached under $FERRY_CACHE/rootfs) that has what the README
 # asks for installed -- dkms, the running kernel's headers, udev -- and a
 # clean copy of this repository in /root/ferry.  There, with udevd running,
 # it runs the README's commands: make dkms-install, make install-udev,
@@ -18,12 +19,14 @@ repo=$(dirname "$here")
 
 series=${1:-6.1}
 kenv=$("$here/kernel.sh" "$series") || exit 1
+FERRY_KSUITE=bookworm FERRY_KAPT=host
 eval "$kenv"
+suite=$FERRY_KSUITE
 n=0 pass=0 fail=0
 check() {	# check OK|FAIL description
 	n=$((n + 1))
-	if [ "$1" = OK ]; then pass=$((pass + 1)); echo "ok $n newcomer-$series: $2"
-	else fail=$((fail + 1)); echo "not ok $n newcomer-$series: $2"; fi
+	if [ "$1" = OK ]; then pass=$((pass + 1)); echo "ok $n newcomer-$series-$suite: $2"
+	else fail=$((fail + 1)); echo "not ok $n newcomer-$series-$suite: $2"; fi
 }
 finish() {
 	echo "1..$n"
@@ -34,8 +37,9 @@ finish() {
 echo "TAP version 13"
 
 # --- the userspace, made once (cached) ---------------------------------------
-if ! base=$("$here/newcomer-rootfs.sh"); then
-	check FAIL "debootstrap of the VM's userspace"
+echo "# kernel $FERRY_KABI ($series) in a Debian $suite userspace"
+if ! base=$("$here/newcomer-rootfs.sh" "$suite"); then
+	check FAIL "debootstrap of the VM's $suite userspace"
 	finish
 fi
 
@@ -46,12 +50,16 @@ rm -rf "$out" && mkdir -p "$out"
 cp -a "$base/root" "$root"
 debs=()
 for p in "linux-headers-$FERRY_KABI-amd64" "linux-headers-$FERRY_KABI-common"; do
-	debs+=("$(ferry_deb "$p")") || exit 1
+	debs+=("$(ferry_deb "$p" "$FERRY_KAPT")") || exit 1
 done
 # The kbuild package these headers were made with (as kernel.sh picks it).
-kbuild=$(apt-cache depends "linux-headers-$FERRY_KABI-amd64" 2>/dev/null |
-	 sed -nE 's/^ *Depends: (linux-kbuild-[^ ]+)$/\1/p' | head -n 1)
-debs+=("$(ferry_deb "${kbuild:-linux-kbuild-$series}")") || exit 1
+if [ "$FERRY_KAPT" = xapt ]; then
+	deps=$(ferry_xapt apt-cache depends "linux-headers-$FERRY_KABI-amd64" 2>/dev/null)
+else
+	deps=$(apt-cache depends "linux-headers-$FERRY_KABI-amd64" 2>/dev/null)
+fi
+kbuild=$(sed -nE 's/^ *Depends: (linux-kbuild-[^ ]+)$/\1/p' <<<"$deps" | head -n 1)
+debs+=("$(ferry_deb "${kbuild:-linux-kbuild-$series}" "$FERRY_KAPT")") || exit 1
 mkdir -p "$root/tmp/debs" && cp "${debs[@]}" "$root/tmp/debs/"
 if chroot "$root" sh -c 'dpkg -i --force-depends /tmp/debs/*.deb' >"$out/headers.log" 2>&1; then
 	check OK "headers for $FERRY_KABI installed the Debian way (dpkg)"
