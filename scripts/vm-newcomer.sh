@@ -69,6 +69,24 @@ else
 	finish
 fi
 rm -rf "$root/tmp/debs"
+# A host runs the kernel its image package installed, with that kernel's
+# module index; trixie's dkms skips depmod without one (and modprobe then
+# cannot find the module).  The image's modules.order and modules.builtin*
+# (its modules themselves are not needed: the VM boots with -kernel), and
+# depmod, as the image's postinst would.
+imgdeb=$(ls "$FERRY_CACHE/debs/linux-binary-unsigned-$FERRY_KABI-amd64_"*.deb \
+	    "$FERRY_CACHE/debs/linux-image-$FERRY_KABI-amd64-unsigned_"*.deb 2>/dev/null | head -n 1)
+if [ -n "$imgdeb" ] &&
+   dpkg-deb --fsys-tarfile "$imgdeb" | tar -x -C "$root" --keep-directory-symlink \
+	--wildcards '*/modules.order' '*/modules.builtin' '*/modules.builtin.modinfo' &&
+   depmod -b "$root" "$FERRY_KABI-amd64" 2>"$out/depmod.log" &&
+   [ -s "$root/lib/modules/$FERRY_KABI-amd64/modules.dep.bin" ]; then
+	check OK "the kernel's module index, as its image package leaves it"
+else
+	sed 's/^/# /' "$out/depmod.log" 2>/dev/null
+	check FAIL "the kernel's module index from ${imgdeb:-its image package (not in the cache)}"
+	finish
+fi
 mkdir -p "$root/root/ferry"
 (cd "$repo" && git ls-files -z | cpio -0 -pdm --quiet "$root/root/ferry")
 
@@ -93,7 +111,15 @@ make dkms-install >/tmp/dkms.log 2>&1; rc=$?
 say "dkms-install $rc"
 [ $rc = 0 ] || { tail -n 30 /tmp/dkms.log; tail -n 40 /var/lib/dkms/ferry/*/build/make.log; }
 make install-udev >/tmp/udev.log 2>&1; say "install-udev $?"
-modprobe ferry; say "modprobe $?"
+modprobe ferry; rc=$?
+say "modprobe $rc"
+if [ $rc != 0 ]; then
+	# What dkms did and what depmod knows, for the log.
+	tail -n 30 /tmp/dkms.log
+	find /lib/modules /usr/lib/modules -name 'ferry*' 2>&1
+	ls -l /lib/modules/$(uname -r)/ 2>&1
+	head -n 5 /lib/modules/$(uname -r)/modules.dep 2>&1
+fi
 udevadm settle -t 30
 say "dkms-status $(dkms status ferry 2>&1 | tr '\n' ' ')"
 say "dev $(stat -c '%A %G %t:%T' /dev/ferry 2>&1)"
@@ -117,7 +143,8 @@ v() { sed -n "s/^.*FERRY-VM $1 //p" "$log" | tr -d '\r' | head -n 1; }
 [ "$(v dkms-install)" = 0 ] && check OK "make dkms-install" ||
 	{ grep -v "FERRY-VM" "$log" | tail -n 30 | sed 's/^/# /'; check FAIL "make dkms-install (rc=$(v dkms-install))"; }
 [ "$(v install-udev)" = 0 ] && check OK "make install-udev" || check FAIL "make install-udev"
-[ "$(v modprobe)" = 0 ] && check OK "modprobe ferry (the DKMS-built module)" || check FAIL "modprobe ferry"
+[ "$(v modprobe)" = 0 ] && check OK "modprobe ferry (the DKMS-built module)" ||
+	{ sed -n '/FERRY-VM modprobe/,/FERRY-VM dkms-status/p' "$log" | sed 's/^/# /'; check FAIL "modprobe ferry"; }
 echo "# dkms status: $(v dkms-status)"
 v dkms-status | grep -q "ferry/.*$FERRY_KABI-amd64.*installed" &&
 	check OK "dkms status: installed for $FERRY_KABI-amd64" || check FAIL "dkms status"
