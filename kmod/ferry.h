@@ -36,6 +36,8 @@
 #include <linux/xarray.h>
 #include <linux/ferry.h>
 
+#include "compat.h"
+
 struct file;
 struct mm_struct;
 struct pid;

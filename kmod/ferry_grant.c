@@ -14,38 +14,13 @@
  */
 #include <linux/file.h>
 #include <linux/fs.h>
-#include <linux/magic.h>
 #include <linux/pid.h>
 #include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
-#include <linux/string.h>
-#include <linux/version.h>
 
 #include "ferry.h"
-
-/*
- * The kernel exports no pidfd-to-pid helper to modules, so recognise
- * pidfds by what they are: since 6.9 files of the pidfs filesystem whose
- * inode carries the pid, before that files of the anon-inode filesystem
- * named "[pidfd]" whose private data is the pid.  (No probe file made at
- * load time to learn the anon inode: its deferred fput() would outlive a
- * load that fails later.)
- */
-static struct pid *ferry_file_pid(struct file *f)
-{
-#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
-	if (file_inode(f)->i_sb->s_magic != ANON_INODE_FS_MAGIC ||
-	    strcmp(f->f_path.dentry->d_name.name, "[pidfd]"))
-		return NULL;
-	return f->private_data;
-#else
-	if (file_inode(f)->i_sb->s_magic != PID_FS_MAGIC)
-		return NULL;
-	return file_inode(f)->i_private;
-#endif
-}
 
 /* A referenced struct pid for @fd, or -EBADF when it is not a pidfd. */
 static struct pid *ferry_pidfd_pid(int fd)
@@ -58,7 +33,7 @@ static struct pid *ferry_pidfd_pid(int fd)
 	f = fget(fd);
 	if (!f)
 		return ERR_PTR(-EBADF);
-	pid = ferry_file_pid(f);
+	pid = ferry_pidfd_file_pid(f);
 	if (pid)
 		get_pid(pid);
 	fput(f);

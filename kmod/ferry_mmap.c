@@ -34,20 +34,9 @@
 #include <linux/sched/mm.h>
 #include <linux/shmem_fs.h>
 #include <linux/slab.h>
-#include <linux/version.h>
 #include <uapi/linux/fcntl.h>
 
 #include "ferry.h"
-
-static void ferry_vma_mod_flags(struct vm_area_struct *vma, vm_flags_t set,
-				vm_flags_t clear)
-{
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
-	vm_flags_mod(vma, set, clear);
-#else
-	vma->vm_flags = (vma->vm_flags | set) & ~clear;
-#endif
-}
 
 static void ferry_map_release(struct kref *ref)
 {
@@ -75,7 +64,7 @@ static void ferry_vm_open(struct vm_area_struct *vma)
 	struct ferry_map *map = vma->vm_private_data;
 
 	if (vma->vm_mm != map->mm)
-		ferry_vma_mod_flags(vma, VM_WIPEONFORK, 0);
+		ferry_vma_set(vma, FERRY_VMA(WIPEONFORK));
 	kref_get(&map->ref);
 	atomic_inc(&map->region->nr_maps);
 	__module_get(THIS_MODULE);
@@ -91,14 +80,13 @@ static void ferry_vm_close(struct vm_area_struct *vma)
 	module_put(THIS_MODULE);
 }
 
-/* Rights needed for @vma's protection; called under region->lock. */
+/* Rights needed for @vma, writable or not; called under region->lock. */
 static bool ferry_map_allows(const struct ferry_map *map,
-			     const struct vm_area_struct *vma,
-			     vm_flags_t vm_flags)
+			     const struct vm_area_struct *vma, bool write)
 {
 	u32 need = FERRY_RIGHT_READ;
 
-	if (vm_flags & VM_WRITE)
+	if (write)
 		need |= FERRY_RIGHT_WRITE;
 	/* A pinnable mapping stays one only while the grant carries PIN. */
 	if (map->pinnable)
@@ -178,7 +166,7 @@ static vm_fault_t ferry_vm_fault(struct vm_fault *vmf)
 		return VM_FAULT_SIGBUS;
 
 	down_read(&r->lock);
-	if (!ferry_map_allows(map, vma, vma->vm_flags))
+	if (!ferry_map_allows(map, vma, ferry_vma_test(vma, FERRY_VMA(WRITE))))
 		ret = VM_FAULT_SIGBUS;
 	else if (map->pinnable)
 		ret = ferry_fault_page(vmf, r);
@@ -188,7 +176,11 @@ static vm_fault_t ferry_vm_fault(struct vm_fault *vmf)
 	return ret;
 }
 
-/* mprotect() may not add rights the grant does not carry. */
+/*
+ * mprotect() may not add rights the grant does not carry.  @newflags is
+ * still a vm_flags_t word on every kernel (7.3's bitmap keeps its first
+ * word in the legacy layout).
+ */
 static int ferry_vm_mprotect(struct vm_area_struct *vma, unsigned long start,
 			     unsigned long end, unsigned long newflags)
 {
@@ -199,7 +191,7 @@ static int ferry_vm_mprotect(struct vm_area_struct *vma, unsigned long start,
 	if (newflags & VM_EXEC)
 		return -EACCES;
 	down_read(&r->lock);
-	ok = ferry_map_allows(map, vma, newflags);
+	ok = ferry_map_allows(map, vma, newflags & VM_WRITE);
 	up_read(&r->lock);
 	return ok ? 0 : -EACCES;
 }
@@ -222,18 +214,17 @@ int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 	u64 off = (u64)vma->vm_pgoff << PAGE_SHIFT;
 	u64 start = off & (FERRY_REGION_MAX_SIZE - 1);
 	u64 len = vma->vm_end - vma->vm_start;
-	vm_flags_t clear = VM_MAYEXEC, set;
 	struct ferry_access *a = NULL;
 	struct ferry_region *r;
 	struct ferry_map *map;
 	struct file *vfile;
-	bool pinnable = true;
+	bool pinnable = true, readonly = false;
 	int ret;
 
 	/* A private copy of a region would escape revoke: shared only. */
-	if (!(vma->vm_flags & VM_MAYSHARE))
+	if (!ferry_vma_test(vma, FERRY_VMA(MAYSHARE)))
 		return -EINVAL;
-	if (vma->vm_flags & VM_EXEC)
+	if (ferry_vma_test(vma, FERRY_VMA(EXEC)))
 		return -EACCES;
 	r = ferry_region_get(off >> FERRY_MMAP_SHIFT);
 	if (!r)
@@ -244,8 +235,8 @@ int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 		a = ferry_access_of_caller_locked(r);
 		if (a && !(a->rights & FERRY_RIGHT_WRITE)) {
 			/* No later mprotect(PROT_WRITE) either. */
-			clear |= VM_MAYWRITE;
-			if (vma->vm_flags & VM_WRITE)
+			readonly = true;
+			if (ferry_vma_test(vma, FERRY_VMA(WRITE)))
 				a = NULL;
 		}
 		if (a) {
@@ -285,10 +276,18 @@ int ferry_mmap(struct file *file, struct vm_area_struct *vma)
 	map->pinnable = pinnable;
 	mmgrab(map->mm);
 
+	ferry_vma_clear(vma, FERRY_VMA(MAYEXEC));
+	if (readonly)
+		ferry_vma_clear(vma, FERRY_VMA(MAYWRITE));
 	/* VM_MIXEDMAP, VM_PFNMAP, VM_DONTEXPAND keep the VMA from merging. */
-	set = VM_DONTEXPAND | VM_DONTCOPY;
-	set |= pinnable ? VM_MIXEDMAP : VM_PFNMAP | VM_DONTDUMP;
-	ferry_vma_mod_flags(vma, set, clear);
+	ferry_vma_set(vma, FERRY_VMA(DONTEXPAND));
+	ferry_vma_set(vma, FERRY_VMA(DONTCOPY));
+	if (pinnable) {
+		ferry_vma_set(vma, FERRY_VMA(MIXEDMAP));
+	} else {
+		ferry_vma_set(vma, FERRY_VMA(PFNMAP));
+		ferry_vma_set(vma, FERRY_VMA(DONTDUMP));
+	}
 	vma->vm_pgoff = start >> PAGE_SHIFT;
 	vma_set_file(vma, vfile);
 	vma->vm_ops = &ferry_vm_ops;

@@ -4,7 +4,10 @@
 # Each runner prints TAP and ends with "N passed, N failed"; this script
 # relays them, adds them up, prints the total as its own last line and
 # exits non-zero if anything failed.  FERRY_KERNELS picks the kernel series
-# for the VM runs (default "6.1 6.12").
+# for the VM runs (default "6.1 6.12-trixie 7": Debian 12's, Debian 13's,
+# and the newest 7.x the archive has headers for; kernel.sh lists them
+# all), FERRY_NEWCOMER_KERNELS those the README's DKMS steps run on, each
+# in its own suite's userspace (default "6.1 6.12-trixie").
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
@@ -66,19 +69,28 @@ tap() {
 }
 
 "$here/deps.sh" || exit 1
-make -s lib tools build-tests sanitize-tests fuzz-build || { echo "0 passed, 1 failed"; exit 1; }
-echo "# deps and build: $(( $(date +%s) - t_start )) s"
-
-# The two slow things that later runners need and nothing needs yet: the
-# debug kernel (about 10 min to build cold on 2 cores) and the newcomer
-# VM's debootstrap (mostly network).  They start now in the background,
-# niced, so they use what the tests in front leave idle; the runners that
-# need them wait on their locks.  With warm caches both return at once.
+kernels=(${FERRY_KERNELS:-6.1 6.12-trixie 7})
+newcomer_kernels=(${FERRY_NEWCOMER_KERNELS:-6.1 6.12-trixie})
+# The slow things that later runners need and nothing needs yet: the
+# debug kernel (about 10 min to build cold on 2 cores), the kernels and
+# their suites' build chroots (downloads and a debootstrap each), and the
+# newcomer VMs' userspaces (debootstraps, mostly network).  They start now
+# in the background, niced, so they use what the tests in front leave
+# idle; the runners that need them wait on their locks.  With warm caches
+# they return at once.
 mkdir -p build
 if [ -z "${FERRY_NO_DEBUG_KERNEL:-}" ]; then
 	nice -n 19 "$here/debug-kernel.sh" >build/debug-kernel.log 2>&1 &
 fi
-nice -n 19 "$here/newcomer-rootfs.sh" >build/newcomer-rootfs.log 2>&1 &
+for k in $(printf '%s\n' "${kernels[@]}" "${newcomer_kernels[@]}" | sort -u); do
+	nice -n 19 "$here/kernel.sh" "$k" >"build/kernel-$k.log" 2>&1 &
+done
+for s in bookworm trixie; do
+	nice -n 19 "$here/newcomer-rootfs.sh" $s >"build/newcomer-rootfs-$s.log" 2>&1 &
+done
+
+make -s lib tools build-tests sanitize-tests fuzz-build || { echo "0 passed, 1 failed"; exit 1; }
+echo "# deps and build: $(( $(date +%s) - t_start )) s"
 
 tally "uapi header (host)" tap build/tests/uapi/*
 if ls build/tests/userspace/* >/dev/null 2>&1; then
@@ -96,20 +108,26 @@ tally "libferry's ABI: abidiff against the baseline, versioned symbols, ferry.h 
 tally "libferry under ASan+UBSan and TSan (host)" "$here/sanitize-test.sh"
 tally "libFuzzer harnesses, 10 s each (host)" "$here/fuzz-test.sh" 10
 tally "tools: ferry-demo, ferry-bench, ferryctl, make install (host)" "$here/tools-test.sh"
-tally "DKMS build against Debian's headers" "$here/dkms-test.sh"
+tally "DKMS build against Debian's headers (${kernels[*]})" \
+	env FERRY_KERNELS="${kernels[*]}" "$here/dkms-test.sh"
 # In the VM the module is loaded, so libferry's tests run on kmod there.
 vm_dirs=(build/tests/kmod)
 [ -d build/tests/userspace ] && vm_dirs+=(build/tests/userspace)
 [ -d build/tests/tools ] && vm_dirs+=(build/tests/tools)
-for k in ${FERRY_KERNELS:-6.1 6.12}; do
-	tally "module + libferry on Debian $k (qemu)" "$here/vm-test.sh" "$k" "${vm_dirs[@]}"
+# kabi SERIES: the kernel version a series stands for today.
+kabi() {
+	"$here/kernel.sh" "$1" 2>/dev/null | sed -n 's/^FERRY_KABI=//p'
+}
+for k in "${kernels[@]}"; do
+	tally "module + libferry on Debian $k, kernel $(kabi "$k") (qemu)" \
+		"$here/vm-test.sh" "$k" "${vm_dirs[@]}"
 done
 # Those 1 GiB guests run tests/userspace/scale.c with 256 children (its
 # memory rule); the production shape, 4096 children x 8 helpers on kmod,
-# gets a 3 GiB guest on one kernel.
+# gets a 3 GiB guest on one kernel: Debian 13's.
 if [ -x build/tests/userspace/scale ]; then
-	tally "module + libferry at 4096 children, Debian 6.12 (qemu)" \
-		env FERRY_VM_MEM=3072 FERRY_SCALE_CHILDREN=4096 "$here/vm-test.sh" 6.12 \
+	tally "module + libferry at 4096 children, Debian 6.12-trixie, kernel $(kabi 6.12-trixie) (qemu)" \
+		env FERRY_VM_MEM=3072 FERRY_SCALE_CHILDREN=4096 "$here/vm-test.sh" 6.12-trixie \
 		build/tests/userspace/scale
 fi
 
@@ -124,9 +142,12 @@ if [ -z "${FERRY_NO_DEBUG_KERNEL:-}" ]; then
 		env FERRY_VM_FAULTS=1 "$here/vm-test.sh" debug build/tests/kmod
 fi
 
-# The README's DKMS steps in a Debian VM with udev (one kernel: the first).
-kernels=(${FERRY_KERNELS:-6.1 6.12})
-tally "README's DKMS + udev steps in a Debian VM (${kernels[0]})" "$here/vm-newcomer.sh" "${kernels[0]}"
+# The README's DKMS steps in a Debian VM with udev: bookworm's userspace
+# on 6.1, trixie's on its 6.12.
+for k in "${newcomer_kernels[@]}"; do
+	tally "README's DKMS + udev steps in a Debian VM ($k, kernel $(kabi "$k"))" \
+		"$here/vm-newcomer.sh" "$k"
+done
 
 wait	# the background jobs above (long done by now)
 echo "# make check took $(( $(date +%s) - t_start )) s"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run the module selftests inside qemu on one Debian kernel series.
 #
-#   scripts/vm-test.sh 6.1|6.12|debug TESTDIR|TESTBIN [TESTDIR|TESTBIN...]
+#   scripts/vm-test.sh 6.1|6.12|6.12-trixie|7|debug TESTDIR|TESTBIN [TESTDIR|TESTBIN...]
 #
 # Each argument is a directory (every executable in it runs) or one test
 # binary.  FERRY_VM_MEM is the guest's memory in MiB (default 1024), split
@@ -35,10 +35,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 . "$here/lib.sh"
 
-[ $# -ge 2 ] || ferry_die "usage: vm-test.sh 6.1|6.12|debug TESTDIR|TESTBIN..."
+[ $# -ge 2 ] || ferry_die "usage: vm-test.sh 6.1|6.12|6.12-trixie|7|debug TESTDIR|TESTBIN..."
 series=$1; shift
 kenv=$("$here/kernel.sh" "$series") || exit 1
-FERRY_KAPPEND=
+FERRY_KAPPEND= FERRY_KSUITE= FERRY_KCC= FERRY_KCHROOT=
 eval "$kenv"
 # Marks the module's slab caches (ferry_*) for failslab's cache filter.
 [ -n "${FERRY_VM_FAULTS:-}" ] && FERRY_KAPPEND+=" slub_debug=A,ferry_*"
@@ -69,12 +69,16 @@ finish() {
 	exit
 }
 
-echo "# kernel $FERRY_KABI ($series), guest ${mem} MiB${FERRY_SCALE_CHILDREN:+, FERRY_SCALE_CHILDREN=$FERRY_SCALE_CHILDREN}"
+echo "# kernel $FERRY_KABI ($series; ${FERRY_KSUITE:-own} build${FERRY_KCC:+ with gcc-$FERRY_KCC}${FERRY_KCHROOT:+ in a $FERRY_KSUITE chroot}), guest ${mem} MiB${FERRY_SCALE_CHILDREN:+, FERRY_SCALE_CHILDREN=$FERRY_SCALE_CHILDREN}"
 
 # --- the module, built in a private copy of the sources ------------------
 rm -rf "$out/src" && mkdir -p "$out/src"
 cp -r "$repo/Kbuild" "$repo/kmod" "$repo/include" "$out/src/"
-if make -C "$FERRY_KDIR" M="$out/src" modules >"$out/build.log" 2>&1; then
+# Kernels of newer suites build in a chroot of their suite, with the
+# compiler they were built with (kernel.sh: FERRY_KCHROOT).
+build=(make -C "$FERRY_KDIR" M="$out/src" modules)
+[ -n "${FERRY_KCHROOT:-}" ] && build=("$here/chroot.sh" --run "$FERRY_KCHROOT" "${build[@]}")
+if "${build[@]}" >"$out/build.log" 2>&1; then
 	if grep -qiE 'warning:|error:' "$out/build.log"; then
 		sed 's/^/#   /' "$out/build.log"
 		check FAIL "ferry.ko builds without warnings"

@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/utsname.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,6 +95,21 @@ static inline bool ferry_present(void)
 #else
 #define FERRY_SETUP_SKIP(fmt, ...)	SKIP(_exit(255), fmt, ##__VA_ARGS__)
 #endif
+
+/*
+ * Whether the running kernel is at least @major.@minor, from uname's
+ * release ("7.3.4+deb13-amd64", "6.1.0-57-amd64").  For behaviour the
+ * kernel itself changed, where a case asserts the one this kernel has.
+ */
+static inline bool ferry_kernel_at_least(int major, int minor)
+{
+	struct utsname u;
+	int ma, mi;
+
+	if (uname(&u) || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+		return false;
+	return ma > major || (ma == major && mi >= minor);
+}
 
 #define FERRY_NO_DEVICE_REASON \
 	FERRY_DEV_PATH " does not exist (ferry.ko not loaded)"
