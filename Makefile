@@ -116,9 +116,12 @@ $(BUILD)/libferry.map: userspace/include/ferry.h userspace/abi/ferry.symbols scr
 	scripts/symbols.sh --check
 	scripts/symbols.sh > $@
 
+# liburing is linked in (its objects are position-independent; the GPU
+# machine has no liburing.so.2); Debian's libnuma.a is not, so libnuma
+# stays a dependency (build/python/ferry/ carries a copy, see below).
 $(LIB_SO): $(LIB_OBJS) $(BUILD)/libferry.map
 	$(CC) -shared -Wl,-soname,libferry.so.0 -Wl,-z,defs \
-		-Wl,--version-script,$(BUILD)/libferry.map -o $@ $(LIB_OBJS) -luring -lnuma -pthread
+		-Wl,--version-script,$(BUILD)/libferry.map -o $@ $(LIB_OBJS) -l:liburing.a -lnuma -pthread
 	ln -sf libferry.so.0 $(BUILD)/libferry.so
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: library (shared + static),
