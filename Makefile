@@ -54,12 +54,39 @@ GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/
 TOOL_TESTS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 ABI_TESTS := $(patsubst tests/abi/%.c,$(BUILD)/tests/abi/%,$(wildcard tests/abi/*.c))
 
-.PHONY: all lib tools module module-if-possible build-tests deps check clean demo install version abi-baseline \
+.PHONY: all lib tools python module module-if-possible build-tests deps check clean demo install version abi-baseline \
 	dkms-source dkms-install install-udev sanitize-tests fuzz fuzz-build
 
-all: lib tools module-if-possible
+all: lib tools python module-if-possible
 
 lib: $(LIB_A) $(LIB_SO)
+
+# The Python package (userspace/python/ferry, ctypes over libferry.so.0):
+# importable from build/python with nothing installed; it carries the
+# library it was built with (and libnuma, which hosts without it lack).
+PY_SRCS := $(wildcard userspace/python/ferry/*.py)
+PY_OUT := $(BUILD)/python/ferry
+PY_FILES := $(patsubst userspace/python/ferry/%,$(PY_OUT)/%,$(PY_SRCS)) \
+	$(PY_OUT)/_forksafe.so $(PY_OUT)/libferry.so.0 $(PY_OUT)/_vendor/libnuma.so.1
+python: $(PY_FILES)
+
+$(PY_OUT)/%.py: userspace/python/ferry/%.py
+	@mkdir -p $(@D)
+	cp $< $@
+
+# No Python headers: stable-ABI functions resolved against the interpreter.
+$(PY_OUT)/_forksafe.so: userspace/python/ferry/_forksafe.c
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -shared -fPIC -O2 -g -Wall -Wextra -Werror -o $@ $< -ldl
+
+$(PY_OUT)/libferry.so.0: $(LIB_SO)
+	@mkdir -p $(@D)
+	cp $< $@
+
+$(PY_OUT)/_vendor/libnuma.so.1:
+	@mkdir -p $(@D)
+	cp -L $$($(CC) -print-file-name=libnuma.so.1) $@ 2>/dev/null || \
+		cp -L /usr/lib/x86_64-linux-gnu/libnuma.so.1 $@
 
 tools: $(BUILD)/ferry-bench $(BUILD)/ferry-demo $(BUILD)/ferryctl
 

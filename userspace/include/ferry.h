@@ -518,7 +518,8 @@ int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeou
  *      then arm again;
  *   0: armed: the fd stays quiet until there is something (it may wake
  *      spuriously: complete says -ETIMEDOUT, arm again);
- *   -errno: -EOPNOTSUPP where this process's io_uring cannot wait on the
+ *   -errno: -EPIPE when the broker has gone and no submitted request
+ *      is outstanding; -EOPNOTSUPP where this process's io_uring cannot wait on the
  *      broker's futex doorbells (FERRY_WAITSET_FORCE_EVENTFD in one
  *      process and not the other), or what setting it up failed with.
  * Calls and completions from other threads mix with it freely.  The wait

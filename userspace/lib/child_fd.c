@@ -156,8 +156,10 @@ static int arm_locked(struct ferry_child *c)
 	err = reap(c);
 	if (err)
 		return err;
-	if (c->nstash || f->hup)
+	if (c->nstash)
 		return 1;
+	if (f->hup)	/* the broker is gone: only what was sent may still say so */
+		return submitted(c) ? 1 : -EPIPE;
 	/* Something on the ring for someone: whoever takes it routes it. */
 	if (submitted(c) && !c->receiving && ferry_chan_pending(&c->ch, FERRY_TO_PEER))
 		return 1;
