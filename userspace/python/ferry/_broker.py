@@ -29,6 +29,19 @@ _helper = None	# this process's Helper, in a helper
 _live = weakref.WeakSet()
 
 
+def _report():
+    """The current exception's traceback on stderr, come what may: a
+    callback that raises returns garbage to C."""
+    try:
+        traceback.print_exc()
+        sys.stderr.flush()
+    except BaseException:
+        try:
+            os.write(2, traceback.format_exc().encode(errors="replace"))
+        except BaseException:
+            pass
+
+
 def _flush():
     for f in (sys.stdout, sys.stderr):
         try:
@@ -47,7 +60,7 @@ def _child_entry(cptr, arg):
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
-        traceback.print_exc()
+        _report()
         code = 1
     finally:
         c._closed()	# libferry unmaps the region next
@@ -71,11 +84,9 @@ def _init_entry(hptr, arg):
             h.state = init(h)
         return 0
     except FerryError as e:
-        _flush()
         return -e.errno
     except BaseException:
-        traceback.print_exc()
-        _flush()
+        _report()
         return -errno.EIO
 
 
@@ -88,8 +99,7 @@ def _handler_entry(hptr, req, rep, arg):
     except FerryError as e:
         return -e.errno
     except BaseException:
-        traceback.print_exc()
-        _flush()
+        _report()
         return -errno.EIO
 
 
