@@ -66,7 +66,7 @@ tap() {
 }
 
 "$here/deps.sh" || exit 1
-make -s lib tools build-tests sanitize-tests fuzz-build || { echo "0 passed, 1 failed"; exit 1; }
+make -s lib tools python build-tests sanitize-tests fuzz-build || { echo "0 passed, 1 failed"; exit 1; }
 echo "# deps and build: $(( $(date +%s) - t_start )) s"
 
 # The two slow things that later runners need and nothing needs yet: the
@@ -92,6 +92,7 @@ if ls build/tests/gpu/* >/dev/null 2>&1; then
 	FERRY_CUDA_LIB="$repo/build/tests/fixtures/libfakecuda.so" FERRY_FAKE_GPUS=1 \
 		tally "GPU helpers on the fake CUDA driver (host)" tap build/tests/gpu/helper
 fi
+tally "Python package: pytest (numpy, asyncio, attach; GPU cases skip without torch+CUDA) and examples (host)" "$here/python-test.sh"
 tally "libferry's ABI: abidiff against the baseline, versioned symbols, ferry.h as C11/C17/C++17, a 0.1 program on today's library (host)" "$here/abi-check.sh"
 tally "libferry under ASan+UBSan and TSan (host)" "$here/sanitize-test.sh"
 tally "libFuzzer harnesses, 10 s each (host)" "$here/fuzz-test.sh" 10
