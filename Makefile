@@ -162,7 +162,15 @@ INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
 UDEVDIR ?= /etc/udev/rules.d
 MODLOADDIR ?= /etc/modules-load.d
-install: lib tools
+# The Python package goes where this machine's python3 looks for it
+# ($(PREFIX)/lib/python3.X/dist-packages on Debian; PYTHONDIR= to choose).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+PYTHONDIR ?= $(shell $(PYTHON) -c 'import sysconfig as s; p = "$(PREFIX)"; \
+	loc = s.get_default_scheme() == "posix_local" and p.endswith("/local"); \
+	b = p[:-6] if loc else p; \
+	print(s.get_path("purelib", "posix_local" if loc else "posix_prefix", \
+		vars={"base": b, "platbase": b}))' 2>/dev/null)
+install: lib tools python
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/linux $(DESTDIR)$(BINDIR)
 	install -m 0755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/libferry.so.0
 	ln -sf libferry.so.0 $(DESTDIR)$(LIBDIR)/libferry.so
@@ -174,6 +182,11 @@ install: lib tools
 		scripts/install/ferry.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ferry.pc
 	install -m 0755 $(BUILD)/ferry-demo $(BUILD)/ferry-bench $(BUILD)/ferryctl $(DESTDIR)$(BINDIR)/
 	$(MAKE) --no-print-directory install-udev
+	@if [ -n "$(PYTHONDIR)" ]; then \
+		install -d $(DESTDIR)$(PYTHONDIR)/ferry && \
+		install -m 0644 $(PY_OUT)/*.py $(DESTDIR)$(PYTHONDIR)/ferry/ && \
+		install -m 0755 $(PY_OUT)/_forksafe.so $(DESTDIR)$(PYTHONDIR)/ferry/; \
+	else echo "# no python3: the Python package is not installed (PYTHONDIR=)"; fi
 	@if [ -z "$(DESTDIR)" ]; then ldconfig; fi
 
 # The device's permissions and loading at boot, for hosts that take only
