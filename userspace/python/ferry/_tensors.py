@@ -229,6 +229,15 @@ class DeviceTensor:
         return dlpack_capsule(self.ptr, self.shape, self._code, self.strides,
                               (KDL_CUDA, self.device_id), self._keep)
 
+    def torch(self):
+        """This tensor as a torch CUDA tensor over the same bytes (no copy)."""
+        import torch
+        try:
+            return torch.from_dlpack(self)
+        except (TypeError, BufferError, RuntimeError):
+            # a torch that wants a versioned capsule from __dlpack__: hand it ours
+            return torch.utils.dlpack.from_dlpack(self.__dlpack__())
+
     def __repr__(self):
         return (f"DeviceTensor(ptr=0x{self.ptr:x}, shape={self.shape}, dtype={self.dtype}, "
                 f"cuda:{self.device_id})")
