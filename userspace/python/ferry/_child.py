@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 from . import _lib
-from ._lib import Desc, FerryError, Tensor, check, lib, ns
+from ._lib import Desc, FerryError, check, lib, ns
 from ._tensors import array_strides, ferry_dtype, fill_entry, view
 
 _byref = ctypes.byref
@@ -246,15 +246,15 @@ class Child:
             if not tab:
                 raise FerryError(errno.ENOMEM, "ferry_malloc(tensor table)")
             try:
-                ents = (Tensor * n).from_address(tab)
+                buf = (ctypes.c_char * (n * 128)).from_address(tab)
                 for k, t in enumerate(tensors):
                     if isinstance(t, PoolTensor):
                         code = ferry_dtype(t.dtype)
                         size = lib.ferry_dtype_size(code)
-                        fill_entry(ents[k], 1, t.offset, t.shape, t.strides, size, code)
+                        fill_entry(buf, k * 128, 1, t.offset, t.shape, t.strides, size, code)
                     else:
                         off, _ = self._span(t)
-                        fill_entry(ents[k], 0, off, t.shape, array_strides(t), t.itemsize,
+                        fill_entry(buf, k * 128, 0, off, t.shape, array_strides(t), t.itemsize,
                                    ferry_dtype(t.dtype))
             except BaseException:
                 lib.ferry_free(self._c, tab)

@@ -5,6 +5,7 @@ Every array made here is a view of memory that libferry owns (a child's
 region, a request's bytes in a helper, a pool); nothing is copied.
 """
 import ctypes
+import struct
 
 import numpy as np
 
@@ -82,8 +83,14 @@ def entry_view(e, addr):
     return view(addr, shape, dt, strides)
 
 
-def fill_entry(e, where, offset, arr_shape, arr_strides, itemsize, dtype_code):
-    """Fill table entry @e for a tensor of this shape (strides in bytes, None: C order)."""
+_ENTRY = struct.Struct("<BBBBIQQ6q6qQ")	# struct ferry_tensor
+assert _ENTRY.size == ctypes.sizeof(Tensor)
+_ZEROS = (0,) * _lib.TENSOR_NDIM
+
+
+def fill_entry(buf, at, where, offset, arr_shape, arr_strides, itemsize, dtype_code):
+    """Write table entry (struct ferry_tensor) at byte @at of @buf for a tensor of
+    this shape (strides in bytes, None: C order)."""
     ndim = len(arr_shape)
     if ndim > _lib.TENSOR_NDIM:
         raise ValueError(f"ferry: {ndim} dimensions, at most {_lib.TENSOR_NDIM}")
@@ -92,26 +99,22 @@ def fill_entry(e, where, offset, arr_shape, arr_strides, itemsize, dtype_code):
         if n <= 0:
             raise ValueError("ferry: tensors have no empty dimension")
         count *= n
-    ctypes.memset(ctypes.addressof(e), 0, ctypes.sizeof(Tensor))
-    e.where = where
-    e.dtype = dtype_code
-    e.ndim = ndim
-    e.offset = offset
-    for k in range(ndim):
-        e.shape[k] = arr_shape[k]
+    pad = _ZEROS[ndim:]
     if arr_strides is None:
-        e.nbytes = count * itemsize
+        _ENTRY.pack_into(buf, at, where, dtype_code, ndim, 0, 0, offset, count * itemsize,
+                         *arr_shape, *pad, *_ZEROS, 0)
         return
+    st = []
     last = 0
-    for k in range(ndim):
-        s = arr_strides[k]
+    for n, s in zip(arr_shape, arr_strides):
         if s < 0 or s % itemsize:
             raise ValueError("ferry: strides must be non-negative multiples of the item size")
-        e.strides[k] = s // itemsize
-        last += (arr_shape[k] - 1) * (s // itemsize)
-    if not any(e.strides[k] for k in range(ndim)):
+        st.append(s // itemsize)
+        last += (n - 1) * (s // itemsize)
+    if not any(st):
         raise ValueError("ferry: broadcast (all-zero strides) tensors cannot be sent")
-    e.nbytes = (last + 1) * itemsize
+    _ENTRY.pack_into(buf, at, where, dtype_code, ndim, 0, 0, offset, (last + 1) * itemsize,
+                     *arr_shape, *pad, *st, *pad, 0)
 
 
 def array_strides(a):
