@@ -9,14 +9,23 @@ import errno
 import os
 import traceback
 
+import sys
+
 import numpy as np
-import pytest
 
 import ferry
 
-torch = pytest.importorskip("torch")
-if ferry.gpu_count() == 0:
-    pytest.skip("no GPU for the broker's helpers", allow_module_level=True)
+try:
+    import pytest
+except ImportError:	# run as a script on a host without pytest: see the end
+    pytest = None
+
+if pytest is not None:
+    torch = pytest.importorskip("torch")
+    if ferry.gpu_count() == 0:
+        pytest.skip("no GPU for the broker's helpers", allow_module_level=True)
+else:
+    import torch
 
 OP_DLPACK, OP_INPLACE, OP_BW, OP_STREAM = 1, 2, 3, 4
 
@@ -129,3 +138,21 @@ def test_external_stream_and_deferred_reply():
             c.call(OP_STREAM, tensors=[x, out])
             assert np.array_equal(out, (np.arange(4096, dtype=np.float32) + k) ** 2)
     run(child)
+
+
+if __name__ == "__main__":
+    # python3 test_gpu.py: the same cases without pytest
+    if ferry.gpu_count() == 0:
+        print("SKIP: no GPU for the broker's helpers")
+        sys.exit(0)
+    bad = 0
+    for name, fn in list(globals().items()):
+        if name.startswith("test_") and callable(fn):
+            try:
+                fn()
+                print(f"ok {name}", flush=True)
+            except BaseException:
+                traceback.print_exc()
+                print(f"not ok {name}", flush=True)
+                bad += 1
+    sys.exit(1 if bad else 0)
