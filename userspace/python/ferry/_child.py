@@ -394,14 +394,17 @@ class Child:
                 r = lib.ferry_submit(self._c, _byref(d))
                 if r != -_lib.EAGAIN:
                     break
-                # Window full: woken by a reply of ours, or look again soon
-                # (the place may be held by another thread's requests).
+                # Window full: each reply of ours wakes the first waiter.  With
+                # none of ours out, the places are other threads': look again soon.
                 w = loop.create_future()
                 aio.room.append(w)
-                try:
-                    await asyncio.wait_for(w, 0.001)
-                except asyncio.TimeoutError:
-                    pass
+                if aio.futs:
+                    await w
+                else:
+                    try:
+                        await asyncio.wait_for(w, 0.001)
+                    except asyncio.TimeoutError:
+                        pass
             if r < 0:
                 raise FerryError(-r, "ferry_submit")
         except BaseException:
