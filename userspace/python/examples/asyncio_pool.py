@@ -60,7 +60,7 @@ async def one(c, k):
         await c.acall(OP_SCORE, tensors=[block.tensor((N,), np.float32), out])
         return out[0] == k * N
     finally:
-        block.free()
+        await block.afree()
 
 
 async def serve_many(c, n):

@@ -10,11 +10,13 @@ kept alive until its reply has come.
 """
 import asyncio
 import collections
+import concurrent.futures
 import ctypes
 import errno
 import itertools
 import math
 import threading
+import time
 
 import numpy as np
 
@@ -64,6 +66,20 @@ class PoolBlock:
         check(lib.ferry_child_pool_free(self.child._c, self.offset), "ferry_child_pool_free")
         self.freed = True
 
+    async def afree(self):
+        """free() for asyncio: waits (in a worker thread) for a place in the window."""
+        if self.freed:
+            return
+        c = self.child
+        aio = c._aio_for(asyncio.get_running_loop())
+        while True:
+            r = lib.ferry_child_pool_free(c._c, self.offset)
+            if r != -_lib.EAGAIN:
+                check(r, "ferry_child_pool_free")
+                self.freed = True
+                return
+            await aio.wait_room()
+
     def __enter__(self):
         return self
 
@@ -72,6 +88,20 @@ class PoolBlock:
 
     def __repr__(self):
         return f"PoolBlock(offset={self.offset}, nbytes={self.nbytes})"
+
+
+def _when_room(call, timeout, what):
+    """call() again while it says -EAGAIN (the window is full: the loop's
+    requests hold it), for up to @timeout seconds (None: forever).  In a
+    worker thread, never on the loop's."""
+    end = None if timeout is None else time.monotonic() + timeout
+    pause = 20e-6
+    while True:
+        r = call()
+        if r != -_lib.EAGAIN or (end is not None and time.monotonic() >= end):
+            return check(r, what)
+        time.sleep(pause)
+        pause = min(pause * 2, 1e-3)
 
 
 class _Aio:
@@ -115,6 +145,20 @@ class _Aio:
             if not w.done():
                 w.set_result(None)
                 break
+
+    async def wait_room(self):
+        """Until a place in the window may be free: each reply of ours wakes
+        the first waiter; with none of ours out, the places are other
+        threads' (or waiting pool allocations'): look again soon."""
+        w = self.loop.create_future()
+        self.room.append(w)
+        if self.futs:
+            await w
+        else:
+            try:
+                await asyncio.wait_for(w, 0.001)
+            except asyncio.TimeoutError:
+                pass
 
     def ready(self):
         c = self.child._c
@@ -164,6 +208,7 @@ class Child:
         self._inflight = {}	# tag -> what its request must keep alive
         self._stash = collections.deque()	# submit() replies the loop took
         self._aio = None
+        self._pool_threads = None
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------- memory
@@ -394,17 +439,7 @@ class Child:
                 r = lib.ferry_submit(self._c, _byref(d))
                 if r != -_lib.EAGAIN:
                     break
-                # Window full: each reply of ours wakes the first waiter.  With
-                # none of ours out, the places are other threads': look again soon.
-                w = loop.create_future()
-                aio.room.append(w)
-                if aio.futs:
-                    await w
-                else:
-                    try:
-                        await asyncio.wait_for(w, 0.001)
-                    except asyncio.TimeoutError:
-                        pass
+                await aio.wait_room()
             if r < 0:
                 raise FerryError(-r, "ferry_submit")
         except BaseException:
@@ -434,9 +469,21 @@ class Child:
 
     async def apool_alloc(self, nbytes, timeout=None, shape=None, dtype=None):
         """pool_alloc() that can be awaited: waits (in a worker thread, which lets
-        the loop run) until a block fits or @timeout passes."""
+        the loop run) for a place in the window and until a block fits or
+        @timeout passes."""
+        self._live()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.pool_alloc, nbytes, timeout, shape, dtype)
+        off = _lib.u64()
+        t = ns(timeout)
+        if self._pool_threads is None:
+            # A waiting allocation holds a place in the window: at most half
+            # the window waits, so that the holders of blocks can still send
+            # the requests that end in their frees.
+            self._pool_threads = concurrent.futures.ThreadPoolExecutor(
+                max(1, self.window // 2), thread_name_prefix="ferry-pool")
+        await loop.run_in_executor(self._pool_threads, _when_room, lambda: lib.ferry_child_pool_alloc_timeout(
+            self._c, int(nbytes), t, _byref(off)), timeout, "ferry_child_pool_alloc")
+        return PoolBlock(self, off.value, int(nbytes), shape, dtype)
 
     def pool_put(self, a, timeout=0):
         """A new pool block holding a copy of array @a (copied by a helper)."""
@@ -469,6 +516,8 @@ class Child:
 
     def _closed(self):
         self._open = False
+        if self._pool_threads is not None:
+            self._pool_threads.shutdown(wait=False)
         if self._aio is not None and self._aio.watching:
             try:
                 self._aio.loop.remove_reader(self._aio.fd)

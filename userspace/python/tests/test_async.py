@@ -134,7 +134,7 @@ def test_pool_blocks_can_be_awaited():
                     await c.acall(3, tensors=[b.tensor((n,), np.float32), y])
                     assert (y == 2 * (k + 10 * c.index)).all()
                 finally:
-                    b.free()
+                    await b.afree()
             await asyncio.gather(*(user(k) for k in range(4)))
         asyncio.run(main())
     st = run(child, children=2, helpers=2, pool_size=4 << 20, region_size=8 << 20, window=16)
