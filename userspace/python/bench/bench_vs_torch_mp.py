@@ -65,7 +65,6 @@ def ferry_handler(req):
 
 def ferry_client(c):
     """Per the plan in the file ARGS names: latencies or a count, to a .npy."""
-    import ferry
     plan = json.load(open(os.path.join(ARGS.tmp, "plan.json")))
     size, n, seconds = plan["size"], plan["n"], plan["seconds"]
     if size == 0:
@@ -223,11 +222,8 @@ def main():
     if not ARGS.cpu and ARGS.gpus == 0:
         print("# no GPU: the job runs on the CPU (--cpu)")
         ARGS.cpu = True
-    have_torch = True
-    try:
-        import torch	# noqa: F401  (no CUDA here: the workers initialise it)
-    except ImportError:
-        have_torch = False
+    import importlib.util
+    have_torch = importlib.util.find_spec("torch") is not None	# CUDA is the workers
     if not have_torch and not ARGS.cpu:
         raise SystemExit("the GPU job needs torch")
     sides = [s for s in ("ferry", "mp") if ARGS.only in (None, s)]
