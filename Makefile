@@ -54,12 +54,39 @@ GPU_TESTS := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/
 TOOL_TESTS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 ABI_TESTS := $(patsubst tests/abi/%.c,$(BUILD)/tests/abi/%,$(wildcard tests/abi/*.c))
 
-.PHONY: all lib tools module module-if-possible build-tests deps check clean demo install version abi-baseline \
+.PHONY: all lib tools python module module-if-possible build-tests deps check clean demo install version abi-baseline \
 	dkms-source dkms-install install-udev sanitize-tests fuzz fuzz-build
 
-all: lib tools module-if-possible
+all: lib tools python module-if-possible
 
 lib: $(LIB_A) $(LIB_SO)
+
+# The Python package (userspace/python/ferry, ctypes over libferry.so.0):
+# importable from build/python with nothing installed; it carries the
+# library it was built with (and libnuma, which hosts without it lack).
+PY_SRCS := $(wildcard userspace/python/ferry/*.py)
+PY_OUT := $(BUILD)/python/ferry
+PY_FILES := $(patsubst userspace/python/ferry/%,$(PY_OUT)/%,$(PY_SRCS)) \
+	$(PY_OUT)/_forksafe.so $(PY_OUT)/libferry.so.0 $(PY_OUT)/_vendor/libnuma.so.1
+python: $(PY_FILES)
+
+$(PY_OUT)/%.py: userspace/python/ferry/%.py
+	@mkdir -p $(@D)
+	cp $< $@
+
+# No Python headers: stable-ABI functions resolved against the interpreter.
+$(PY_OUT)/_forksafe.so: userspace/python/ferry/_forksafe.c
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -shared -fPIC -O2 -g -Wall -Wextra -Werror -o $@ $< -ldl
+
+$(PY_OUT)/libferry.so.0: $(LIB_SO)
+	@mkdir -p $(@D)
+	cp $< $@
+
+$(PY_OUT)/_vendor/libnuma.so.1:
+	@mkdir -p $(@D)
+	cp -L $$($(CC) -print-file-name=libnuma.so.1) $@ 2>/dev/null || \
+		cp -L /usr/lib/x86_64-linux-gnu/libnuma.so.1 $@
 
 tools: $(BUILD)/ferry-bench $(BUILD)/ferry-demo $(BUILD)/ferryctl
 
@@ -116,9 +143,12 @@ $(BUILD)/libferry.map: userspace/include/ferry.h userspace/abi/ferry.symbols scr
 	scripts/symbols.sh --check
 	scripts/symbols.sh > $@
 
+# liburing is linked in (its objects are position-independent; the GPU
+# machine has no liburing.so.2); Debian's libnuma.a is not, so libnuma
+# stays a dependency (build/python/ferry/ carries a copy, see below).
 $(LIB_SO): $(LIB_OBJS) $(BUILD)/libferry.map
 	$(CC) -shared -Wl,-soname,libferry.so.0 -Wl,-z,defs \
-		-Wl,--version-script,$(BUILD)/libferry.map -o $@ $(LIB_OBJS) -luring -lnuma -pthread
+		-Wl,--version-script,$(BUILD)/libferry.map -o $@ $(LIB_OBJS) -l:liburing.a -lnuma -pthread
 	ln -sf libferry.so.0 $(BUILD)/libferry.so
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: library (shared + static),
@@ -132,7 +162,15 @@ INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
 UDEVDIR ?= /etc/udev/rules.d
 MODLOADDIR ?= /etc/modules-load.d
-install: lib tools
+# The Python package goes where this machine's python3 looks for it
+# ($(PREFIX)/lib/python3.X/dist-packages on Debian; PYTHONDIR= to choose).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+PYTHONDIR ?= $(shell $(PYTHON) -c 'import sysconfig as s; p = "$(PREFIX)"; \
+	loc = s.get_default_scheme() == "posix_local" and p.endswith("/local"); \
+	b = p[:-6] if loc else p; \
+	print(s.get_path("purelib", "posix_local" if loc else "posix_prefix", \
+		vars={"base": b, "platbase": b}))' 2>/dev/null)
+install: lib tools python
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/linux $(DESTDIR)$(BINDIR)
 	install -m 0755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/libferry.so.0
 	ln -sf libferry.so.0 $(DESTDIR)$(LIBDIR)/libferry.so
@@ -144,6 +182,11 @@ install: lib tools
 		scripts/install/ferry.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ferry.pc
 	install -m 0755 $(BUILD)/ferry-demo $(BUILD)/ferry-bench $(BUILD)/ferryctl $(DESTDIR)$(BINDIR)/
 	$(MAKE) --no-print-directory install-udev
+	@if [ -n "$(PYTHONDIR)" ]; then \
+		install -d $(DESTDIR)$(PYTHONDIR)/ferry && \
+		install -m 0644 $(PY_OUT)/*.py $(DESTDIR)$(PYTHONDIR)/ferry/ && \
+		install -m 0755 $(PY_OUT)/_forksafe.so $(DESTDIR)$(PYTHONDIR)/ferry/; \
+	else echo "# no python3: the Python package is not installed (PYTHONDIR=)"; fi
 	@if [ -z "$(DESTDIR)" ]; then ldconfig; fi
 
 # The device's permissions and loading at boot, for hosts that take only

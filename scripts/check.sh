@@ -89,7 +89,7 @@ for s in bookworm trixie; do
 	nice -n 19 "$here/newcomer-rootfs.sh" $s >"build/newcomer-rootfs-$s.log" 2>&1 &
 done
 
-make -s lib tools build-tests sanitize-tests fuzz-build || { echo "0 passed, 1 failed"; exit 1; }
+make -s lib tools python build-tests sanitize-tests fuzz-build || { echo "0 passed, 1 failed"; exit 1; }
 echo "# deps and build: $(( $(date +%s) - t_start )) s"
 
 tally "uapi header (host)" tap build/tests/uapi/*
@@ -104,6 +104,7 @@ if ls build/tests/gpu/* >/dev/null 2>&1; then
 	FERRY_CUDA_LIB="$repo/build/tests/fixtures/libfakecuda.so" FERRY_FAKE_GPUS=1 \
 		tally "GPU helpers on the fake CUDA driver (host)" tap build/tests/gpu/helper
 fi
+tally "Python package: pytest (numpy, asyncio, attach; GPU cases skip without torch+CUDA) and examples (host)" "$here/python-test.sh"
 tally "libferry's ABI: abidiff against the baseline, versioned symbols, ferry.h as C11/C17/C++17, a 0.1 program on today's library (host)" "$here/abi-check.sh"
 tally "libferry under ASan+UBSan and TSan (host)" "$here/sanitize-test.sh"
 tally "libFuzzer harnesses, 10 s each (host)" "$here/fuzz-test.sh" 10

@@ -15,6 +15,7 @@ pkgs=(
 	clang libclang-rt-14-dev	# libFuzzer harnesses
 	flex bison bc libelf-dev libssl-dev	# the debug kernel build
 	abigail-tools g++		# ABI check: abidw/abidiff; ferry.h as C++17
+	python3 python3-numpy python3-pytest	# the Python package and its tests
 )
 
 missing=()

@@ -183,6 +183,23 @@ else
 	echo "$exported" | diff - <(scripts/symbols.sh --nodes) | sed 's/^/# /' | head
 	check FAIL "libferry.so.0 exports exactly ferry.symbols' functions"
 fi
+# The Python package as installed, on the installed library.
+pydir=$(ls -d "$dest"/usr/local/lib/python3*/*-packages 2>/dev/null | head -n 1)
+if [ -n "$pydir" ] && [ -f "$pydir/ferry/__init__.py" ] &&
+   LD_LIBRARY_PATH="$dest/usr/local/lib" PYTHONPATH="$pydir" ${PYTHON:-/usr/bin/python3} -c '
+import ferry, os
+assert ferry.__file__.startswith(os.environ["PYTHONPATH"])
+def serve(req):
+    req.reply.arg[0] = req.args[0] * 2
+def child(c):
+    assert c.call(1, args=(21,)).arg[0] == 42
+with ferry.Broker(children=2, helpers=1, child=child, handler=serve, gpu=None) as b:
+    assert b.wait(60) == 0
+' >"$out" 2>&1; then
+	check OK "the installed Python package runs a broker on the installed libferry.so.0"
+else
+	sed 's/^/# /' "$out"; check FAIL "the installed Python package runs a broker"
+fi
 grep -q "^Version: $(scripts/symbols.sh --version)\$" "$dest/usr/local/lib/pkgconfig/ferry.pc" &&
 	check OK "ferry.pc's version is ferry.h's ($(scripts/symbols.sh --version))" ||
 	check FAIL "ferry.pc's version is ferry.h's"

@@ -515,8 +515,35 @@ int ferry_call_timeout(struct ferry_child *c, const struct ferry_desc *req,
 		       struct ferry_desc *rep, int64_t timeout_ns);
 /* Asynchronous: -EAGAIN when the window is full (collect replies first). */
 int ferry_submit(struct ferry_child *c, const struct ferry_desc *req);
-/* Next reply of a submitted request, waiting up to @timeout_ns (<0: forever). */
+/*
+ * Next reply of a submitted request, waiting up to @timeout_ns (<0:
+ * forever; 0: take one that is already there, wait for none): 0,
+ * -ETIMEDOUT, -ENOENT when no submitted request is outstanding, -EPIPE
+ * when the broker is gone.
+ */
 int ferry_complete(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns);
+/*
+ * For event loops (asyncio, epoll, libuv): ferry_child_fd() is an fd
+ * (made on first use, closed with the child handle) that polls readable
+ * (POLLIN) when a reply of a submitted request may be waiting, or, for an
+ * attached service, when the broker has gone.  Before each wait on it,
+ * and after every ferry_submit(), call ferry_child_fd_arm():
+ *   1: do not wait, something is there: take replies with
+ *      ferry_complete(c, &rep, 0) until it says -ETIMEDOUT (or -ENOENT),
+ *      then arm again;
+ *   0: armed: the fd stays quiet until there is something (it may wake
+ *      spuriously: complete says -ETIMEDOUT, arm again);
+ *   -errno: -EPIPE when the broker has gone and no submitted request
+ *      is outstanding; -EOPNOTSUPP where this process's io_uring cannot wait on the
+ *      broker's futex doorbells (FERRY_WAITSET_FORCE_EVENTFD in one
+ *      process and not the other), or what setting it up failed with.
+ * Calls and completions from other threads mix with it freely.  The wait
+ * belongs to the thread that armed it: arm from the thread that polls.
+ * The fd is an io_uring's: its completion may interrupt an epoll_wait()
+ * of that thread with EINTR (retry, as event loops do).
+ */
+int ferry_child_fd(struct ferry_child *c);
+int ferry_child_fd_arm(struct ferry_child *c);
 unsigned int ferry_outstanding(const struct ferry_child *c);
 unsigned int ferry_window(const struct ferry_child *c);
 

@@ -156,6 +156,7 @@ int ferry_child_init(struct ferry_child *c, int ctl, bool attached)
 
 void ferry_child_fini(struct ferry_child *c)
 {
+	ferry_child_fd_free(c);
 	if (c->pool)
 		ferry_pool_close(c->pool);
 	if (c->pool_fd >= 0)

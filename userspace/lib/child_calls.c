@@ -101,15 +101,20 @@ static void route_locked(struct ferry_child *c, const struct ferry_desc *rep)
 static int wait_locked(struct ferry_child *c, bool (*ready)(struct ferry_child *, void *),
 		       void *arg, uint64_t end)
 {
+	/* Past the deadline, still take what is already queued (timeout 0). */
+	bool drained = false;
+
 	for (;;) {
 		struct ferry_desc rep;
 		uint64_t now;
+		bool expired;
 		int err;
 
 		if (ready(c, arg))
 			return 0;
 		now = end == UINT64_MAX ? 0 : mono_ns();
-		if (end != UINT64_MAX && now >= end)
+		expired = end != UINT64_MAX && now >= end;
+		if (expired && (drained || c->receiving))
 			return -ETIMEDOUT;
 		if (c->receiving) {
 			if (end == UINT64_MAX) {
@@ -129,15 +134,22 @@ static int wait_locked(struct ferry_child *c, bool (*ready)(struct ferry_child *
 			continue;
 		}
 		c->receiving = true;
+		if (c->pfd && !expired)
+			ferry_child_fd_yield(c);	/* this thread may sleep on the bell */
 		pthread_mutex_unlock(&c->io_lock);
-		err = ferry_child_recv(c, &rep, end == UINT64_MAX ? -1 : (int64_t)(end - now));
+		err = ferry_child_recv(c, &rep, end == UINT64_MAX ? -1 :
+					       expired ? 0 : (int64_t)(end - now));
 		pthread_mutex_lock(&c->io_lock);
 		c->receiving = false;
 		pthread_cond_broadcast(&c->io_cond);	/* someone else may read now */
+		if (c->pfd)
+			ferry_child_fd_received(c);
 		if (!err)
 			route_locked(c, &rep);
 		else if (err != -ETIMEDOUT)
 			return err;
+		else
+			drained = true;
 	}
 }
 

@@ -84,6 +84,7 @@ struct ferry_child {
 	/* calls waiting for their reply, by internal tag (window at most) */
 	struct ferry_waiter { uint64_t tag; bool used, done; struct ferry_desc rep; } *waiter;
 	unsigned int nwaiters;		/* used entries */
+	struct ferry_child_fd *pfd;	/* child_fd.c: made by ferry_child_fd() */
 };
 
 /* child.c: the next reply from the broker (no bookkeeping). */
@@ -93,6 +94,15 @@ int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t time
  * into @d: 0 (the reply's status is in d->status) or -errno.
  */
 int ferry_child_call_internal(struct ferry_child *c, struct ferry_desc *d, int64_t timeout_ns);
+/*
+ * child_fd.c, called under io_lock by a thread that is about to receive
+ * and may sleep on the bell (yield: the fd gives its wait on the bell up)
+ * and after any receive (received: the fd is told when it waits without
+ * the bell).  ferry_child_fd_free(): from ferry_child_fini().
+ */
+void ferry_child_fd_yield(struct ferry_child *c);
+void ferry_child_fd_received(struct ferry_child *c);
+void ferry_child_fd_free(struct ferry_child *c);
 
 struct hregion {
 	struct ferry_region *r;

@@ -1,0 +1,187 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""A helper's side: the request a handler gets, and the helper itself.
+
+Every view made here is of memory the request names, checked by libferry
+(ferry_helper_data, ferry_helper_tensors, ferry_helper_tensor_addr) and
+valid while the handler runs (or, for a deferred reply, until it is sent).
+"""
+import ctypes
+
+from . import _lib
+from ._lib import Desc, FerryError, lib
+from ._tensors import DeviceTensor, entry_view, numpy_dtype, view
+
+import numpy as np
+
+
+def _stream_ptr(s):
+    """A CUstream from an int, a torch.cuda.Stream or a CuPy stream."""
+    if s is None:
+        return None
+    if isinstance(s, int):
+        return s
+    for attr in ("cuda_stream", "ptr"):
+        v = getattr(s, attr, None)
+        if isinstance(v, int):
+            return v
+    raise TypeError(f"ferry: not a CUDA stream: {s!r}")
+
+
+class Helper:
+    """The helper process's handle (one per helper process)."""
+
+    def __init__(self, ptr):
+        self._h = ptr
+        self.index = lib.ferry_helper_index(ptr)
+        g = lib.ferry_helper_gpu(ptr)
+        self.gpu = g if g >= 0 else None
+        # The first of its streams, kept: h.stream is stable, next_stream() rotates.
+        s = lib.ferry_helper_stream(ptr)
+        self.stream = s if s else None
+        self.state = None	# whatever helper_init returned
+
+    def next_stream(self):
+        """One of the helper's CUDA streams, round robin (None without a GPU)."""
+        s = lib.ferry_helper_stream(self._h)
+        return s if s else None
+
+    def torch_stream(self, stream=None):
+        """@stream (default: h.stream) as a torch.cuda.ExternalStream."""
+        import torch
+        s = self.stream if stream is None else _stream_ptr(stream)
+        if s is None:
+            raise FerryError(19, "this helper has no GPU")
+        return torch.cuda.ExternalStream(s, device=torch.device("cuda", self.gpu))
+
+    @property
+    def pinned_count(self):
+        return lib.ferry_helper_pinned_count(self._h)
+
+    def pool_tensor(self, offset, shape, dtype):
+        """Bytes of this helper's pool: a numpy array (CPU pool) or a
+        DeviceTensor (GPU pool, for torch.from_dlpack)."""
+        from ._tensors import ferry_dtype
+        code = ferry_dtype(dtype)
+        n = lib.ferry_dtype_size(code)
+        for s in shape:
+            n *= s
+        addr = lib.ferry_helper_pool_addr(self._h, offset, n)
+        if not addr:
+            raise FerryError(22, f"pool range [{offset}, +{n}) is outside the pool")
+        if self.gpu is not None:
+            return DeviceTensor(addr, shape, code, None, self.gpu)
+        return view(addr, shape, numpy_dtype(code))
+
+
+class Request:
+    """One request, as a handler sees it.  req.reply is the reply's
+    descriptor (it starts as a copy of the request; set its offset, len and
+    arg[]); the handler's return value is the reply's status."""
+    __slots__ = ("helper", "_req", "_rep", "desc", "reply")
+
+    def __init__(self, helper, req, rep):
+        self.helper = helper
+        self._req = req
+        self._rep = rep
+        self.desc = Desc.from_address(req)
+        self.reply = Desc.from_address(rep)
+
+    op = property(lambda self: self.desc.op)
+    tag = property(lambda self: self.desc.tag)
+    flags = property(lambda self: self.desc.flags)
+    region = property(lambda self: self.desc.region, doc="the sending child's index")
+    offset = property(lambda self: self.desc.offset)
+    len = property(lambda self: self.desc.len)
+
+    @property
+    def args(self):
+        a = self.desc.arg
+        return (a[0], a[1], a[2])
+
+    def data(self, offset=None, length=None, dtype=np.uint8, shape=None):
+        """[offset, offset + length) of the sender's region (default: the
+        request's own offset and len) as a numpy array, checked."""
+        off = self.desc.offset if offset is None else offset
+        n = self.desc.len if length is None else length
+        if self.desc.flags & _lib.DESC_POOL and offset is None:
+            return self.helper.pool_tensor(off, (n,), np.uint8) if shape is None else \
+                self.helper.pool_tensor(off, shape, dtype)
+        addr = lib.ferry_helper_data(self.helper._h, self._req, off, n)
+        if not addr:
+            raise FerryError(14, f"[{off}, +{n}) is not the sender's memory")
+        dt = np.dtype(dtype)
+        if shape is None:
+            if n % dt.itemsize:
+                raise ValueError(f"ferry: {n} bytes are not whole {dt} items")
+            shape = (n // dt.itemsize,)
+        need = dt.itemsize
+        for s in shape:
+            need *= s
+        if need > n:
+            raise ValueError(f"ferry: shape {tuple(shape)} of {dt} needs {need} bytes, has {n}")
+        return view(addr, shape, dt)
+
+    def tensors(self):
+        """The request's tensor table as arrays: numpy views for bytes in the
+        sender's region (pinned on a GPU helper: torch.from_numpy(a).cuda(
+        non_blocking=True) copies at DMA speed) or a CPU pool, DeviceTensors
+        for bytes in a GPU pool.  [] for a request without a table."""
+        if not self.desc.flags & _lib.DESC_TENSORS:
+            return []
+        t = _lib.vp()
+        n = lib.ferry_helper_tensors(self.helper._h, self._req, ctypes.byref(t))
+        if n < 0:
+            raise FerryError(-n, "ferry_helper_tensors")
+        out = []
+        size = ctypes.sizeof(_lib.Tensor)
+        gpu = self.helper.gpu
+        for k in range(n):
+            ea = t.value + k * size
+            e = _lib.Tensor.from_address(ea)
+            addr = lib.ferry_helper_tensor_addr(self.helper._h, self._req, ea)
+            if not addr:
+                raise FerryError(14, f"tensor {k} is nowhere in this helper")
+            if e.where == 1 and gpu is not None:
+                shape = tuple(e.shape[d] for d in range(e.ndim))
+                strides = None
+                if any(e.strides[d] for d in range(e.ndim)):
+                    strides = tuple(e.strides[d] for d in range(e.ndim))
+                out.append(DeviceTensor(addr, shape, e.dtype, strides, gpu))
+            else:
+                out.append(entry_view(e, addr))
+        return out
+
+    @property
+    def pinned(self):
+        """Whether the sender's region is registered with CUDA by this helper."""
+        return bool(lib.ferry_helper_pinned(self.helper._h, self._req))
+
+    def pool_alloc(self, nbytes, stream=None):
+        """A pool block of @nbytes for the sender, from this helper's arena
+        (an output whose size only the handler knows): its offset.  Name it
+        in req.reply (offset/len with flags DESC_POOL, or a tensor table);
+        with a 0 status the child owns it and frees it, with an error it
+        goes back.  @stream: where the block is written (default: the
+        helper's h.stream on a GPU helper)."""
+        s = _stream_ptr(stream) if stream is not None else self.helper.stream
+        off = ctypes.c_uint64()
+        r = lib.ferry_helper_pool_alloc(self.helper._h, self._req, nbytes, s,
+                                        ctypes.byref(off))
+        if r < 0:
+            raise FerryError(-r, f"ferry_helper_pool_alloc({nbytes})")
+        return off.value
+
+    def defer(self, stream=None):
+        """Reply once the work queued on @stream (default: the helper's
+        h.stream) so far has completed; return what this returns from the
+        handler.  req.reply as it is now is what is sent."""
+        s = _stream_ptr(stream) if stream is not None else self.helper.stream
+        if s is None:
+            raise FerryError(19, "deferred replies need a GPU helper")
+        r = lib.ferry_helper_defer(self.helper._h, self._rep, s)
+        if r < 0:
+            raise FerryError(-r, "ferry_helper_defer")
+        return _lib.DEFERRED
+
+    def __repr__(self):
+        return f"Request({self.desc!r})"
