@@ -213,6 +213,18 @@ struct ferry_broker {
 	 */
 	bool poll;
 	/*
+	 * Sleeping dispatch (!poll): how long helpers took per op (EWMA by op
+	 * % 8, and its spread), so that with requests at helpers the thread
+	 * sleeps only until shortly before the first reply is due and spins
+	 * through it, instead of sleeping until the helper's bell (a wake-up
+	 * per reply, tens of microseconds from a deep idle state).
+	 * wake_late_ns: how late those timed sleeps ended; predicted_ns: the
+	 * end of the sleep now taken (0: none); spin_after_ns: the spin that
+	 * follows it.
+	 */
+	struct ferry_svc_expect { uint32_t op; uint64_t ewma_ns, dev_ns; } svc[8];
+	uint64_t wake_late_ns, predicted_ns, spin_after_ns;
+	/*
 	 * The CPU reserved for the dispatch thread (-1: none) and the mask its
 	 * peers run on (the broker's own mask without it): a single dispatch
 	 * thread is what every message goes through, and on a machine with

@@ -292,31 +292,48 @@ static bool broker_gone(const struct ferry_child *c)
  * Waiting for a call whose op took about as long before (expect_end_ns):
  * spinning first only pays for replies due within the spin.  A call
  * expected to take longer than EXPECT_LONG_NS sleeps at once; one expected
- * past the spin but sooner sleeps until EXPECT_MARGIN_NS before it is
- * due (or until a descriptor rings the bell, whichever is first), then
- * spins as usual, so its reply is caught without a wake-up.
+ * past the spin but sooner sleeps until shortly before it is due (or until
+ * a descriptor rings the bell, whichever is first), then spins through
+ * the spread calls of that op showed, so its reply is caught without a
+ * wake-up.  "Shortly": EXPECT_MARGIN_NS, plus twice the spread, plus how
+ * late this child's timed sleeps have been ending (deep idle states).
+ * The spin after the sleep is bounded by EXPECT_SPIN_MAX_NS.
  */
 #define EXPECT_LONG_NS (2 * 1000 * 1000)
-#define EXPECT_MARGIN_NS (15 * 1000)
+#define EXPECT_MARGIN_NS (10 * 1000)
+#define EXPECT_SPIN_MAX_NS (300 * 1000)
+#define EXPECT_LATE_MAX_NS (200 * 1000)
 
 static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t *timeout_ns,
-			  bool *no_spin)
+			  bool *no_spin, uint64_t *spin_after)
 {
-	uint64_t until = c->expect_end_ns, expected = until - c->expect_start_ns, now;
-	uint64_t spin = c->ch.spin_ns;
+	uint64_t until = c->expect_end_ns, expected = until - c->expect_start_ns, now, woke;
+	uint64_t spin = c->ch.spin_ns, dev = c->expect_dev_ns, margin, late;
 	int64_t pre;
 	int err;
 
-	if (!until || expected <= spin)
+	/* spin_ns 0 asks for no spinning at all: sleep at once, once. */
+	if (!until || !spin || expected <= spin)
 		return -EAGAIN;
 	if (expected >= EXPECT_LONG_NS) {
 		*no_spin = true;
 		return -EAGAIN;
 	}
+	/*
+	 * Spin through the spread past the due time, at least the usual spin;
+	 * not where peers outnumber CPUs (pause_ns 0): the spin would take the
+	 * CPU of the helper it waits for.
+	 */
+	*spin_after = c->ch.pause_ns ? EXPECT_MARGIN_NS + 4 * dev + c->wake_late_ns : 0;
+	if (*spin_after > EXPECT_SPIN_MAX_NS)
+		*spin_after = EXPECT_SPIN_MAX_NS;
+	margin = EXPECT_MARGIN_NS + 2 * dev + c->wake_late_ns;
+	if (margin > expected / 2)
+		margin = expected / 2;	/* sleep through half of it at least */
 	now = ferry_now_ns();
-	if (until < now + EXPECT_MARGIN_NS)
+	if (until < now + margin)
 		return -EAGAIN;
-	pre = (int64_t)(until - EXPECT_MARGIN_NS - now);
+	pre = (int64_t)(until - margin - now);
 	if (*timeout_ns >= 0 && pre > *timeout_ns)
 		pre = *timeout_ns;
 	c->ch.spin_ns = 0;
@@ -324,8 +341,17 @@ static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t
 	c->ch.spin_ns = spin;
 	if (err != -ETIMEDOUT)
 		return err;
+	woke = ferry_now_ns();
+	late = woke - now > (uint64_t)pre ? woke - now - (uint64_t)pre : 0;
+	if (late > EXPECT_LATE_MAX_NS)
+		late = EXPECT_LATE_MAX_NS;
+	c->wake_late_ns = c->wake_late_ns - c->wake_late_ns / 4 + late / 4;
+	if (*spin_after)
+		*spin_after += until > woke ? until - woke : 0;
+	if (*spin_after > EXPECT_SPIN_MAX_NS + expected / 4)
+		*spin_after = EXPECT_SPIN_MAX_NS + expected / 4;
 	if (*timeout_ns >= 0) {
-		*timeout_ns -= pre;
+		*timeout_ns -= (int64_t)(woke - now);
 		if (*timeout_ns <= 0)
 			return -ETIMEDOUT;
 	}
@@ -335,9 +361,9 @@ static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t
 int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t timeout_ns)
 {
 	const int64_t slice = 50 * 1000 * 1000;
-	uint64_t spin = c->ch.spin_ns;
+	uint64_t spin = c->ch.spin_ns, spin_after = 0;
 	bool no_spin = false;
-	int err = predicted_wait(c, rep, &timeout_ns, &no_spin);
+	int err = predicted_wait(c, rep, &timeout_ns, &no_spin, &spin_after);
 
 	if (err != -EAGAIN)
 		return err;
@@ -348,6 +374,9 @@ int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t time
 			t = slice;
 		if (no_spin)
 			c->ch.spin_ns = 0;
+		else if (spin_after > spin)
+			c->ch.spin_ns = spin_after;	/* once: the wait the prediction set up */
+		spin_after = 0;
 		err = ferry_chan_recv_wait(&c->ch, rep, t, NULL);
 		c->ch.spin_ns = spin;
 		if (err != -ETIMEDOUT || !c->attached)

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -139,6 +140,87 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
 	to_child(b, i, &d);
 }
 
+/*
+ * The sleeping dispatch's prediction (see ferry_broker.svc): a reply
+ * sooner than expected pulls the estimate down fast, a later one pushes
+ * it up slowly, as the children do (child_calls.c).
+ */
+#define SVC_LONG_NS (2 * 1000 * 1000)	/* longer: sleep until the bell */
+#define SVC_MARGIN_NS (10 * 1000)
+#define SVC_SPIN_MAX_NS (300 * 1000)
+#define SVC_LATE_MAX_NS (200 * 1000)
+
+static void svc_learn(struct ferry_broker *b, uint32_t op, uint64_t ns)
+{
+	struct ferry_svc_expect *e = &b->svc[op % 8];
+	uint64_t dev;
+
+	if (e->op != op || !e->ewma_ns) {
+		*e = (struct ferry_svc_expect){ .op = op, .ewma_ns = ns };
+		return;
+	}
+	dev = ns > e->ewma_ns ? ns - e->ewma_ns : e->ewma_ns - ns;
+	e->dev_ns = e->dev_ns - e->dev_ns / 4 + dev / 4;
+	if (ns < e->ewma_ns)
+		e->ewma_ns -= (e->ewma_ns - ns) / 2;
+	else
+		e->ewma_ns += (ns - e->ewma_ns) / 8;
+}
+
+/*
+ * Nanoseconds the loop may sleep before the first reply of a request at
+ * a helper is due (less the margin), -1 when no prediction applies, 0
+ * when one is due now (spin instead); sets spin_after_ns for the spin
+ * that follows.  Only requests whose op has a history shorter than
+ * SVC_LONG_NS count.
+ */
+static int64_t svc_due(struct ferry_broker *b)
+{
+	uint64_t now, best = UINT64_MAX, best_dev = 0;
+
+	/* Not where peers outnumber CPUs: the spin would take a helper's CPU. */
+	if (b->poll || b->oversub || !b->st.in_flight || !b->o.spin_ns)
+		return -1;
+	for (uint32_t s = 0; s < b->nslot; s++) {
+		const struct bslot *sl = &b->slot[s];
+		const struct ferry_svc_expect *e = &b->svc[sl->op % 8];
+		uint64_t margin, at;
+
+		if (!sl->used || !sl->sent_ns || e->op != sl->op || !e->ewma_ns ||
+		    e->ewma_ns >= SVC_LONG_NS || e->ewma_ns <= b->o.spin_ns)
+			continue;
+		margin = SVC_MARGIN_NS + 2 * e->dev_ns + b->wake_late_ns;
+		if (margin > e->ewma_ns / 2)
+			margin = e->ewma_ns / 2;
+		at = sl->sent_ns + e->ewma_ns - margin;
+		if (at < best) {
+			best = at;
+			best_dev = e->dev_ns;
+		}
+	}
+	if (best == UINT64_MAX)
+		return -1;
+	b->spin_after_ns = SVC_MARGIN_NS + 6 * best_dev + 2 * b->wake_late_ns;
+	if (b->spin_after_ns > SVC_SPIN_MAX_NS)
+		b->spin_after_ns = SVC_SPIN_MAX_NS;
+	now = ferry_now_ns();
+	return best > now ? (int64_t)(best - now) : 0;
+}
+
+/* After a predicted sleep: how late it ended, for the next one. */
+static void svc_woke(struct ferry_broker *b)
+{
+	uint64_t now = ferry_now_ns(), late;
+
+	if (!b->predicted_ns)
+		return;
+	late = now > b->predicted_ns ? now - b->predicted_ns : 0;
+	if (late > SVC_LATE_MAX_NS)
+		late = SVC_LATE_MAX_NS;
+	b->wake_late_ns = b->wake_late_ns - b->wake_late_ns / 4 + late / 4;
+	b->predicted_ns = 0;
+}
+
 static void slot_done(struct ferry_broker *b, uint32_t s)
 {
 	struct bslot *sl = &b->slot[s];
@@ -202,6 +284,8 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 			continue;
 		}
 		ferry_bpool_grants_settle(b, h, sl->child, sl, d.status == 0);
+		if (!b->poll && sl->sent_ns)
+			svc_learn(b, sl->op, ferry_now_ns() - sl->sent_ns);
 		d.tag = sl->child_tag;
 		d.region = sl->child;
 		d.op = sl->op;
@@ -328,7 +412,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	b->slot[s] = (struct bslot){
 		.used = true, .gen = b->slot[s].gen, .child = i,
 		.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag, .block = block,
-		.sent_ns = b->o.helper_timeout_ns ? ferry_now_ns() : 0, .table = -1,
+		.sent_ns = b->o.helper_timeout_ns || !b->poll ? ferry_now_ns() : 0, .table = -1,
 	};
 	if ((d.flags & FERRY_DESC_TENSORS) && ferry_btensors_take(b, i, (uint32_t)h, s, &d)) {
 		b->slot[s].used = false;
@@ -653,6 +737,12 @@ static bool spin(struct ferry_broker *b)
 	if (b->poll)
 		pause_ns = UINT64_MAX;
 	end = start + (b->poll ? 1000000 : b->o.spin_ns);
+	if (b->spin_after_ns && !b->poll) {
+		/* Through the reply a predicted sleep woke up for. */
+		if (start + b->spin_after_ns > end)
+			end = start + b->spin_after_ns;
+		b->spin_after_ns = 0;
+	}
 	do {
 		for (uint32_t h = 0; h < b->o.helpers; h++)
 			if (b->helper[h].alive && !b->helper[h].corrupt &&
@@ -729,6 +819,9 @@ void *ferry_dispatch_main(void *arg)
 		CPU_SET(b->dispatch_cpu, &one);
 		pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
 	}
+	/* Its predicted sleeps (svc_due) end when a reply is due, not up to
+	 * 50 us later (the default timer slack of a thread). */
+	prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
 	ferry_waitset_arm_eventfd(b->ws, KEY(KEY_STOP, 0), b->stop_efd);
 	if (b->listen_fd >= 0)
 		ferry_waitset_arm_poll(b->ws, KEY(KEY_LISTEN, 0), b->listen_fd);
@@ -773,10 +866,24 @@ void *ferry_dispatch_main(void *arg)
 		due = ferry_bpool_due(b);
 		if (due >= 0 && (timeout < 0 || due < timeout))
 			timeout = due;
+		b->spin_after_ns = 0;
+		if (timeout != 0 && (due = svc_due(b)) >= 0 && (timeout < 0 || due <= timeout)) {
+			/* Wake shortly before the first reply is due and spin. */
+			timeout = due;
+			b->predicted_ns = ferry_now_ns() + (uint64_t)due;
+		} else {
+			b->spin_after_ns = 0;
+		}
 		publish(b, timeout != 0);
 		n = ferry_waitset_wait(b->ws, keys, sizeof(keys) / sizeof(keys[0]), timeout);
 		if (n < 0 && n != -EINTR)
 			break;
+		if (b->predicted_ns) {
+			if (n == 0)
+				svc_woke(b);	/* the timer, not a bell: keep its spin */
+			else
+				b->predicted_ns = b->spin_after_ns = 0;
+		}
 		if (n > 0)
 			b->st.wakeups++;
 		for (int k = 0; k < n; k++) {

@@ -75,12 +75,16 @@ struct ferry_child {
 	/*
 	 * How long calls of each op took (child_calls.c), so a wait can sleep
 	 * until shortly before the reply is due instead of spinning first
-	 * (child.c): EWMA per op, by op % FERRY_EXPECT_OPS; and the end the
-	 * call being waited for is expected at (0: none).
+	 * (child.c): EWMA per op, by op % FERRY_EXPECT_OPS, with the EWMA of
+	 * how far calls strayed from it; the end the call being waited for is
+	 * expected at (0: none) and its spread.  wake_late_ns: how late this
+	 * child's timed sleeps ended (a CPU in a deep idle state wakes tens
+	 * of microseconds after its timer), so the next one starts earlier.
 	 */
 #define FERRY_EXPECT_OPS 8
-	struct ferry_expect { uint32_t op; uint64_t ewma_ns; } expect[FERRY_EXPECT_OPS];
-	_Atomic uint64_t expect_start_ns, expect_end_ns;	/* read by the receiving thread */
+	struct ferry_expect { uint32_t op; uint64_t ewma_ns, dev_ns; } expect[FERRY_EXPECT_OPS];
+	_Atomic uint64_t expect_start_ns, expect_end_ns, expect_dev_ns;	/* read by the receiver */
+	uint64_t wake_late_ns;
 	/* calls waiting for their reply, by internal tag (window at most) */
 	struct ferry_waiter { uint64_t tag; bool used, done; struct ferry_desc rep; } *waiter;
 	unsigned int nwaiters;		/* used entries */
