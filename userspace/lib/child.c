@@ -294,21 +294,26 @@ static bool broker_gone(const struct ferry_child *c)
  * expected to take longer than EXPECT_LONG_NS sleeps at once; one expected
  * past the spin but sooner sleeps until shortly before it is due (or until
  * a descriptor rings the bell, whichever is first), then spins through
- * the spread calls of that op showed, so its reply is caught without a
- * wake-up.  "Shortly": EXPECT_MARGIN_NS, plus twice the spread, plus how
- * late this child's timed sleeps have been ending (deep idle states).
- * The spin after the sleep is bounded by EXPECT_SPIN_MAX_NS.
+ * it, so its reply is caught without a wake-up.  "Shortly": EXPECT_MARGIN_NS
+ * plus the spread calls of that op showed plus how late this child's
+ * timed sleeps have been ending (deep idle states).  What it spins in all
+ * is bounded by a sixteenth of the call (at least 3 margins): a win bought
+ * by burning a core is not one.
  */
-#define EXPECT_LONG_NS (2 * 1000 * 1000)
+#define EXPECT_LONG_NS (10 * 1000 * 1000)
 #define EXPECT_MARGIN_NS (10 * 1000)
-#define EXPECT_SPIN_MAX_NS (300 * 1000)
 #define EXPECT_LATE_MAX_NS (200 * 1000)
+
+static uint64_t spin_budget(uint64_t expected)
+{
+	return expected / 16 > 3 * EXPECT_MARGIN_NS ? expected / 16 : 3 * EXPECT_MARGIN_NS;
+}
 
 static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t *timeout_ns,
 			  bool *no_spin, uint64_t *spin_after)
 {
 	uint64_t until = c->expect_end_ns, expected = until - c->expect_start_ns, now, woke;
-	uint64_t spin = c->ch.spin_ns, dev = c->expect_dev_ns, margin, late;
+	uint64_t spin = c->ch.spin_ns, budget = spin_budget(expected), margin, late;
 	int64_t pre;
 	int err;
 
@@ -319,17 +324,9 @@ static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t
 		*no_spin = true;
 		return -EAGAIN;
 	}
-	/*
-	 * Spin through the spread past the due time, at least the usual spin;
-	 * not where peers outnumber CPUs (pause_ns 0): the spin would take the
-	 * CPU of the helper it waits for.
-	 */
-	*spin_after = c->ch.pause_ns ? EXPECT_MARGIN_NS + 4 * dev + c->wake_late_ns : 0;
-	if (*spin_after > EXPECT_SPIN_MAX_NS)
-		*spin_after = EXPECT_SPIN_MAX_NS;
-	margin = EXPECT_MARGIN_NS + 2 * dev + c->wake_late_ns;
-	if (margin > expected / 2)
-		margin = expected / 2;	/* sleep through half of it at least */
+	margin = EXPECT_MARGIN_NS + c->expect_dev_ns + c->wake_late_ns;
+	if (margin > budget * 2 / 3)
+		margin = budget * 2 / 3;
 	now = ferry_now_ns();
 	if (until < now + margin)
 		return -EAGAIN;
@@ -346,10 +343,13 @@ static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t
 	if (late > EXPECT_LATE_MAX_NS)
 		late = EXPECT_LATE_MAX_NS;
 	c->wake_late_ns = c->wake_late_ns - c->wake_late_ns / 4 + late / 4;
-	if (*spin_after)
-		*spin_after += until > woke ? until - woke : 0;
-	if (*spin_after > EXPECT_SPIN_MAX_NS + expected / 4)
-		*spin_after = EXPECT_SPIN_MAX_NS + expected / 4;
+	/*
+	 * The budget is spent from now on: through the margin left and past
+	 * the due time.  Not where peers outnumber CPUs (pause_ns 0): the
+	 * spin would take the CPU of the helper it waits for.
+	 */
+	if (c->ch.pause_ns)
+		*spin_after = budget;
 	if (*timeout_ns >= 0) {
 		*timeout_ns -= (int64_t)(woke - now);
 		if (*timeout_ns <= 0)

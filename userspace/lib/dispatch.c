@@ -145,10 +145,15 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
  * sooner than expected pulls the estimate down fast, a later one pushes
  * it up slowly, as the children do (child_calls.c).
  */
-#define SVC_LONG_NS (2 * 1000 * 1000)	/* longer: sleep until the bell */
+#define SVC_LONG_NS (10 * 1000 * 1000)	/* longer: sleep until the bell */
 #define SVC_MARGIN_NS (10 * 1000)
-#define SVC_SPIN_MAX_NS (300 * 1000)
 #define SVC_LATE_MAX_NS (200 * 1000)
+
+/* What one predicted wake may spin in all: a sixteenth of the request. */
+static uint64_t svc_budget(uint64_t expected)
+{
+	return expected / 16 > 3 * SVC_MARGIN_NS ? expected / 16 : 3 * SVC_MARGIN_NS;
+}
 
 static void svc_learn(struct ferry_broker *b, uint32_t op, uint64_t ns)
 {
@@ -171,12 +176,12 @@ static void svc_learn(struct ferry_broker *b, uint32_t op, uint64_t ns)
  * Nanoseconds the loop may sleep before the first reply of a request at
  * a helper is due (less the margin), -1 when no prediction applies, 0
  * when one is due now (spin instead); sets spin_after_ns for the spin
- * that follows.  Only requests whose op has a history shorter than
- * SVC_LONG_NS count.
+ * that follows (svc_budget).  Only requests whose op has a history
+ * shorter than SVC_LONG_NS count.
  */
 static int64_t svc_due(struct ferry_broker *b)
 {
-	uint64_t now, best = UINT64_MAX, best_dev = 0;
+	uint64_t now, best = UINT64_MAX, best_budget = 0;
 
 	/* Not where peers outnumber CPUs: the spin would take a helper's CPU. */
 	if (b->poll || b->oversub || !b->st.in_flight || !b->o.spin_ns)
@@ -189,20 +194,18 @@ static int64_t svc_due(struct ferry_broker *b)
 		if (!sl->used || !sl->sent_ns || e->op != sl->op || !e->ewma_ns ||
 		    e->ewma_ns >= SVC_LONG_NS || e->ewma_ns <= b->o.spin_ns)
 			continue;
-		margin = SVC_MARGIN_NS + 2 * e->dev_ns + b->wake_late_ns;
-		if (margin > e->ewma_ns / 2)
-			margin = e->ewma_ns / 2;
+		margin = SVC_MARGIN_NS + e->dev_ns + b->wake_late_ns;
+		if (margin > svc_budget(e->ewma_ns) * 2 / 3)
+			margin = svc_budget(e->ewma_ns) * 2 / 3;
 		at = sl->sent_ns + e->ewma_ns - margin;
 		if (at < best) {
 			best = at;
-			best_dev = e->dev_ns;
+			best_budget = svc_budget(e->ewma_ns);
 		}
 	}
 	if (best == UINT64_MAX)
 		return -1;
-	b->spin_after_ns = SVC_MARGIN_NS + 6 * best_dev + 2 * b->wake_late_ns;
-	if (b->spin_after_ns > SVC_SPIN_MAX_NS)
-		b->spin_after_ns = SVC_SPIN_MAX_NS;
+	b->spin_after_ns = best_budget;
 	now = ferry_now_ns();
 	return best > now ? (int64_t)(best - now) : 0;
 }

@@ -37,11 +37,13 @@ struct e2e_shared {
 	double seconds;			/* aggregate run length */
 	unsigned int rounds[NSIZES];
 	double p50_us[NSIZES], p99_us[NSIZES];
+	double copy_us[NSIZES];		/* the copies alone, inside the helper */
 	struct bench_cpu cpu[NSIZES];
 	uint64_t child_ns[AGG_CHILDREN];	/* each child's CPU in its phase */
 	uint64_t reqs[AGG_CHILDREN];
 	uint64_t bytes[AGG_CHILDREN];
 	_Atomic int started, stop;
+	_Atomic int timing, sampled;	/* a phase's timed part starts: CPU read */
 	double agg_gbps;
 	struct bench_cpu agg_cpu;
 	uint64_t t[];			/* latency samples of one size */
@@ -66,7 +68,11 @@ static int helper_init(struct ferry_helper *h, void *arg)
 	return 0;
 }
 
-/* (offset, len) -> device -> (arg[0], len), on one stream, deferred. */
+/*
+ * Op 1: (offset, len) -> device -> (arg[0], len), on one stream, deferred.
+ * Op 2: the same copies, waited for in the handler and timed there
+ * (arg[1]: ns): what they cost from the region without the transport.
+ */
 static int handler(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep,
 		   void *arg)
 {
@@ -83,9 +89,17 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req, struct 
 		;
 	if (k == MAX_STREAMS)
 		return -ENOSPC;
+	uint64_t t0 = bench_now_ns();
+
 	if (cu->cuMemcpyHtoDAsync(scratch[k], in, req->len, (CUstream)st) ||
 	    cu->cuMemcpyDtoHAsync(out, scratch[k], req->len, (CUstream)st))
 		return -EIO;
+	if (req->op == 2) {
+		if (cu->cuStreamSynchronize((CUstream)st))
+			return -EIO;
+		rep->arg[1] = bench_now_ns() - t0;
+		return 0;
+	}
 	return ferry_helper_defer(h, rep, st) ? -EIO : FERRY_DEFERRED;
 }
 
@@ -94,15 +108,25 @@ static unsigned int rounds_for(size_t len)
 	return len >= (256u << 20) ? 20 : len >= (16u << 20) ? 100 : 2000;
 }
 
-static int call(struct ferry_child *c, uint8_t *in, uint8_t *out, size_t len)
+static int call_op(struct ferry_child *c, uint32_t op, uint8_t *in, uint8_t *out, size_t len,
+		   uint64_t *copy_ns)
 {
-	struct ferry_desc d = { .op = 1, .offset = ferry_offset(c, in), .len = len,
+	struct ferry_desc d = { .op = op, .offset = ferry_offset(c, in), .len = len,
 				.arg = { ferry_offset(c, out) } }, rep;
 
-	return ferry_call(c, &d, &rep) || rep.status ? -1 : 0;
+	if (ferry_call(c, &d, &rep) || rep.status)
+		return -1;
+	if (copy_ns)
+		*copy_ns = rep.arg[1];
+	return 0;
 }
 
-/* Latency child: every size, timed; first and last round checked. */
+static int call(struct ferry_child *c, uint8_t *in, uint8_t *out, size_t len)
+{
+	return call_op(c, 1, in, out, len, NULL);
+}
+
+/* Latency child: every size, timed; what the timed calls brought back is checked. */
 static int lat_child(struct ferry_child *c, void *arg)
 {
 	struct e2e_shared *sh = arg;
@@ -120,13 +144,15 @@ static int lat_child(struct ferry_child *c, void *arg)
 		for (unsigned int r = 0; r < 5; r++)	/* warm up */
 			if (call(c, in, out, len))
 				return 2;
+		memset(out, 0, len);	/* the timed calls bring it back */
+		/* The parent reads the others' CPU clocks as timing starts. */
+		atomic_store(&sh->timing, s + 1);
+		while (atomic_load(&sh->sampled) != s + 1)
+			usleep(50);
 		cpu0 = bench_self_cpu_ns();
 		for (unsigned int r = 0; r < n; r++) {
-			uint64_t t0;
+			uint64_t t0 = bench_now_ns();
 
-			if (r == n - 1)
-				memset(out, 0, len);	/* the last one is checked */
-			t0 = bench_now_ns();
 			if (call(c, in, out, len))
 				return 3;
 			sh->t[r] = bench_now_ns() - t0;
@@ -137,10 +163,14 @@ static int lat_child(struct ferry_child *c, void *arg)
 		sh->p50_us[s] = bench_pct_ns(sh->t, n, 50) / 1e3;
 		sh->p99_us[s] = bench_pct_ns(sh->t, n, 99) / 1e3;
 		sh->rounds[s] = n;
-		/* The parent reads the dispatch's and the helper's CPU now. */
+		/* Where the rest goes: the copies timed inside the helper. */
 		atomic_store(&sh->started, s + 1);
 		while (atomic_load(&sh->stop) != s + 1)
 			usleep(100);
+		for (unsigned int r = 0; r < n; r++)
+			if (call_op(c, 2, in, out, len, &sh->t[r]))
+				return 5;
+		sh->copy_us[s] = bench_pct_ns(sh->t, n, 50) / 1e3;
 	}
 	return 0;
 }
@@ -199,9 +229,12 @@ static int run_brokers(struct e2e_shared *sh)
 	if (ferry_broker_start(&o, &b))
 		return 10;
 	for (int s = 0; s < NSIZES; s++) {
+		while (atomic_load(&sh->timing) != s + 1 && ferry_broker_wait(b, 0) == -ETIMEDOUT)
+			usleep(50);
 		ferry_broker_stats(b, &st);
 		disp0 = st.dispatch_cpu_ns;
 		help0 = helpers_cpu(b, 1);
+		atomic_store(&sh->sampled, s + 1);
 		while (atomic_load(&sh->started) != s + 1 && ferry_broker_wait(b, 0) == -ETIMEDOUT)
 			usleep(100);
 		if (atomic_load(&sh->started) != s + 1)
@@ -339,21 +372,25 @@ int ferry_bench_e2e(int argc, char **argv)
 	}
 	printf("# ferry-bench e2e: child -> GPU helper (H2D + D2H on its stream) -> child, "
 	       "1 child x 1 helper, p50\n");
-	printf("%10s %12s %12s %12s %8s %28s\n", "tensor", "ferry p50 us", "ferry p99 us",
-	       "floor p50 us", "ratio", "CPU-us/req child/disp/helper");
+	printf("%10s %12s %12s %12s %8s %13s %28s\n", "tensor", "ferry p50 us", "ferry p99 us",
+	       "floor p50 us", "ratio", "in-helper us", "CPU-us/req child/disp/helper");
 	for (int s = 0; s < NSIZES; s++)
-		printf("%9zuK %12.1f %12.1f %12.1f %7.2fx %10.1f %6.1f %6.1f\n", sizes[s] >> 10,
-		       sh->p50_us[s], sh->p99_us[s], fl[s], sh->p50_us[s] / fl[s],
-		       sh->cpu[s].child_us, sh->cpu[s].dispatch_us, sh->cpu[s].helper_us);
+		printf("%9zuK %12.1f %12.1f %12.1f %7.2fx %13.1f %10.1f %6.1f %6.1f\n",
+		       sizes[s] >> 10, sh->p50_us[s], sh->p99_us[s], fl[s], sh->p50_us[s] / fl[s],
+		       sh->copy_us[s], sh->cpu[s].child_us, sh->cpu[s].dispatch_us,
+		       sh->cpu[s].helper_us);
+	printf("(in-helper: the same copies waited for inside the handler, from the child's "
+	       "region, no transport)\n");
 	printf("aggregate %d children x %d helpers, %u KiB each way: %.2f GB/s in + out "
 	       "(CPU-us/req child %.1f dispatch %.1f helper %.1f)\n", AGG_CHILDREN, AGG_HELPERS,
 	       AGG_SIZE >> 10, sh->agg_gbps, sh->agg_cpu.child_us, sh->agg_cpu.dispatch_us,
 	       sh->agg_cpu.helper_us);
 	printf("bench=e2e");
 	for (int s = 0; s < NSIZES; s++)
-		printf(" p50_%zuk_us=%.1f floor_%zuk_us=%.1f ratio_%zuk=%.3f cpu_helper_%zuk_us=%.1f",
-		       sizes[s] >> 10, sh->p50_us[s], sizes[s] >> 10, fl[s], sizes[s] >> 10,
-		       sh->p50_us[s] / fl[s], sizes[s] >> 10, sh->cpu[s].helper_us);
+		printf(" p50_%zuk_us=%.1f floor_%zuk_us=%.1f ratio_%zuk=%.3f copy_%zuk_us=%.1f "
+		       "cpu_helper_%zuk_us=%.1f", sizes[s] >> 10, sh->p50_us[s], sizes[s] >> 10,
+		       fl[s], sizes[s] >> 10, sh->p50_us[s] / fl[s], sizes[s] >> 10,
+		       sh->copy_us[s], sizes[s] >> 10, sh->cpu[s].helper_us);
 	printf(" agg_gbps=%.2f agg_cpu_child_us=%.1f agg_cpu_dispatch_us=%.1f agg_cpu_helper_us=%.1f\n",
 	       sh->agg_gbps, sh->agg_cpu.child_us, sh->agg_cpu.dispatch_us, sh->agg_cpu.helper_us);
 	munmap(sh, bytes);
