@@ -263,7 +263,7 @@ $(BUILD)/tests/fixtures/libnotcuda.so: tests/fixtures/notcuda.c
 
 $(BUILD)/tests/fixtures/libfakecuda.so: tests/fixtures/fakecuda.c
 	@mkdir -p $(@D)
-	$(CC) -shared -fPIC -O2 -Wall -Wextra -Werror -isystem $(CUDA_INC) -o $@ $<
+	$(CC) -shared -fPIC -O2 -pthread -Wall -Wextra -Werror -isystem $(CUDA_INC) -o $@ $<
 
 # Tools for the VM's initramfs: static, like the test binaries.
 $(BUILD)/vm-tools/ferryctl: userspace/tools/ferryctl.c $(LIB_A)

@@ -29,7 +29,8 @@
 #include "ferry.h"
 #include "kselftest_harness.h"
 
-enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3, OP_POOL_COPY = 4, OP_POOL_MAKE = 5 };
+enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3, OP_POOL_COPY = 4, OP_POOL_MAKE = 5,
+       OP_HOLD = 6 };
 #define SCRATCH (4u << 20)
 
 /* GPUs seen by a forked child (CUDA stays out of this process); why if none. */
@@ -70,6 +71,24 @@ static int gpus_elsewhere(char *why, size_t len)
 	} while (0)
 
 static CUdeviceptr scratch;	/* per helper process, made in helper_init */
+
+/*
+ * A stream kept busy after the reply (OP_HOLD): a host function that
+ * returns once @release is set, in memory shared by the test's processes.
+ */
+struct hold {
+	_Atomic int release, phase;
+	_Atomic uint64_t block;
+};
+static struct hold *hold;
+
+static void CUDA_CB hold_stream(void *arg)
+{
+	struct hold *hd = arg;
+
+	for (int i = 0; i < 60000 && !atomic_load(&hd->release); i++)
+		usleep(1000);
+}
 static void *streams_seen[4];	/* the helper's streams, in the order met */
 
 static int helper_init(struct ferry_helper *h, void *arg)
@@ -145,6 +164,13 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 		rep->offset = off;
 		rep->len = req->arg[0];
 		return ferry_helper_defer(h, rep, st) ? -EIO : FERRY_DEFERRED;
+	}
+	if (req->op == OP_HOLD) {
+		/* Work left on a stream, and a reply that does not wait for it. */
+		st = ferry_helper_stream(h);
+		if (!hold || cu->cuLaunchHostFunc((CUstream)st, hold_stream, hold))
+			return -EIO;
+		return 0;
 	}
 	if (req->op == OP_PINNED) {
 		rep->arg[0] = ferry_helper_pinned(h, req);
@@ -599,6 +625,97 @@ TEST(outputs_made_by_gpu_helpers_for_children)
 	EXPECT_EQ(400, st.pool_frees);
 	EXPECT_EQ(0, st.bad_reply);
 	ferry_broker_stop(b);
+}
+
+#define HOLD_BYTES (40u << 20)	/* of a 64 MiB pool: one fits at a time */
+
+static bool wait_phase(int want)
+{
+	for (int i = 0; i < 60000; i++) {
+		if (atomic_load(&hold->phase) >= want)
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+static uint64_t ms_since(struct timespec *t0)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (uint64_t)(t1.tv_sec - t0->tv_sec) * 1000 + (uint64_t)(t1.tv_nsec / 1000000) -
+	       (uint64_t)(t0->tv_nsec / 1000000);
+}
+
+/*
+ * Child 0 has a helper leave work on a stream that names its block, and
+ * frees the block; child 1 must not get those bytes while the stream
+ * runs (its allocations fail after their timeout, the one that does not
+ * wait included), and gets them once it ends.
+ */
+static int holder(struct ferry_child *c, void *arg)
+{
+	struct ferry_desc d = { .op = OP_HOLD, .flags = FERRY_DESC_POOL, .len = HOLD_BYTES }, rep;
+	struct timespec t0;
+	uint64_t off;
+
+	(void)arg;
+	if (ferry_child_index(c) == 0) {
+		if (ferry_child_pool_alloc(c, HOLD_BYTES, &off))
+			return 10;
+		d.offset = off;
+		atomic_store(&hold->block, off);
+		if (ferry_call(c, &d, &rep) || rep.status)
+			return 11;
+		if (ferry_child_pool_free(c, off))
+			return 12;	/* nothing of it is at a helper: no -EBUSY */
+		atomic_store(&hold->phase, 1);
+		return wait_phase(3) ? 0 : 13;
+	}
+	if (!wait_phase(1))
+		return 20;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (ferry_child_pool_alloc_timeout(c, HOLD_BYTES, 50LL * 1000000, &off) != -ENOMEM)
+		return 21;	/* handed out under the stream's feet */
+	if (ms_since(&t0) < 50)
+		return 22;
+	if (ferry_child_pool_alloc(c, HOLD_BYTES, &off) != -ENOMEM)
+		return 23;
+	atomic_store(&hold->release, 1);
+	if (ferry_child_pool_alloc_timeout(c, HOLD_BYTES, 30LL * 1000000000, &off))
+		return 24;	/* the fence came: the block is free */
+	if (off != atomic_load(&hold->block))
+		return 25;
+	if (ferry_child_pool_free(c, off))
+		return 26;
+	atomic_store(&hold->phase, 3);
+	return 0;
+}
+
+TEST(freed_blocks_wait_for_the_helpers_streams)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker_stats st;
+	struct ferry_broker *b;
+
+	NEED_GPU();
+	hold = mmap(NULL, sizeof(*hold), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, hold);
+	opts_for(&o, 2, 1);
+	o.child_fn = holder;
+	o.pool_size = 64u << 20;
+	o.helper_pool_bytes = 4u << 20;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(2, st.pool_allocs);
+	EXPECT_EQ(2, st.pool_frees);
+	EXPECT_EQ(2, st.pool_oom);
+	atomic_store(&hold->release, 1);
+	ferry_broker_stop(b);
+	munmap(hold, sizeof(*hold));
+	hold = NULL;
 }
 
 TEST(defer_refused_without_a_gpu)

@@ -99,10 +99,22 @@ struct bpool {
 		uint32_t child;
 		uint64_t tag, len;
 		uint64_t deadline;	/* CLOCK_MONOTONIC ns; UINT64_MAX: none */
+		bool fenced;		/* its timeout came: streams fenced, last try */
 	} *waiters;
 	unsigned int nwait, capwait;
 	struct barena *arenas;
 	unsigned int narenas;
+	/*
+	 * GPU pools: blocks children freed, held until every helper of the
+	 * pool has fenced its streams past the free (struct ferry_arena_shm's
+	 * fence_want/_done), oldest first, so that no block is handed out
+	 * again while a stream a handler queued work on may still touch it
+	 * (its reply need not have been deferred).  @epoch: the last free's;
+	 * @asked: the epoch asked of the helpers; @asked_ns: when.
+	 */
+	struct bquar { uint64_t off, size, epoch; int32_t arena; } *quar;
+	unsigned int nquar, capquar;
+	uint64_t epoch, asked, asked_ns;
 };
 
 /* Checked tensor tables per helper: one place per request it may hold. */
@@ -143,6 +155,7 @@ struct bhelper {
 	 * and the shared page that tells the helper about it. */
 	int32_t arena;
 	struct ferry_arena_shm *arena_shm;
+	uint64_t fence_base;	/* its pool's epoch when this incarnation began */
 };
 
 /* A request at a helper. */

@@ -10,9 +10,14 @@
  *              VMM fd, which the broker keeps: the allocation outlives that
  *              helper, and a restarted helper imports it like the others.
  *              The CPU pool is a sealed memfd the broker makes itself.
- *   offsets    the broker's allocator (no CUDA needed: a helper replies only
- *              after its stream's work is done, so a block the child frees
- *              afterwards is idle).  Every block belongs to one child.
+ *   offsets    the broker's allocator, without CUDA.  Every block belongs
+ *              to one child.  A block a child frees in a GPU pool is held
+ *              (quarantine) until every helper of the pool has fenced its
+ *              streams past the free: a handler may have replied while
+ *              work it queued on a stream still touches the block (a reply
+ *              it did not defer), and that work must end before the block
+ *              is another child's.  Fences are asked at most every
+ *              FENCE_EVERY_NS, at once when an allocation finds no room.
  *              Each helper also gets an arena, one range of its pool that
  *              it sub-allocates itself for outputs only it can size
  *              (ferry_helper_pool_alloc): a block it makes becomes the
@@ -39,6 +44,9 @@
 #define POOL_ALIGN 256		/* what cudaMalloc guarantees */
 #define MAX_BLOCKS 65536	/* live blocks one child may hold */
 #define CREATE_TIMEOUT_MS 120000	/* a helper's CUDA start-up can be slow */
+#define FENCE_EVERY_NS (1000 * 1000)	/* quarantined blocks: ask helpers to fence */
+#define FENCE_LOOK_NS (200 * 1000)	/* ... and look again, under pressure */
+#define FENCE_GRACE_NS (1000LL * 1000 * 1000)	/* a last try waits this for fences */
 
 unsigned int ferry_bpool_of_child(const struct ferry_broker *b, unsigned int i)
 {
@@ -104,6 +112,7 @@ void ferry_bpool_destroy(struct ferry_broker *b)
 		if (p->cpu)
 			ferry_pool_close(p->cpu);
 		free(p->waiters);
+		free(p->quar);
 		for (unsigned int k = 0; k < p->narenas; k++)
 			free(p->arenas[k].backlog);
 		free(p->arenas);
@@ -329,15 +338,118 @@ static void arena_return(struct ferry_broker *b, struct bpool *p, unsigned int k
 	a->backlog[a->nbacklog++] = off;
 }
 
+/* Block @off (of arena @arena, or -1) is free for reuse now. */
+static void block_reuse(struct ferry_broker *b, struct bpool *p, uint64_t off, int32_t arena)
+{
+	if (arena < 0) {
+		ferry_palloc_free(p->alloc, off);
+		return;
+	}
+	p->arenas[arena].live--;
+	arena_return(b, p, (unsigned int)arena, off);
+}
+
+/* ---- stream fences (GPU pools) ---- */
+
+static unsigned int pool_index(const struct ferry_broker *b, const struct bpool *p)
+{
+	return (unsigned int)(p - b->pool);
+}
+
+/*
+ * The epoch every helper of @p has fenced: a live helper's word (or its
+ * incarnation's start, before which it queued nothing); a dead one's
+ * streams went with it.  UINT64_MAX when no helper is there.
+ */
+static uint64_t fenced_epoch(const struct ferry_broker *b, const struct bpool *p)
+{
+	unsigned int pi = pool_index(b, p);
+	uint64_t low = UINT64_MAX;
+
+	for (unsigned int h = 0; h < b->o.helpers; h++) {
+		const struct bhelper *hp = &b->helper[h];
+		uint64_t done;
+
+		if (!hp->alive || !hp->arena_shm || ferry_bpool_of_helper(b, h) != pi)
+			continue;
+		done = atomic_load_explicit((_Atomic uint64_t *)&hp->arena_shm->fence_done,
+					    memory_order_acquire);
+		if (done < hp->fence_base)
+			done = hp->fence_base;
+		if (done < low)
+			low = done;
+	}
+	return low;
+}
+
+/* Ask every helper of @p to fence up to the last free, and wake it. */
+static void fence_ask(struct ferry_broker *b, struct bpool *p, uint64_t now)
+{
+	unsigned int pi = pool_index(b, p);
+
+	p->asked_ns = now;
+	if (p->asked == p->epoch)
+		return;
+	p->asked = p->epoch;
+	for (unsigned int h = 0; h < b->o.helpers; h++) {
+		struct bhelper *hp = &b->helper[h];
+
+		if (!hp->alive || !hp->arena_shm || ferry_bpool_of_helper(b, h) != pi)
+			continue;
+		atomic_store_explicit((_Atomic uint64_t *)&hp->arena_shm->fence_want, p->epoch,
+				      memory_order_release);
+		ferry_chan_kick(&hp->chan.ch, FERRY_TO_PEER);
+	}
+}
+
+/* Quarantined blocks whose fences are done are free again: true if any. */
+static bool fence_reclaim(struct ferry_broker *b, struct bpool *p)
+{
+	uint64_t done;
+	unsigned int k = 0;
+
+	if (!p->nquar)
+		return false;
+	done = fenced_epoch(b, p);
+	while (k < p->nquar && p->quar[k].epoch <= done) {
+		block_reuse(b, p, p->quar[k].off, p->quar[k].arena);
+		k++;
+	}
+	if (!k)
+		return false;
+	memmove(p->quar, p->quar + k, (p->nquar - k) * sizeof(*p->quar));
+	p->nquar -= k;
+	return true;
+}
+
 /* A child's block @bl is freed (by it, or with it). */
 static void block_free(struct ferry_broker *b, struct bpool *p, struct bblock *bl)
 {
-	if (bl->arena < 0) {
-		ferry_palloc_free(p->alloc, bl->off);
+	/*
+	 * At once: a CPU pool or no helper left (no streams), or a block of a
+	 * helper's arena, whose own allocator orders its reuse after the
+	 * stream it was made on (helper_pool.c); another helper's work on
+	 * such a block is covered by that helper's deferred reply only.
+	 */
+	if (p->cpu || bl->arena >= 0 || fenced_epoch(b, p) == UINT64_MAX) {
+		block_reuse(b, p, bl->off, bl->arena);
 		return;
 	}
-	p->arenas[bl->arena].live--;
-	arena_return(b, p, (unsigned int)bl->arena, bl->off);
+	if (p->nquar == p->capquar) {
+		unsigned int cap = p->capquar ? 2 * p->capquar : 64;
+		struct bquar *t = realloc(p->quar, cap * sizeof(*t));
+
+		if (!t) {
+			/* No room to remember it: wait for the streams here. */
+			fprintf(stderr, "ferry: pool block quarantine: out of memory\n");
+			return;	/* the block stays lost rather than reused unsafely */
+		}
+		p->quar = t;
+		p->capquar = cap;
+	}
+	p->quar[p->nquar++] = (struct bquar){
+		.off = bl->off, .size = bl->size, .epoch = ++p->epoch, .arena = bl->arena,
+	};
 }
 
 static uint64_t arena_bytes(const struct ferry_broker *b, unsigned int h)
@@ -359,6 +471,8 @@ void ferry_bpool_helper_arena(struct ferry_broker *b, unsigned int h)
 	uint64_t bytes = arena_bytes(b, h), off;
 	unsigned int k;
 
+	/* A new incarnation: nothing it queues can touch blocks freed before. */
+	hp->fence_base = p ? p->epoch : 0;
 	hp->arena = -1;
 	if (!p || !p->made || bytes < POOL_ALIGN)
 		return;
@@ -487,12 +601,14 @@ static void serve_waiters(struct ferry_broker *b, struct bpool *p)
 	}
 }
 
-/* Park an ALLOC that found no room; false (answer now) if it cannot wait. */
+/*
+ * Park an ALLOC that found no room; false (answer now) if it cannot wait.
+ * @timeout: ns (< 0: for ever).  @fenced: its last try (an ALLOC that does
+ * not wait, parked only until the quarantine's fences are done).
+ */
 static bool park(struct ferry_broker *b, struct bpool *p, unsigned int i,
-		 const struct ferry_desc *d)
+		 const struct ferry_desc *d, int64_t timeout, bool fenced)
 {
-	int64_t timeout = (int64_t)d->arg[1];
-
 	if (p->nwait == p->capwait) {
 		unsigned int cap = p->capwait ? 2 * p->capwait : 16;
 		struct bpool_waiter *t = realloc(p->waiters, cap * sizeof(*t));
@@ -506,6 +622,7 @@ static bool park(struct ferry_broker *b, struct bpool *p, unsigned int i,
 	p->waiters[p->nwait++] = (struct bpool_waiter){
 		.child = i, .tag = d->tag, .len = d->len,
 		.deadline = timeout < 0 ? UINT64_MAX : ferry_now_ns() + (uint64_t)timeout,
+		.fenced = fenced,
 	};
 	return true;
 }
@@ -538,8 +655,10 @@ bool ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_de
 			*bl = c->blocks[--c->nblocks];
 			d->status = 0;
 			b->st.pool_frees++;
-			if (p->nwait)
+			if (p->nwait) {
+				fence_ask(b, p, ferry_now_ns());
 				serve_waiters(b, p);
+			}
 		}
 		return true;
 	}
@@ -551,12 +670,23 @@ bool ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_de
 	 * One that may wait joins the queue when there is one (the oldest
 	 * waiter that fits goes first), or when there is no room.
 	 */
-	if (d->arg[0] && d->arg[1] != 0 && p->nwait && park(b, p, i, d)) {
+	if (d->arg[0] && d->arg[1] != 0 && p->nwait && park(b, p, i, d, (int64_t)d->arg[1], false)) {
 		serve_waiters(b, p);
 		return false;
 	}
 	err = alloc_for(b, i, p, d->len, &off);
-	if (err == -ENOMEM && d->arg[0] && d->arg[1] != 0 && park(b, p, i, d))
+	if (err == -ENOMEM && fence_reclaim(b, p))
+		err = alloc_for(b, i, p, d->len, &off);
+	if (err == -ENOMEM && p->nquar) {
+		/* Room may be behind the helpers' streams: ask them now. */
+		fence_ask(b, p, ferry_now_ns());
+		if (d->arg[0] && d->arg[1] != 0 && park(b, p, i, d, (int64_t)d->arg[1], false))
+			return false;
+		/* One that does not wait still waits for the fences, once. */
+		if (park(b, p, i, d, FENCE_GRACE_NS, true))
+			return false;
+	}
+	if (err == -ENOMEM && d->arg[0] && d->arg[1] != 0 && park(b, p, i, d, (int64_t)d->arg[1], false))
 		return false;
 	d->status = err;
 	d->offset = err ? 0 : off;
@@ -565,35 +695,80 @@ bool ferry_bpool_request(struct ferry_broker *b, unsigned int i, struct ferry_de
 	return true;
 }
 
+/*
+ * The quarantine's fences: reclaim what they freed (serving waiters), ask
+ * again every FENCE_EVERY_NS while blocks wait (every FENCE_LOOK_NS with
+ * allocations waiting).  Returns when to look next (UINT64_MAX: no need).
+ */
+static uint64_t fence_due(struct ferry_broker *b, struct bpool *p, uint64_t now)
+{
+	uint64_t every = p->nwait ? FENCE_LOOK_NS : FENCE_EVERY_NS;
+
+	/* Asked: look for the answers that often too (helpers do not ring). */
+	if (!p->nquar)
+		return UINT64_MAX;
+	if (fence_reclaim(b, p) && p->nwait)
+		serve_waiters(b, p);
+	if (!p->nquar)
+		return UINT64_MAX;
+	if (p->asked < p->epoch && now - p->asked_ns >= every)
+		fence_ask(b, p, now);
+	return p->asked < p->epoch ? p->asked_ns + every : now + every;
+}
+
 int64_t ferry_bpool_due(struct ferry_broker *b)
 {
-	uint64_t now = 0, next = UINT64_MAX;
+	uint64_t now = 0, next = UINT64_MAX, t;
 
 	for (unsigned int k = 0; b->pool && k < b->npools; k++) {
 		struct bpool *p = &b->pool[k];
 
+		if (p->nquar || p->nwait)
+			now = now ? now : ferry_now_ns();
+		if ((t = fence_due(b, p, now)) < next)
+			next = t;
 		for (unsigned int w = 0; w < p->nwait;) {
+			struct bpool_waiter *wt = &p->waiters[w];
 			uint64_t off;
 			int err;
 
-			if (p->waiters[w].deadline == UINT64_MAX) {
+			/* A last try parked for the fences: they are done. */
+			if (wt->fenced && !p->nquar)
+				wt->deadline = now;
+			if (wt->deadline == UINT64_MAX) {
 				w++;
 				continue;
 			}
-			if (!now)
-				now = ferry_now_ns();
-			if (p->waiters[w].deadline > now) {
-				if (p->waiters[w].deadline < next)
-					next = p->waiters[w].deadline;
+			if (wt->deadline > now) {
+				if (wt->deadline < next)
+					next = wt->deadline;
+				w++;
+				continue;
+			}
+			if (!wt->fenced && p->nquar) {
+				/*
+				 * Its time is up with blocks behind the streams:
+				 * fence every helper's streams now and try once
+				 * more when they are done (or FENCE_GRACE_NS).
+				 */
+				p->asked_ns = 0;
+				fence_ask(b, p, now);
+				wt->fenced = true;
+				wt->deadline = now + FENCE_GRACE_NS;
+				if (wt->deadline < next)
+					next = wt->deadline;
+				if (now + FENCE_LOOK_NS < next)
+					next = now + FENCE_LOOK_NS;
 				w++;
 				continue;
 			}
 			/* Its time is up: one last try, then the error. */
-			err = alloc_for(b, p->waiters[w].child, p, p->waiters[w].len, &off);
+			fence_reclaim(b, p);
+			err = alloc_for(b, wt->child, p, wt->len, &off);
 			answer_waiter(b, p, w, err, off);
 		}
 	}
-	return next == UINT64_MAX ? -1 : (int64_t)(next - now);
+	return next == UINT64_MAX ? -1 : (int64_t)(next > now ? next - now : 0);
 }
 
 int ferry_bpool_hold(struct ferry_broker *b, unsigned int i, uint64_t off, uint64_t len,

@@ -127,35 +127,40 @@ static void reply(struct ferry_helper *h, const struct ferry_desc *rep)
 		sched_yield();
 }
 
-static bool some_deferred_done(void *arg)
+/* Something besides a request needs this helper: a reply or a fence. */
+static bool attention(void *arg)
 {
-	return ferry_hgpu_any_done(arg);
+	return ferry_hgpu_any_done(arg) || ferry_hgpu_fence_due(arg);
 }
 
 /*
  * The next request; while deferred replies are pending, send each as its
- * work completes.  The wait spins (spin_ns), then sleeps on the ring's
- * bell, which the stream work's host function also rings (helper_gpu.c):
- * a helper whose GPU is busy holds no CPU.  Without host functions it
- * polls its events, yielding.
+ * work completes, and step the broker's stream fences.  The wait spins
+ * (spin_ns), then sleeps on the ring's bell, which the stream work's host
+ * functions also ring (helper_gpu.c), and the broker's kick when it asks
+ * for a fence: a helper whose GPU is busy holds no CPU.  Without host
+ * functions it polls its events, yielding.
  */
 static int next_request(struct ferry_helper *h, struct ferry_desc *req)
 {
 	int err;
 
-	while (h->ndefer && ferry_hgpu_poll(h, false)) {
-		if (!h->host_wake) {
+	for (;;) {
+		bool fencing = ferry_hgpu_fence(h);
+		bool pending = h->ndefer && ferry_hgpu_poll(h, false);
+
+		if ((pending || fencing) && !h->host_wake) {
 			err = ferry_chan_recv(&h->ch, req);
 			if (err != -EAGAIN)
 				return err;
 			sched_yield();
 			continue;
 		}
-		err = ferry_chan_recv_wait_or(&h->ch, req, -1, some_deferred_done, h);
+		/* Also the broker's kick when it asks for a fence. */
+		err = ferry_chan_recv_wait_or(&h->ch, req, -1, attention, h);
 		if (err != -EALREADY)
 			return err;
 	}
-	return ferry_chan_recv_wait(&h->ch, req, -1, NULL);
 }
 
 _Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)

@@ -13,6 +13,7 @@
  * exits; if the helper is killed, the driver releases what it held.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,15 @@ int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_peer_cfg *cfg)
 		if (err)
 			return err;
 	}
+	h->fence_ev = calloc(h->nstreams + 1, sizeof(*h->fence_ev));
+	if (!h->fence_ev)
+		return -ENOMEM;
+	for (unsigned int s = 0; s <= h->nstreams; s++) {
+		err = ferry_cuda_errno(cu->cuEventCreate((CUevent *)&h->fence_ev[s],
+							 CU_EVENT_DISABLE_TIMING));
+		if (err)
+			return err;
+	}
 	/* Blocking sync: a helper that waits for a full table sleeps too. */
 	for (unsigned int k = 0; k < h->ndefer_max; k++) {
 		err = ferry_cuda_errno(cu->cuEventCreate((CUevent *)&h->defer[k].event,
@@ -83,6 +93,78 @@ bool ferry_hgpu_any_done(struct ferry_helper *h)
 		if (h->cu->cuEventQuery((CUevent)h->defer[k].event) != CUDA_ERROR_NOT_READY)
 			return true;
 	return false;
+}
+
+/*
+ * The broker holds pool blocks children freed until this helper says no
+ * work it had queued by then still runs (broker_pool.c, quarantine): an
+ * event on each of its streams and on the legacy default stream (which
+ * orders after every blocking stream, where torch's default work goes),
+ * and fence_done once all have completed.  Work on other non-blocking
+ * streams is the handler's to defer its reply on.
+ */
+static CUstream fence_stream(const struct ferry_helper *h, unsigned int s)
+{
+	return s < h->nstreams ? (CUstream)h->streams[s] : CU_STREAM_LEGACY;
+}
+
+bool ferry_hgpu_fence_due(struct ferry_helper *h)
+{
+	struct ferry_arena_shm *shm = h->arena_shm;
+
+	if (h->gpu < 0 || !shm || !h->fence_ev)
+		return false;
+	if (h->fence_pending) {
+		for (unsigned int s = 0; s <= h->nstreams; s++)
+			if (h->cu->cuEventQuery((CUevent)h->fence_ev[s]) == CUDA_ERROR_NOT_READY)
+				return false;
+		return true;
+	}
+	return atomic_load_explicit((_Atomic uint64_t *)&shm->fence_want, memory_order_acquire) >
+	       shm->fence_done;
+}
+
+bool ferry_hgpu_fence(struct ferry_helper *h)
+{
+	struct ferry_arena_shm *shm = h->arena_shm;
+	uint64_t want;
+	bool queued = false;
+
+	if (!ferry_hgpu_fence_due(h))
+		return h->fence_pending != 0;
+	if (h->fence_pending) {
+		atomic_store_explicit((_Atomic uint64_t *)&shm->fence_done, h->fence_pending,
+				      memory_order_release);
+		h->fence_pending = 0;
+	}
+	want = atomic_load_explicit((_Atomic uint64_t *)&shm->fence_want, memory_order_acquire);
+	if (want <= shm->fence_done)
+		return false;
+	for (unsigned int s = 0; s <= h->nstreams; s++) {
+		CUevent ev = (CUevent)h->fence_ev[s];
+		CUstream st = fence_stream(h, s);
+
+		if (h->cu->cuEventRecord(ev, st)) {
+			/* Cannot fence by events: wait for the whole context. */
+			h->cu->cuCtxSynchronize();
+			atomic_store_explicit((_Atomic uint64_t *)&shm->fence_done, want,
+					      memory_order_release);
+			return false;
+		}
+		if (h->cu->cuEventQuery(ev) == CUDA_ERROR_NOT_READY) {
+			queued = true;
+			if (h->host_wake)
+				h->cu->cuLaunchHostFunc(st, wake_helper, h);
+		}
+	}
+	if (!queued) {
+		/* Every stream was idle: nothing of before still runs. */
+		atomic_store_explicit((_Atomic uint64_t *)&shm->fence_done, want,
+				      memory_order_release);
+		return false;
+	}
+	h->fence_pending = want;
+	return true;
 }
 
 void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r)

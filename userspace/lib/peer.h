@@ -148,6 +148,13 @@ struct ferry_helper {
 	 * wakes this helper's ring wait: false if they cannot be launched
 	 * (or $FERRY_HELPER_POLL is set), and the helper polls instead. */
 	bool host_wake;
+	/*
+	 * Stream fences the broker asks for (struct ferry_arena_shm): one
+	 * event per stream and one for the legacy default stream; the epoch
+	 * being fenced (0: none).
+	 */
+	void **fence_ev;
+	uint64_t fence_pending;
 	unsigned int npinned, pin_failed;
 	struct ferry_pool *pool;	/* the broker's pool of this helper's GPU */
 	/* its arena of the pool (helper_pool.c): NULL until first used */
@@ -165,6 +172,10 @@ void ferry_hgpu_exit(struct ferry_helper *h);
 unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait);
 /* Whether some deferred reply's work has completed (poll would send it). */
 bool ferry_hgpu_any_done(struct ferry_helper *h);
+/* Step the broker's stream fence: true while one is pending. */
+bool ferry_hgpu_fence(struct ferry_helper *h);
+/* Whether the fence needs a step (asked for, or its events done). */
+bool ferry_hgpu_fence_due(struct ferry_helper *h);
 /* FERRY_OP_POOL_PUT / _GET, as a handler would: 0, FERRY_DEFERRED, -errno. */
 int ferry_hgpu_copy(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep);
 /* Import the pool SETUP described, or make it and send it to the broker. */

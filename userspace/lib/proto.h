@@ -46,6 +46,16 @@ struct ferry_arena_shm {
 	uint8_t pad1[56];
 	uint64_t tail;			/* helper: returns taken back */
 	uint8_t pad2[56];
+	/*
+	 * Stream fences (GPU pools): the broker asks for epoch @fence_want
+	 * (it holds blocks children freed since), the helper records an
+	 * event on each of its streams and, once all have completed, says
+	 * @fence_done: no work it queued before the ask still runs.
+	 */
+	uint64_t fence_want;		/* broker */
+	uint8_t pad3[56];
+	uint64_t fence_done;		/* helper */
+	uint8_t pad4[56];
 	uint64_t ret[FERRY_ARENA_RETURNS];	/* block offsets, pool-relative */
 };
 /* Its bytes at the end of the helper's channel region (whole pages). */
