@@ -569,7 +569,11 @@ int ferry_child_pool_alloc(struct ferry_child *c, size_t n, uint64_t *off);
  * the pool is full: the broker queues the request and serves it, oldest
  * first among those that fit, when blocks are freed (by any child, or a
  * child's death); when the time is up it tries once more, then -ENOMEM.
- * The call holds one place in the window while it waits.
+ * In a GPU pool, freed blocks wait for the helpers' stream fences before
+ * reuse (README, "Freed pool blocks and streams"): when the time is up
+ * with blocks still behind them, every helper fences its streams now and
+ * the last try comes once they have (at most a second later).  The call
+ * holds one place in the window while it waits.
  */
 int ferry_child_pool_alloc_timeout(struct ferry_child *c, size_t n, int64_t timeout_ns,
 				   uint64_t *off);
