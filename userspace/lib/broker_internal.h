@@ -15,6 +15,7 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "expect.h"
 #include "chan.h"
 #include "ferry.h"
 #include "internal.h"
@@ -235,7 +236,7 @@ struct ferry_broker {
 	 * end of the sleep now taken (0: none); spin_after_ns: the spin that
 	 * follows it.
 	 */
-	struct ferry_svc_expect { uint32_t op; uint64_t ewma_ns, dev_ns; } svc[8];
+	struct ferry_expect svc[FERRY_EXPECT_OPS];
 	uint64_t wake_late_ns, predicted_ns, spin_after_ns;
 	/*
 	 * The CPU reserved for the dispatch thread (-1: none) and the mask its

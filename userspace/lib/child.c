@@ -291,42 +291,27 @@ static bool broker_gone(const struct ferry_child *c)
 /*
  * Waiting for a call whose op took about as long before (expect_end_ns):
  * spinning first only pays for replies due within the spin.  A call
- * expected to take longer than EXPECT_LONG_NS sleeps at once; one expected
- * past the spin but sooner sleeps until shortly before it is due (or until
- * a descriptor rings the bell, whichever is first), then spins through
- * it, so its reply is caught without a wake-up.  "Shortly": EXPECT_MARGIN_NS
- * plus the spread calls of that op showed plus how late this child's
- * timed sleeps have been ending (deep idle states).  What it spins in all
- * is bounded by a sixteenth of the call (at least 3 margins): a win bought
- * by burning a core is not one.
+ * expected to take FERRY_EXPECT_LONG_NS or more sleeps at once; one
+ * expected past the spin but sooner sleeps until shortly before it is due
+ * (or until a descriptor rings the bell, whichever is first), then spins
+ * through it, so its reply is caught without a wake-up (expect.h).
  */
-#define EXPECT_LONG_NS (10 * 1000 * 1000)
-#define EXPECT_MARGIN_NS (10 * 1000)
-#define EXPECT_LATE_MAX_NS (200 * 1000)
-
-static uint64_t spin_budget(uint64_t expected)
-{
-	return expected / 16 > 3 * EXPECT_MARGIN_NS ? expected / 16 : 3 * EXPECT_MARGIN_NS;
-}
-
 static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t *timeout_ns,
 			  bool *no_spin, uint64_t *spin_after)
 {
 	uint64_t until = c->expect_end_ns, expected = until - c->expect_start_ns, now, woke;
-	uint64_t spin = c->ch.spin_ns, budget = spin_budget(expected), margin, late;
+	uint64_t spin = c->ch.spin_ns, dev = c->expect_dev_ns, margin;
 	int64_t pre;
 	int err;
 
 	/* spin_ns 0 asks for no spinning at all: sleep at once, once. */
 	if (!until || !spin || expected <= spin)
 		return -EAGAIN;
-	if (expected >= EXPECT_LONG_NS) {
+	if (expected >= FERRY_EXPECT_LONG_NS) {
 		*no_spin = true;
 		return -EAGAIN;
 	}
-	margin = EXPECT_MARGIN_NS + c->expect_dev_ns + c->wake_late_ns;
-	if (margin > budget * 2 / 3)
-		margin = budget * 2 / 3;
+	margin = ferry_expect_margin(expected, dev, c->wake_late_ns);
 	now = ferry_now_ns();
 	if (until < now + margin)
 		return -EAGAIN;
@@ -339,17 +324,11 @@ static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t
 	if (err != -ETIMEDOUT)
 		return err;
 	woke = ferry_now_ns();
-	late = woke - now > (uint64_t)pre ? woke - now - (uint64_t)pre : 0;
-	if (late > EXPECT_LATE_MAX_NS)
-		late = EXPECT_LATE_MAX_NS;
-	c->wake_late_ns = c->wake_late_ns - c->wake_late_ns / 4 + late / 4;
-	/*
-	 * The budget is spent from now on: through the margin left and past
-	 * the due time.  Not where peers outnumber CPUs (pause_ns 0): the
-	 * spin would take the CPU of the helper it waits for.
-	 */
+	ferry_expect_woke(&c->wake_late_ns, now + (uint64_t)pre, woke);
+	/* Not where peers outnumber CPUs (pause_ns 0): the spin would take
+	 * the CPU of the helper it waits for. */
 	if (c->ch.pause_ns)
-		*spin_after = budget;
+		*spin_after = ferry_expect_spin(expected, dev, c->wake_late_ns);
 	if (*timeout_ns >= 0) {
 		*timeout_ns -= (int64_t)(woke - now);
 		if (*timeout_ns <= 0)

@@ -186,23 +186,6 @@ static bool waiter_done(struct ferry_child *c, void *arg)
 	return ((struct ferry_waiter *)arg)->done;
 }
 
-/*
- * A call that came back sooner than expected pulls the estimate down
- * fast, a later one pushes it up slowly: a reply the child caught late
- * (it woke after the reply had landed) measures the child's lateness, not
- * the service, and must not teach it to sleep longer still.
- */
-static void expect_update(struct ferry_expect *e, uint64_t rtt)
-{
-	uint64_t dev = rtt > e->ewma_ns ? rtt - e->ewma_ns : e->ewma_ns - rtt;
-
-	e->dev_ns = e->dev_ns - e->dev_ns / 4 + dev / 4;
-	if (rtt < e->ewma_ns)
-		e->ewma_ns -= (e->ewma_ns - rtt) / 2;
-	else
-		e->ewma_ns += (rtt - e->ewma_ns) / 8;
-}
-
 int ferry_child_call_internal(struct ferry_child *c, struct ferry_desc *d, int64_t timeout_ns)
 {
 	uint64_t end = timeout_ns < 0 ? UINT64_MAX : mono_ns() + (uint64_t)timeout_ns, t0;
@@ -235,10 +218,7 @@ int ferry_child_call_internal(struct ferry_child *c, struct ferry_desc *d, int64
 
 		*d = w->rep;
 		c->outstanding--;
-		if (e->op != op || !e->ewma_ns)
-			*e = (struct ferry_expect){ .op = op, .ewma_ns = rtt };
-		else
-			expect_update(e, rtt);
+		ferry_expect_learn(e, op, rtt);
 	} else if (err == -ETIMEDOUT) {
 		c->late[c->nlate++] = w->tag;	/* dropped when it comes */
 	}

@@ -143,69 +143,45 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
 /*
  * The sleeping dispatch's prediction (see ferry_broker.svc): a reply
  * sooner than expected pulls the estimate down fast, a later one pushes
- * it up slowly, as the children do (child_calls.c).
+ * it up slowly, as the children do (expect.h).
  */
-#define SVC_LONG_NS (10 * 1000 * 1000)	/* longer: sleep until the bell */
-#define SVC_MARGIN_NS (10 * 1000)
-#define SVC_LATE_MAX_NS (200 * 1000)
-
-/* What one predicted wake may spin in all: a sixteenth of the request. */
-static uint64_t svc_budget(uint64_t expected)
-{
-	return expected / 16 > 3 * SVC_MARGIN_NS ? expected / 16 : 3 * SVC_MARGIN_NS;
-}
-
 static void svc_learn(struct ferry_broker *b, uint32_t op, uint64_t ns)
 {
-	struct ferry_svc_expect *e = &b->svc[op % 8];
-	uint64_t dev;
-
-	if (e->op != op || !e->ewma_ns) {
-		*e = (struct ferry_svc_expect){ .op = op, .ewma_ns = ns };
-		return;
-	}
-	dev = ns > e->ewma_ns ? ns - e->ewma_ns : e->ewma_ns - ns;
-	e->dev_ns = e->dev_ns - e->dev_ns / 4 + dev / 4;
-	if (ns < e->ewma_ns)
-		e->ewma_ns -= (e->ewma_ns - ns) / 2;
-	else
-		e->ewma_ns += (ns - e->ewma_ns) / 8;
+	ferry_expect_learn(&b->svc[op % FERRY_EXPECT_OPS], op, ns);
 }
 
 /*
  * Nanoseconds the loop may sleep before the first reply of a request at
  * a helper is due (less the margin), -1 when no prediction applies, 0
  * when one is due now (spin instead); sets spin_after_ns for the spin
- * that follows (svc_budget).  Only requests whose op has a history
- * shorter than SVC_LONG_NS count.
+ * that follows (expect.h).  Only requests whose op has a history shorter
+ * than FERRY_EXPECT_LONG_NS count.
  */
 static int64_t svc_due(struct ferry_broker *b)
 {
-	uint64_t now, best = UINT64_MAX, best_budget = 0;
+	uint64_t now, best = UINT64_MAX, best_spin = 0;
 
 	/* Not where peers outnumber CPUs: the spin would take a helper's CPU. */
 	if (b->poll || b->oversub || !b->st.in_flight || !b->o.spin_ns)
 		return -1;
 	for (uint32_t s = 0; s < b->nslot; s++) {
 		const struct bslot *sl = &b->slot[s];
-		const struct ferry_svc_expect *e = &b->svc[sl->op % 8];
-		uint64_t margin, at;
+		const struct ferry_expect *e = &b->svc[sl->op % FERRY_EXPECT_OPS];
+		uint64_t at;
 
 		if (!sl->used || !sl->sent_ns || e->op != sl->op || !e->ewma_ns ||
-		    e->ewma_ns >= SVC_LONG_NS || e->ewma_ns <= b->o.spin_ns)
+		    e->ewma_ns >= FERRY_EXPECT_LONG_NS || e->ewma_ns <= b->o.spin_ns)
 			continue;
-		margin = SVC_MARGIN_NS + e->dev_ns + b->wake_late_ns;
-		if (margin > svc_budget(e->ewma_ns) * 2 / 3)
-			margin = svc_budget(e->ewma_ns) * 2 / 3;
-		at = sl->sent_ns + e->ewma_ns - margin;
+		at = sl->sent_ns + e->ewma_ns - ferry_expect_margin(e->ewma_ns, e->dev_ns,
+								     b->wake_late_ns);
 		if (at < best) {
 			best = at;
-			best_budget = svc_budget(e->ewma_ns);
+			best_spin = ferry_expect_spin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
 		}
 	}
 	if (best == UINT64_MAX)
 		return -1;
-	b->spin_after_ns = best_budget;
+	b->spin_after_ns = best_spin;
 	now = ferry_now_ns();
 	return best > now ? (int64_t)(best - now) : 0;
 }
@@ -213,14 +189,9 @@ static int64_t svc_due(struct ferry_broker *b)
 /* After a predicted sleep: how late it ended, for the next one. */
 static void svc_woke(struct ferry_broker *b)
 {
-	uint64_t now = ferry_now_ns(), late;
-
 	if (!b->predicted_ns)
 		return;
-	late = now > b->predicted_ns ? now - b->predicted_ns : 0;
-	if (late > SVC_LATE_MAX_NS)
-		late = SVC_LATE_MAX_NS;
-	b->wake_late_ns = b->wake_late_ns - b->wake_late_ns / 4 + late / 4;
+	ferry_expect_woke(&b->wake_late_ns, b->predicted_ns, ferry_now_ns());
 	b->predicted_ns = 0;
 }
 

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "expect.h"
 #include "chan.h"
 #include "ferry.h"
 #include "internal.h"
@@ -81,8 +82,7 @@ struct ferry_child {
 	 * child's timed sleeps ended (a CPU in a deep idle state wakes tens
 	 * of microseconds after its timer), so the next one starts earlier.
 	 */
-#define FERRY_EXPECT_OPS 8
-	struct ferry_expect { uint32_t op; uint64_t ewma_ns, dev_ns; } expect[FERRY_EXPECT_OPS];
+	struct ferry_expect expect[FERRY_EXPECT_OPS];
 	_Atomic uint64_t expect_start_ns, expect_end_ns, expect_dev_ns;	/* read by the receiver */
 	uint64_t wake_late_ns;
 	/* calls waiting for their reply, by internal tag (window at most) */
