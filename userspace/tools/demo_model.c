@@ -52,18 +52,32 @@ void demo_images(float *x, unsigned int n, uint64_t stream, uint64_t seq)
 		x[i] = uniform(&s, 0.0f, 1.0f);
 }
 
-/* y[n][out] = x[n][in] W + b, in the kernel's summation order. */
+/*
+ * y[n][out] = x[n][in] W + b, in the kernel's summation order: each y[o]
+ * starts from b[o] and adds k ascending.  The loop over o is innermost so
+ * that it runs over consecutive weights (the compiler vectorises it); the
+ * order of the additions into each y[o], and so every rounding, is the
+ * same as one output at a time.
+ */
 static void dense(const float *x, const float *w, const float *b, float *y, unsigned int n,
 		  unsigned int in, unsigned int out, int relu)
 {
-	for (unsigned int r = 0; r < n; r++) {
-		for (unsigned int o = 0; o < out; o++) {
-			float acc = b[o];
+	float acc[DEMO_HID];
 
-			for (unsigned int k = 0; k < in; k++)
-				acc += x[(size_t)r * in + k] * w[(size_t)k * out + o];
-			y[(size_t)r * out + o] = relu && acc < 0.f ? 0.f : acc;
+	for (unsigned int r = 0; r < n; r++) {
+		const float *xr = x + (size_t)r * in;
+
+		for (unsigned int o = 0; o < out; o++)
+			acc[o] = b[o];
+		for (unsigned int k = 0; k < in; k++) {
+			const float *wk = w + (size_t)k * out;
+			float xk = xr[k];
+
+			for (unsigned int o = 0; o < out; o++)
+				acc[o] += xk * wk[o];
 		}
+		for (unsigned int o = 0; o < out; o++)
+			y[(size_t)r * out + o] = relu && acc[o] < 0.f ? 0.f : acc[o];
 	}
 }
 
