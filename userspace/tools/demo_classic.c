@@ -586,7 +586,7 @@ int demo_classic_run(const struct demo_cfg *c, struct demo_run *r, struct demo_p
 		_exit(classic_broker(c, r));
 	snprintf(info->backend, sizeof(info->backend), "pipes");
 	if (!c->json)
-		demo_say_start(c, "classic", "pipes + poll(), tensors copied through them");
+		demo_say_start("classic", "a broker process, pipes + poll(): tensors copied through the pipes");
 	info->seconds = demo_timed_part(c, r, "classic", pid);
 	if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) {
 		fprintf(stderr, "ferry-demo: the classic broker died\n");

@@ -211,8 +211,13 @@ int demo_ferry_run(const struct demo_cfg *c, struct demo_run *r, struct demo_pat
 	}
 	snprintf(info->backend, sizeof(info->backend), "%s",
 		 ferry_backend_name(ferry_broker_backend(b)));
-	if (!c->json)
-		demo_say_start(c, "ferry", info->backend);
+	if (!c->json) {
+		char how[128];
+
+		snprintf(how, sizeof(how), "%s regions, descriptors on shared rings: tensors "
+			 "stay in the child's region", info->backend);
+		demo_say_start("ferry", how);
+	}
 	/* CPU from the go on: start-up (CUDA, forks) is not transport. */
 	ferry_broker_stats(b, &st);
 	disp0 = st.dispatch_cpu_ns;

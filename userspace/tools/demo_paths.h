@@ -23,7 +23,7 @@ int demo_ferry_run(const struct demo_cfg *c, struct demo_run *r, struct demo_pat
 int demo_classic_run(const struct demo_cfg *c, struct demo_run *r, struct demo_path_info *info);
 
 /* ferry-demo.c: the header line of one path's run. */
-void demo_say_start(const struct demo_cfg *c, const char *path, const char *how);
+void demo_say_start(const char *path, const char *how);
 /*
  * ferry-demo.c: start the clock (r->go), show progress, stop it after
  * --seconds and wait until every child has drained its window.  Seconds

@@ -114,18 +114,31 @@ static unsigned int hbin(uint64_t ns)
 	return b >= DEMO_HBINS - 1 ? DEMO_HBINS - 1 : (unsigned int)b;
 }
 
-double demo_hist_pct_us(struct demo_run *r, double q)
+/* The @q quantile (us) of histogram @h (the bin's middle), 0 if empty. */
+static double hist_pct_us(const uint64_t *h, uint64_t total, double q)
 {
-	uint64_t total = 0, acc = 0, h[DEMO_HBINS];
+	uint64_t acc = 0;
 
-	for (unsigned int i = 0; i < DEMO_HBINS; i++)
-		total += h[i] = atomic_load_explicit(&r->hist[i], memory_order_relaxed);
 	for (unsigned int i = 0; total && i < DEMO_HBINS; i++) {
 		acc += h[i];
-		if (acc >= q * total)	/* the bin's middle */
+		if (acc >= q * total)
 			return exp2((i + 0.5) / DEMO_BINS_PER_OCTAVE);
 	}
 	return 0;
+}
+
+void demo_hist_since(struct demo_run *r, uint64_t *prev, double *p50_us, double *p99_us)
+{
+	uint64_t d[DEMO_HBINS], total = 0;
+
+	for (unsigned int i = 0; i < DEMO_HBINS; i++) {
+		uint64_t now = atomic_load_explicit(&r->hist[i], memory_order_relaxed);
+
+		total += d[i] = now - prev[i];
+		prev[i] = now;
+	}
+	*p50_us = hist_pct_us(d, total, 0.5);
+	*p99_us = hist_pct_us(d, total, 0.99);
 }
 
 /* --- a child --- */

@@ -84,8 +84,9 @@ uint64_t demo_process_cpu_ns(void);
 /* /proc/<pid>/schedstat (or stat) of a live process, ns; 0 if gone. */
 uint64_t demo_pid_cpu_ns(pid_t pid);
 
-/* The live percentile (us) from the histogram: for the progress line. */
-double demo_hist_pct_us(struct demo_run *r, double q);
+/* The progress line's p50/p99 (us) of the round trips since the last
+ * call: @prev (DEMO_HBINS counts, zeroed at first) is updated. */
+void demo_hist_since(struct demo_run *r, uint64_t *prev, double *p50_us, double *p99_us);
 
 /*
  * A child's side: demo_child_open() waits for the go, demo_child_images()

@@ -30,25 +30,29 @@ static const char *device;	/* where the model ran, in words */
 
 /* --- the clock, shared by both paths --- */
 
-void demo_say_start(const struct demo_cfg *c, const char *path, const char *how)
+void demo_say_start(const char *path, const char *how)
 {
 	printf("%-8s %s\n", path, how);
-	(void)c;
 	fflush(stdout);
 }
 
+/* One line per interval: its requests/s and its own p50/p99 (not the
+ * run's so far, which settles after a second and stops moving). */
 static void progress(const struct demo_cfg *c, struct demo_run *r, const char *path, bool tty,
 		     uint64_t t0, uint64_t *last_req, uint64_t *last_t)
 {
+	static uint64_t prev[DEMO_HBINS];
 	uint64_t now = demo_now_ns(), req = atomic_load(&r->requests);
-	double dt = (now - *last_t) / 1e9;
+	double dt = (now - *last_t) / 1e9, p50, p99;
 
+	if (*last_req == 0)
+		memset(prev, 0, sizeof(prev));	/* a new path's run */
+	demo_hist_since(r, prev, &p50, &p99);
 	if (c->json)
 		return;
 	fprintf(stderr, "%s[%5.1fs] %-8s %9llu requests %8.0f/s  p50 %9.1f us  p99 %9.1f us%s",
 		tty ? "\r" : "", (now - t0) / 1e9, path, (unsigned long long)req,
-		dt > 0 ? (req - *last_req) / dt : 0, demo_hist_pct_us(r, 0.5),
-		demo_hist_pct_us(r, 0.99), tty ? "   " : "\n");
+		dt > 0 ? (req - *last_req) / dt : 0, p50, p99, tty ? "   " : "\n");
 	fflush(stderr);
 	*last_req = req;
 	*last_t = now;
