@@ -385,7 +385,7 @@ static void print_keys(const struct path_run *f, const struct path_run *k, bool 
 		       ratio(a->rps, b->rps), ratio(b->over_p50_us, a->over_p50_us),
 		       ratio(total_cpu(b), total_cpu(a)));
 	else
-		printf(" classic=skipped");
+		printf(" classic=%s", cfg.classic ? "not_run" : "skipped");
 	printf(" verified=%llu bad=%llu ok=%d\n", (unsigned long long)(a->verified + b->verified),
 	       (unsigned long long)(a->bad + a->errors + b->bad + b->errors), ok ? 1 : 0);
 }
@@ -466,10 +466,13 @@ int main(int argc, char **argv)
 	if (cfg.classic && !f.err)
 		run_path(&k, true);
 	ok = path_ok(&f) && (!cfg.classic || path_ok(&k));
+	if (!f.info.backend[0])	/* the ferry broker did not start */
+		snprintf(f.info.backend, sizeof(f.info.backend), "none");
 	if (cfg.json) {
 		print_json(&f, &k, ok);
 	} else {
-		print_table(&f, &k, ok);
+		if (f.res.ran)	/* a table of zeros would say nothing */
+			print_table(&f, &k, ok);
 		print_keys(&f, &k, ok);
 	}
 	if (cfg.plot && (f.res.ran || k.res.ran) && plot(&f, &k))
