@@ -114,8 +114,11 @@ $(BUILD)/demo_ptx.c: userspace/tools/demo_kernels.cu
 		echo 'const char ferry_demo_ptx[] = "";' > $@; \
 	fi
 
-DEMO_SRCS := userspace/tools/ferry-demo.c userspace/tools/demo_model.c
-$(BUILD)/ferry-demo: $(DEMO_SRCS) userspace/tools/demo_model.h $(BUILD)/demo_ptx.c $(LIB_A)
+DEMO_SRCS := userspace/tools/ferry-demo.c userspace/tools/demo_model.c userspace/tools/demo_run.c \
+	userspace/tools/demo_ferry.c userspace/tools/demo_classic.c userspace/tools/bench_plot.c
+DEMO_HDRS := userspace/tools/demo_model.h userspace/tools/demo_run.h userspace/tools/demo_paths.h \
+	userspace/tools/bench_plot.h
+$(BUILD)/ferry-demo: $(DEMO_SRCS) $(DEMO_HDRS) $(BUILD)/demo_ptx.c $(LIB_A)
 	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(DEMO_SRCS) $(BUILD)/demo_ptx.c $(LIB_A) \
 		$(LIB_LDLIBS) -lm
 

@@ -16,22 +16,48 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
 echo "TAP version 13"
-build/ferry-demo --seconds 3 --json >"$out" 2>&1; rc=$?
+build/ferry-demo --seconds 2 --json >"$out" 2>&1; rc=$?
 sed 's/^/# /' "$out"
-grep -q '"ok":true' "$out" && grep -q '"bad_results":0' "$out" && [ $rc -eq 0 ] &&
-	! grep -q '"requests":0,' "$out" && check OK "ferry-demo: 3 s, every result verified, exit 0" ||
-	check FAIL "ferry-demo: 3 s, every result verified, exit 0 (rc=$rc)"
+grep -q '"ok":true}$' "$out" && grep -q '"bad_results":0' "$out" && [ $rc -eq 0 ] &&
+	! grep -q '"requests":0,' "$out" && check OK "ferry-demo: 2 s per path, every result verified, exit 0" ||
+	check FAIL "ferry-demo: 2 s per path, every result verified, exit 0 (rc=$rc)"
+# Both paths ran, each verified every one of its results, and ferry
+# copied no tensor byte while the classic path counted its copies.
+grep -Eq '"ferry":\{"requests":([1-9][0-9]*),.*"bytes_copied":0,.*"verified":\1,"bad_results":0,"errors":0,"failed_children":0,"ok":true\}' "$out" &&
+	grep -Eq '"classic":\{"requests":([1-9][0-9]*),.*"bytes_copied":[1-9][0-9]*,.*"verified":\1,"bad_results":0,"errors":0,"failed_children":0,"ok":true\}' "$out" &&
+	check OK "ferry-demo: ferry and classic paths both ran, all verified, copies counted" ||
+	check FAIL "ferry-demo: ferry and classic paths both ran, all verified, copies counted"
 
-build/ferry-demo --seconds 2 --inject-fault 25 --json >"$out" 2>&1; rc=$?
+build/ferry-demo --seconds 1 --inject-fault 25 --json >"$out" 2>&1; rc=$?
 sed 's/^/# /' "$out"
-[ $rc -eq 1 ] && grep -q '"ok":false' "$out" && ! grep -q '"bad_results":0,' "$out" &&
-	check OK "ferry-demo: spoiled results are caught, exit 1" ||
-	check FAIL "ferry-demo: spoiled results are caught, exit 1 (rc=$rc)"
+[ $rc -eq 1 ] && grep -q '"ok":false}$' "$out" && ! grep -q '"bad_results":0,' "$out" &&
+	grep -Eq '"ferry":\{[^}]*"ok":false\}' "$out" && grep -Eq '"classic":\{[^}]*"ok":false\}' "$out" &&
+	check OK "ferry-demo: spoiled results are caught on both paths, exit 1" ||
+	check FAIL "ferry-demo: spoiled results are caught on both paths, exit 1 (rc=$rc)"
 
-build/ferry-demo --seconds 2 --children 4 --helpers 2 --size 2 --backend memfd >"$out" 2>&1; rc=$?
+build/ferry-demo --seconds 1 --children 4 --helpers 2 --size 2 --backend memfd >"$out" 2>&1; rc=$?
 [ $rc -eq 0 ] && grep -q "verdict.*OK" "$out" && grep -q "requests  *[1-9]" "$out" &&
-	check OK "ferry-demo: table summary with options" ||
-	{ sed 's/^/# /' "$out"; check FAIL "ferry-demo: table summary with options (rc=$rc)"; }
+	grep -Eq "^ +ferry +classic$" "$out" &&
+	check OK "ferry-demo: side-by-side table with options" ||
+	{ sed 's/^/# /' "$out"; check FAIL "ferry-demo: side-by-side table with options (rc=$rc)"; }
+tail -n 1 "$out" | sed 's/^/# /'
+tail -n 1 "$out" | grep -Eq "^demo=(cpu|gpu) backend=memfd children=4 helpers=2 images=2 seconds=1 ferry_rps=[0-9.]+ ferry_p50_us=[0-9.]+ ferry_p99_us=[0-9.]+ ferry_overhead_p50_us=[0-9.]+ ferry_cpu_us=[0-9.]+ ferry_copied_bytes=0 classic_rps=[0-9.]+ classic_p50_us=[0-9.]+ classic_p99_us=[0-9.]+ classic_overhead_p50_us=[0-9.]+ classic_cpu_us=[0-9.]+ classic_copied_bytes=[1-9][0-9]* ratio_rps=[0-9.]+ ratio_overhead_p50=[0-9.]+ ratio_cpu=[0-9.]+ verified=[1-9][0-9]* bad=0 ok=1$" &&
+	check OK "ferry-demo: last line is key=value with both paths and their ratios" ||
+	check FAIL "ferry-demo: last line is key=value with both paths and their ratios"
+
+build/ferry-demo --seconds 1 --no-classic >"$out" 2>&1; rc=$?
+[ $rc -eq 0 ] && tail -n 1 "$out" | grep -Eq "^demo=.* ferry_rps=[0-9.]+ .*classic=skipped verified=[1-9][0-9]* bad=0 ok=1$" &&
+	check OK "ferry-demo --no-classic: the ferry path alone" ||
+	{ sed 's/^/# /' "$out"; check FAIL "ferry-demo --no-classic (rc=$rc)"; }
+
+if command -v gnuplot >/dev/null; then
+	svg=$(mktemp --suffix=.svg)
+	build/ferry-demo --seconds 1 --children 2 --helpers 1 --plot "$svg" >"$out" 2>&1; rc=$?
+	[ $rc -eq 0 ] && grep -q "<svg" "$svg" && grep -q "classic (pipes): round trip" "$svg" &&
+		check OK "ferry-demo --plot: both paths' distributions drawn" ||
+		{ sed 's/^/# /' "$out"; check FAIL "ferry-demo --plot (rc=$rc)"; }
+	rm -f "$svg"
+fi
 
 for cmd in "ferry-demo --help" "ferryctl --help" "ferry-bench --help" "ferry-bench msg --help" \
 	   "ferry-bench gpu --help"; do
@@ -40,7 +66,8 @@ for cmd in "ferry-demo --help" "ferryctl --help" "ferry-bench --help" "ferry-ben
 		check OK "$cmd: usage on stdout, exit 0" || check FAIL "$cmd (rc=$rc)"
 done
 
-for bad in "--children 0" "--size 99999999" "--backend zfs" "--nonsense" "extra"; do
+for bad in "--children 0" "--size 99999999" "--backend zfs" "--nonsense" "extra" "--seconds -1" \
+	   "--plot out.jpg"; do
 	build/ferry-demo $bad >"$out" 2>&1; rc=$?
 	[ $rc -eq 2 ] && grep -q "ferry-demo:\|usage:" "$out" &&
 		check OK "ferry-demo $bad: refused with a message" ||
@@ -110,7 +137,7 @@ build/ferryctl stats --socket /nonexistent/ferry.sock >"$out" 2>&1; rc=$?
 	check OK "ferryctl stats with no broker: says so, exit 1" ||
 	check FAIL "ferryctl stats with no broker (rc=$rc)"
 sock=$(mktemp -u /tmp/ferry-stats-XXXXXX)
-build/ferry-demo --seconds 4 --stats "$sock" >/dev/null 2>&1 &
+build/ferry-demo --seconds 4 --no-classic --stats "$sock" >/dev/null 2>&1 &
 demo=$!
 for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
 sleep 1

@@ -14,6 +14,8 @@
 
 #include "bench_plot.h"
 
+const char *bench_plot_who = "ferry-bench";
+
 size_t bench_hist(const unsigned long long *ns, size_t n, double *x, double *y)
 {
 	size_t count[BENCH_HIST_BINS] = { 0 }, pts = 0, lo = BENCH_HIST_BINS, hi = 0;
@@ -48,11 +50,13 @@ static const char *terminal(const char *path)
 int bench_plot_check(const char *path)
 {
 	if (!terminal(path)) {
-		fprintf(stderr, "ferry-bench: --plot %s: the name must end in .png or .svg\n", path);
+		fprintf(stderr, "%s: --plot %s: the name must end in .png or .svg\n", bench_plot_who,
+			path);
 		return -EINVAL;
 	}
 	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-		fprintf(stderr, "ferry-bench: --plot needs gnuplot (apt-get install gnuplot-nox)\n");
+		fprintf(stderr, "%s: --plot needs gnuplot (apt-get install gnuplot-nox)\n",
+			bench_plot_who);
 		return -ENOENT;
 	}
 	return 0;
@@ -96,7 +100,7 @@ int bench_plot(const char *path, const struct plot *p, const struct plot_series 
 	rc = pclose(g);
 	unlink(data);
 	if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc)) {
-		fprintf(stderr, "ferry-bench: gnuplot failed drawing %s\n", path);
+		fprintf(stderr, "%s: gnuplot failed drawing %s\n", bench_plot_who, path);
 		return -EIO;
 	}
 	return 0;

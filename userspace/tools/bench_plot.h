@@ -17,6 +17,9 @@ struct plot {
 	bool logx, logy;
 };
 
+/* The program named in messages ("ferry-bench" unless set). */
+extern const char *bench_plot_who;
+
 /* Whether @path can be drawn (extension, gnuplot there): 0 or -errno and
  * a line on stderr.  Benchmarks ask before they run, not after. */
 int bench_plot_check(const char *path);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda_api.h"
 #include "demo_model.h"
@@ -52,18 +53,32 @@ void demo_images(float *x, unsigned int n, uint64_t stream, uint64_t seq)
 		x[i] = uniform(&s, 0.0f, 1.0f);
 }
 
-/* y[n][out] = x[n][in] W + b, in the kernel's summation order. */
+/*
+ * y[n][out] = x[n][in] W + b, in the kernel's summation order: each y[o]
+ * starts from b[o] and adds k ascending.  The loop over o is innermost so
+ * that it runs over consecutive weights (the compiler vectorises it); the
+ * order of the additions into each y[o], and so every rounding, is the
+ * same as one output at a time.
+ */
 static void dense(const float *x, const float *w, const float *b, float *y, unsigned int n,
 		  unsigned int in, unsigned int out, int relu)
 {
-	for (unsigned int r = 0; r < n; r++) {
-		for (unsigned int o = 0; o < out; o++) {
-			float acc = b[o];
+	float acc[DEMO_HID];
 
-			for (unsigned int k = 0; k < in; k++)
-				acc += x[(size_t)r * in + k] * w[(size_t)k * out + o];
-			y[(size_t)r * out + o] = relu && acc < 0.f ? 0.f : acc;
+	for (unsigned int r = 0; r < n; r++) {
+		const float *xr = x + (size_t)r * in;
+
+		for (unsigned int o = 0; o < out; o++)
+			acc[o] = b[o];
+		for (unsigned int k = 0; k < in; k++) {
+			const float *wk = w + (size_t)k * out;
+			float xk = xr[k];
+
+			for (unsigned int o = 0; o < out; o++)
+				acc[o] += xk * wk[o];
 		}
+		for (unsigned int o = 0; o < out; o++)
+			y[(size_t)r * out + o] = relu && acc[o] < 0.f ? 0.f : acc[o];
 	}
 }
 
@@ -96,6 +111,18 @@ int demo_gpu_built(void)
 	return ferry_demo_ptx[0] != 0;
 }
 
+int demo_gpu_use(unsigned int dev)
+{
+	struct ferry_cuda *cu;
+	int err = ferry_cuda_get(&cu);
+
+	if (!err)
+		err = ferry_cuda_use_device(cu, (int)dev);
+	if (err)
+		fprintf(stderr, "ferry-demo: GPU %u: %s\n", dev, ferry_cuda_why());
+	return err;
+}
+
 struct demo_gpu {
 	struct ferry_cuda *cu;
 	CUmodule mod;
@@ -103,6 +130,8 @@ struct demo_gpu {
 	CUdeviceptr w1, b1, w2, b2;
 	unsigned int max_batch, nslots;
 	struct { CUdeviceptr x, hid, out; } *slot;
+	CUstream own;		/* demo_gpu_run()'s stream, made on first use */
+	uint64_t copied;	/* bytes queued host<->device so far */
 };
 
 #define CU_TRY(call) do { if ((r = (call)) != CUDA_SUCCESS) goto fail; } while (0)
@@ -181,8 +210,17 @@ static CUresult launch(struct demo_gpu *g, CUstream st, CUdeviceptr x, CUdevicep
 				     threads, 1, 1, 0, st, args, NULL);
 }
 
+/* Runs on a CUDA driver thread once the stream reaches it: no CUDA calls. */
+static void CUDA_CB stamp_done(void *arg)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	*(volatile uint64_t *)arg = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 int demo_gpu_queue(struct demo_gpu *g, unsigned int slot, void *stream, const float *x,
-		   unsigned int n, float *logits)
+		   unsigned int n, float *logits, uint64_t *done_ns)
 {
 	CUstream st = (CUstream)stream;
 	CUresult r;
@@ -199,5 +237,27 @@ int demo_gpu_queue(struct demo_gpu *g, unsigned int slot, void *stream, const fl
 	if (r == CUDA_SUCCESS)
 		r = g->cu->cuMemcpyDtoHAsync(logits, g->slot[slot].out, (size_t)n * DEMO_OUT * 4,
 					     st);
+	if (r == CUDA_SUCCESS && done_ns)
+		r = g->cu->cuLaunchHostFunc(st, stamp_done, done_ns);
+	if (r == CUDA_SUCCESS)
+		g->copied += (uint64_t)n * (DEMO_IN + DEMO_OUT) * 4;
 	return ferry_cuda_errno(r);
+}
+
+int demo_gpu_run(struct demo_gpu *g, const float *x, unsigned int n, float *logits)
+{
+	CUresult r = CUDA_SUCCESS;
+	int err;
+
+	if (!g->own)
+		r = g->cu->cuStreamCreate(&g->own, CU_STREAM_NON_BLOCKING);
+	if (r != CUDA_SUCCESS)
+		return ferry_cuda_errno(r);
+	err = demo_gpu_queue(g, 0, g->own, x, n, logits, NULL);
+	return err ? err : ferry_cuda_errno(g->cu->cuStreamSynchronize(g->own));
+}
+
+uint64_t demo_gpu_copied(const struct demo_gpu *g)
+{
+	return g->copied;
 }

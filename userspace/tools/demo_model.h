@@ -34,14 +34,23 @@ unsigned int demo_mismatches(const float *want, const float *got, unsigned int n
 struct demo_gpu;
 /* Whether the kernels were built in (nvcc was there at build time). */
 int demo_gpu_built(void);
+/* In a process of its own (not a ferry helper): load CUDA and make GPU
+ * @dev's primary context current; 0 or -errno (and a reason on stderr). */
+int demo_gpu_use(unsigned int dev);
 /* 0, or -ENODEV (and a reason on stderr) when the kernels are not built in. */
 int demo_gpu_open(const struct demo_weights *w, unsigned int max_batch, unsigned int streams,
 		  struct demo_gpu **out);
 /*
  * Queue one batch on @stream (stream slot @slot < streams): @x (pinned host,
  * the child's region) -> device -> model -> @logits (host).  Nothing waits.
+ * @done_ns (or NULL): CLOCK_MONOTONIC is written there once the stream has
+ * copied the logits back, so the model's time is measured where it ran.
  */
 int demo_gpu_queue(struct demo_gpu *g, unsigned int slot, void *stream, const float *x,
-		   unsigned int n, float *logits);
+		   unsigned int n, float *logits, uint64_t *done_ns);
+/* One batch on a stream of its own (slot 0), waiting for it: 0 or -errno. */
+int demo_gpu_run(struct demo_gpu *g, const float *x, unsigned int n, float *logits);
+/* Bytes this helper queued host->device and device->host so far. */
+uint64_t demo_gpu_copied(const struct demo_gpu *g);
 
 #endif

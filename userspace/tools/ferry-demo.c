@@ -1,226 +1,183 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 /*
- * ferry-demo: the main job.  A broker starts N children and M helpers;
- * each child makes batches of images in its own region, helpers run a
- * small classifier on them (on their GPU through CUDA where there is one,
- * on the CPU otherwise) and write the logits back into the child's region;
- * each child checks every result against the model run by itself on the
- * CPU.  Live progress while it runs, a summary at the end; exit status 0
- * only if every result checked out.
+ * ferry-demo: the main job, over ferry and over the classic design, in
+ * one run.  N children make batches of images; M servers run a small
+ * classifier on them (on their GPU through CUDA where there is one, on
+ * the CPU otherwise) and send the logits back.  First over ferry
+ * (demo_ferry.c: the tensors stay in each child's region), then the same
+ * job over the seed design (demo_classic.c: a broker with pipes, tensors
+ * copied through them); then both side by side: throughput, round trips,
+ * the transport's share of them (round trip less the model's own time,
+ * measured in the server), CPU spent in transport and bytes copied,
+ * counted.  Each child checks every result against the model run on the
+ * CPU once the clock has stopped; the exit status is 0 only if every
+ * result on both paths matched.
  */
 #include <errno.h>
 #include <getopt.h>
-#include <math.h>
-#include <stdatomic.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
-#include "demo_model.h"
+#include "bench_plot.h"
+#include "demo_paths.h"
 #include "ferry.h"
 
-#define OP_CLASSIFY 1
-#define HBINS 256		/* round-trip histogram: 8 bins per octave from 1 us */
+static struct demo_cfg cfg;
+static const char *device;	/* where the model ran, in words */
 
-struct shared {
-	_Atomic int stop;
-	_Atomic uint64_t requests, bad_results, errors, bytes;
-	_Atomic uint64_t hist[HBINS];
-};
+/* --- the clock, shared by both paths --- */
 
-struct cfg {
-	unsigned int children, helpers, seconds, batch, window;
-	enum ferry_backend backend;
-	bool json, gpu;
-	unsigned int inject;	/* --inject-fault: spoil every Nth result */
-	const char *stats_path;	/* --stats: the broker's counters socket */
-};
-
-static struct cfg cfg;
-static struct shared *sh;
-static struct demo_weights *weights;	/* made before fork: every process has them */
-static struct demo_gpu *gpu;		/* in a GPU helper */
-static void *gpu_streams[64];		/* ... its streams, in the order met */
-static uint64_t handled;		/* requests this helper answered */
-
-static uint64_t now_ns(void)
+/* The 1-minute load average, or -1: other work on the machine skews the
+ * comparison (the paths run one after the other), so it is shown. */
+static double load_average(void)
 {
-	struct timespec ts;
+	FILE *f = fopen("/proc/loadavg", "r");
+	double l = -1;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static unsigned int hbin(uint64_t ns)
-{
-	double b = ns <= 1000 ? 0 : 8 * log2((double)ns / 1000);
-
-	return b >= HBINS - 1 ? HBINS - 1 : (unsigned int)b;
-}
-
-/* The round trip below which a fraction @q of them were, in us. */
-static double percentile_us(const uint64_t *h, double q)
-{
-	uint64_t total = 0, acc = 0;
-
-	for (unsigned int i = 0; i < HBINS; i++)
-		total += h[i];
-	if (!total)
-		return 0;
-	for (unsigned int i = 0; i < HBINS; i++) {
-		acc += h[i];
-		if (acc >= q * total)
-			return exp2((i + 1) / 8.0);	/* the bin's upper edge */
+	if (f) {
+		if (fscanf(f, "%lf", &l) != 1)
+			l = -1;
+		fclose(f);
 	}
-	return exp2(HBINS / 8.0);
+	return l;
 }
 
-static size_t in_bytes(void)
+void demo_say_start(const char *path, const char *how)
 {
-	return (size_t)cfg.batch * DEMO_IN * sizeof(float);
+	printf("%-8s %s (load average %.2f)\n", path, how, load_average());
+	fflush(stdout);
 }
 
-static size_t out_bytes(void)
+/* One line per interval: its requests/s and its own p50/p99 (not the
+ * run's so far, which settles after a second and stops moving). */
+static void progress(const struct demo_cfg *c, struct demo_run *r, const char *path, bool tty,
+		     uint64_t t0, uint64_t *last_req, uint64_t *last_t)
 {
-	return (size_t)cfg.batch * DEMO_OUT * sizeof(float);
+	static uint64_t prev[DEMO_HBINS];
+	uint64_t now = demo_now_ns(), req = atomic_load(&r->requests);
+	double dt = (now - *last_t) / 1e9, p50, p99;
+
+	if (*last_req == 0)
+		memset(prev, 0, sizeof(prev));	/* a new path's run */
+	demo_hist_since(r, prev, &p50, &p99);
+	if (c->json)
+		return;
+	fprintf(stderr, "%s[%5.1fs] %-8s %9llu requests %8.0f/s  p50 %9.1f us  p99 %9.1f us%s",
+		tty ? "\r" : "", (now - t0) / 1e9, path, (unsigned long long)req,
+		dt > 0 ? (req - *last_req) / dt : 0, p50, p99, tty ? "   " : "\n");
+	fflush(stderr);
+	*last_req = req;
+	*last_t = now;
 }
 
-/* --- helpers --- */
-
-static int helper_init(struct ferry_helper *h, void *arg)
+/* Whether @pid (0: none to watch) is still running; it stays reapable. */
+static bool alive(pid_t pid)
 {
-	(void)arg;
-	if (!cfg.gpu)
-		return 0;
-	if (ferry_helper_gpu(h) < 0)
-		return -ENODEV;
-	return demo_gpu_open(weights, cfg.batch, 64, &gpu);
+	siginfo_t si = { 0 };
+
+	return !pid || (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+			si.si_pid == 0);
 }
 
-static int classify(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep,
-		    void *arg)
+/* Until @pred holds for @r, @broker ends, or @timeout_ns passes. */
+static bool wait_for(struct demo_run *r, bool (*pred)(const struct demo_run *, unsigned int),
+		     unsigned int arg, pid_t broker, uint64_t timeout_ns)
 {
-	unsigned int n = (unsigned int)req->arg[1];
-	const float *x;
-	float *y;
-	void *st;
-	unsigned int s;
-	int err;
+	uint64_t end = demo_now_ns() + timeout_ns;
 
-	(void)arg;
-	if (req->op != OP_CLASSIFY || n == 0 || n > cfg.batch)
-		return -EINVAL;
-	x = ferry_helper_data(h, req, req->offset, (size_t)n * DEMO_IN * sizeof(float));
-	y = ferry_helper_data(h, req, req->arg[0], (size_t)n * DEMO_OUT * sizeof(float));
-	if (!x || !y)
-		return -EFAULT;
-	if (cfg.inject && ++handled % cfg.inject == 0) {
-		/* A wrong answer on purpose: the child's check must catch it. */
-		demo_forward_cpu(weights, x, n, y);
-		y[0] += 1.0f;
-		return 0;
+	while (!pred(r, arg)) {
+		if (!alive(broker) || demo_now_ns() > end)
+			return false;
+		usleep(1000);
 	}
-	if (!gpu) {
-		demo_forward_cpu(weights, x, n, y);
-		return 0;
-	}
-	/* Device buffers per stream: work on one stream runs in order. */
-	st = ferry_helper_stream(h);
-	for (s = 0; s < 64 && gpu_streams[s] && gpu_streams[s] != st; s++)
-		;
-	if (s == 64)
-		return -ENOSPC;
-	gpu_streams[s] = st;
-	err = demo_gpu_queue(gpu, s, st, x, n, y);
-	if (!err)
-		err = ferry_helper_defer(h, rep, st);
-	return err ? err : FERRY_DEFERRED;
+	return true;
 }
 
-/* --- children --- */
-
-struct slot {
-	float *in, *out;
-	uint64_t seq, t0;
-};
-
-static int child(struct ferry_child *c, void *arg)
+static bool all_ready(const struct demo_run *r, unsigned int n)
 {
-	unsigned int k = ferry_window(c), idx = ferry_child_index(c);
-	struct slot *sl = calloc(k, sizeof(*sl));
-	float *ref = malloc(out_bytes());
-	uint64_t seq = 0;
-	struct ferry_desc d, rep;
-
-	(void)arg;
-	if (!sl || !ref)
-		return 2;
-	for (unsigned int i = 0; i < k; i++) {
-		sl[i].in = ferry_malloc(c, in_bytes());
-		sl[i].out = ferry_malloc(c, out_bytes());
-		if (!sl[i].in || !sl[i].out)
-			return 3;
-	}
-	for (unsigned int free_slot = 0;;) {
-		/* Keep the window full until told to stop. */
-		while (!atomic_load_explicit(&sh->stop, memory_order_relaxed) &&
-		       ferry_outstanding(c) < k) {
-			struct slot *s = &sl[free_slot];
-
-			s->seq = seq++;
-			demo_images(s->in, cfg.batch, idx, s->seq);
-			d = (struct ferry_desc){
-				.op = OP_CLASSIFY, .tag = free_slot, .offset = ferry_offset(c, s->in),
-				.len = in_bytes(), .arg = { ferry_offset(c, s->out), cfg.batch },
-			};
-			s->t0 = now_ns();
-			if (ferry_submit(c, &d))
-				return 4;
-			free_slot = (free_slot + 1) % k;
-		}
-		if (!ferry_outstanding(c))
-			break;
-		if (ferry_complete(c, &rep, -1) || rep.tag >= k)
-			return 5;
-		struct slot *s = &sl[rep.tag];
-
-		atomic_fetch_add_explicit(&sh->hist[hbin(now_ns() - s->t0)], 1,
-					  memory_order_relaxed);
-		if (rep.status) {
-			atomic_fetch_add(&sh->errors, 1);
-		} else {
-			demo_forward_cpu(weights, s->in, cfg.batch, ref);
-			if (demo_mismatches(ref, s->out, cfg.batch))
-				atomic_fetch_add(&sh->bad_results, 1);
-		}
-		atomic_fetch_add(&sh->bytes, in_bytes() + out_bytes());
-		atomic_fetch_add(&sh->requests, 1);
-		/* Slots complete in order per helper, not overall: reuse this one. */
-		free_slot = (unsigned int)rep.tag;
-	}
-	return atomic_load(&sh->bad_results) || atomic_load(&sh->errors) ? 1 : 0;
+	return atomic_load(&r->ready) >= n;
 }
 
-/* --- the main job --- */
+static bool all_drained(const struct demo_run *r, unsigned int n)
+{
+	return atomic_load(&r->drained) >= n;
+}
+
+double demo_timed_part(const struct demo_cfg *c, struct demo_run *r, const char *path,
+		       pid_t broker)
+{
+	bool tty = isatty(STDERR_FILENO);
+	uint64_t t0, last_t, last_req = 0, end;
+
+	/* The classic servers load their model (CUDA) first, as ferry's do. */
+	if (broker && !wait_for(r, all_ready, c->helpers + 1, broker, 120ull * 1000000000))
+		return -1;
+	t0 = last_t = demo_now_ns();
+	end = t0 + (uint64_t)c->seconds * 1000000000u;
+	atomic_store(&r->go, 1);
+	while (demo_now_ns() < end && alive(broker)) {
+		uint64_t step = tty ? 250000000u : 1000000000u, left = end - demo_now_ns();
+
+		usleep((useconds_t)((left < step ? left : step) / 1000));
+		progress(c, r, path, tty, t0, &last_req, &last_t);
+	}
+	atomic_store(&r->stop, 1);
+	/* Each child drains its window; the clock stops with the last one. */
+	if (!wait_for(r, all_drained, c->children, broker, 120ull * 1000000000))
+		return -1;
+	if (tty && !c->json)
+		fputc('\n', stderr);
+	return (demo_now_ns() - t0) / 1e9;
+}
+
+/* --- options --- */
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ferry-demo [options]\n"
 		"  --children N   child processes (default: sized to the machine)\n"
-		"  --helpers M    helper processes (default: 2 per GPU, or CPUs/2)\n"
-		"  --seconds S    how long to send requests (default 10)\n"
+		"  --helpers M    helper (model server) processes (default: 2 per GPU, or CPUs/2)\n"
+		"  --seconds S    how long each path sends requests (default 5)\n"
 		"  --size B       images per request (3x32x32 floats each; default 8)\n"
 		"  --backend X    auto, kmod or memfd (default auto)\n"
+		"  --no-classic   run over ferry only, not also over pipes\n"
+		"  --plot F       draw both paths' round-trip distributions into F (.png or .svg)\n"
 		"  --json         the summary as one JSON object on stdout\n"
-		"  --stats PATH   serve the broker's counters at PATH (ferryctl stats)\n"
-		"  --inject-fault N  helpers spoil every Nth result (to see the check fail)\n"
-		"Every result is checked in the child against the model run on the CPU;\n"
-		"the exit status is 0 only if all of them matched.\n");
+		"  --stats PATH   serve the ferry broker's counters at PATH (ferryctl stats)\n"
+		"  --inject-fault N  servers spoil every Nth result (to see the check fail)\n"
+		"The same job runs over ferry, then over the classic design (a broker\n"
+		"with pipes to children and servers, tensors copied through them), and\n"
+		"both are printed side by side; the last line is key=value.  Every\n"
+		"result is checked in the child against the model run on the CPU,\n"
+		"once the clock has stopped; the exit status is 0 only if all matched.\n");
+}
+
+static const char *opt_name(int o)
+{
+	return o == 'c' ? "children" : o == 'm' ? "helpers" : o == 's' ? "seconds" :
+	       o == 'b' ? "size" : "inject-fault";
+}
+
+static int parse_number(int o, const char *arg)
+{
+	char *end = NULL;
+	unsigned long v = arg ? strtoul(arg, &end, 10) : 0;
+
+	if (!arg || !*arg || *end || v == 0 || v > 100000 || *arg == '-') {
+		fprintf(stderr, "ferry-demo: --%s wants a number from 1 to 100000, not '%s'\n",
+			opt_name(o), arg ? arg : "");
+		return -EINVAL;
+	}
+	if (o == 'f') cfg.inject = (unsigned int)v;
+	if (o == 'c') cfg.children = (unsigned int)v;
+	if (o == 'm') cfg.helpers = (unsigned int)v;
+	if (o == 's') cfg.seconds = (unsigned int)v;
+	if (o == 'b') cfg.batch = (unsigned int)v;
+	return 0;
 }
 
 static int parse(int argc, char **argv)
@@ -234,45 +191,32 @@ static int parse(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "inject-fault", required_argument, NULL, 'f' },
 		{ "stats", required_argument, NULL, 'p' },
+		{ "no-classic", no_argument, NULL, 'n' },
+		{ "plot", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
 	int o, err;
 
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		char *end = NULL;
-		unsigned long v = optarg ? strtoul(optarg, &end, 10) : 0;
-		bool num_ok = optarg && *optarg && !*end && v > 0 && v <= 100000;
-
 		switch (o) {
 		case 'c': case 'm': case 's': case 'b': case 'f':
-			if (!num_ok) {
-				fprintf(stderr, "ferry-demo: --%s wants a number from 1 to 100000, "
-					"not '%s'\n", o == 'c' ? "children" : o == 'm' ? "helpers" :
-					o == 's' ? "seconds" : o == 'b' ? "size" : "inject-fault", optarg);
+			if (parse_number(o, optarg))
 				return -EINVAL;
-			}
-			if (o == 'f') cfg.inject = (unsigned int)v;
-			if (o == 'c') cfg.children = (unsigned int)v;
-			if (o == 'm') cfg.helpers = (unsigned int)v;
-			if (o == 's') cfg.seconds = (unsigned int)v;
-			if (o == 'b') cfg.batch = (unsigned int)v;
 			break;
 		case 'k':
 			err = ferry_backend_parse(optarg);
-			cfg.backend = (enum ferry_backend)err;
+			cfg.backend = err;
 			if (err < 0) {
 				fprintf(stderr, "ferry-demo: --backend wants auto, kmod or memfd, "
 					"not '%s'\n", optarg);
 				return -EINVAL;
 			}
 			break;
-		case 'j':
-			cfg.json = true;
-			break;
-		case 'p':
-			cfg.stats_path = optarg;
-			break;
+		case 'j': cfg.json = true; break;
+		case 'p': cfg.stats_path = optarg; break;
+		case 'n': cfg.classic = false; break;
+		case 'P': cfg.plot = optarg; break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -289,139 +233,253 @@ static int parse(int argc, char **argv)
 		fprintf(stderr, "ferry-demo: --size is at most 1024 images\n");
 		return -EINVAL;
 	}
+	/* Asked before the run, not after it. */
+	if (cfg.plot && bench_plot_check(cfg.plot))
+		return -EINVAL;
 	return 0;
 }
 
-static void progress(bool tty, uint64_t t_start, uint64_t *last_req, uint64_t *last_t)
-{
-	uint64_t h[HBINS], now = now_ns(), req = atomic_load(&sh->requests);
-	double dt = (now - *last_t) / 1e9;
-
-	for (unsigned int i = 0; i < HBINS; i++)
-		h[i] = atomic_load_explicit(&sh->hist[i], memory_order_relaxed);
-	fprintf(stderr, "%s[%5.1fs] %10llu requests  %9.0f/s  p50 %8.1f us  p99 %8.1f us  "
-		"bad %llu%s", tty ? "\r" : "", (now - t_start) / 1e9, (unsigned long long)req,
-		dt > 0 ? (req - *last_req) / dt : 0, percentile_us(h, 0.5), percentile_us(h, 0.99),
-		(unsigned long long)(atomic_load(&sh->bad_results) + atomic_load(&sh->errors)),
-		tty ? "   " : "\n");
-	fflush(stderr);
-	*last_req = req;
-	*last_t = now;
-}
-
-int main(int argc, char **argv)
+/* Children, helpers and the device, sized to this machine. */
+static void size_to_machine(void)
 {
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	struct ferry_broker_opts o;
-	struct ferry_broker *b;
-	struct ferry_broker_stats st;
-	uint64_t t0, t1, last_req = 0, last_t, h[HBINS], req, bytes, bad, errs;
-	const char *device;
-	int ngpus, failed, err;
-	bool tty = isatty(STDERR_FILENO), ok;
 
-	cfg.seconds = 10;
-	cfg.batch = 8;
-	cfg.window = 4;
-	cfg.backend = FERRY_BACKEND_AUTO;
-	if (parse(argc, argv))
-		return 2;
-	/* Counted by a throwaway process: CUDA must stay out of this one. */
-	ngpus = ferry_gpu_count_forked();
-	cfg.gpu = ngpus > 0 && demo_gpu_built();
 	if (ncpu < 1)
 		ncpu = 1;
+	/* Counted by a throwaway process: CUDA must stay out of this one. */
+	cfg.ngpus = ferry_gpu_count_forked();
+	cfg.gpu = cfg.ngpus > 0 && demo_gpu_built();
 	if (!cfg.helpers)
-		cfg.helpers = cfg.gpu ? 2u * (unsigned int)ngpus :
+		cfg.helpers = cfg.gpu ? 2u * (unsigned int)cfg.ngpus :
 				(ncpu >= 4 ? (unsigned int)ncpu / 2 : 1);
 	if (!cfg.children)
 		cfg.children = cfg.gpu ? (ncpu * 2 < 32 ? (unsigned int)ncpu * 2 : 32) :
 				 (ncpu >= 2 ? (unsigned int)ncpu : 2);
-	device = cfg.gpu ? "GPU (CUDA)" : ngpus > 0 ? "CPU (GPU found, but built without nvcc)" :
+	device = cfg.gpu ? "GPU (CUDA)" : cfg.ngpus > 0 ? "CPU (GPU found, but built without nvcc)" :
 		 "CPU (no GPU found)";
+}
 
-	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	weights = malloc(sizeof(*weights));
-	if (sh == MAP_FAILED || !weights) {
+/* --- the summary --- */
+
+struct path_run {
+	struct demo_run *r;
+	struct demo_path_info info;
+	struct demo_result res;
+	int err;
+};
+
+static bool path_ok(const struct path_run *p)
+{
+	const struct demo_result *x = &p->res;
+
+	return !p->err && x->ran && p->info.failed == 0 && p->info.bad_desc == 0 && x->bad == 0 &&
+	       x->errors == 0 && x->requests > 0 && x->verified == x->requests;
+}
+
+static double total_cpu(const struct demo_result *x)
+{
+	return x->cpu_child_us + x->cpu_broker_us + x->cpu_server_us;
+}
+
+static double ratio(double a, double b)
+{
+	return b > 0 ? a / b : 0;
+}
+
+/* One row: a label, then the ferry and classic columns. */
+static void row(const char *label, const char *fmt, double f, double k, bool classic)
+{
+	char a[32], b[32];
+
+	snprintf(a, sizeof(a), fmt, f);
+	snprintf(b, sizeof(b), fmt, k);
+	printf("  %-40s %14s %14s\n", label, a, classic ? b : "-");
+}
+
+static void print_table(const struct path_run *f, const struct path_run *k, bool ok)
+{
+	const struct demo_result *a = &f->res, *b = &k->res;
+	bool c = b->ran;
+
+	printf("\n  %-40s %14s %14s\n", "", "ferry", "classic");
+	printf("  %-40s %14s %14s\n", "transport", f->info.backend, c ? "pipes+poll" : "-");
+	row("requests", "%.0f", (double)a->requests, (double)b->requests, c);
+	row("throughput (requests/s)", "%.1f", a->rps, b->rps, c);
+	row("tensor MB/s (in + out)", "%.1f", a->mbps, b->mbps, c);
+	row("round trip p50 (us)", "%.1f", a->p50_us, b->p50_us, c);
+	row("round trip p99 (us)", "%.1f", a->p99_us, b->p99_us, c);
+	row("model time p50 (us, in the server)", "%.1f", a->model_p50_us, b->model_p50_us, c);
+	row("transport+queue p50 (us, rtt - model)", "%.1f", a->over_p50_us, b->over_p50_us, c);
+	row("transport+queue p99 (us, rtt - model)", "%.1f", a->over_p99_us, b->over_p99_us, c);
+	row("reply leg p50 (us, model done -> child)", "%.1f", a->reply_p50_us, b->reply_p50_us, c);
+	row("transport CPU/request: children (us)", "%.1f", a->cpu_child_us, b->cpu_child_us, c);
+	row("transport CPU/request: broker (us)", "%.1f", a->cpu_broker_us, b->cpu_broker_us, c);
+	row(cfg.gpu ? "transport CPU/request: servers (us)" :
+	    "transport CPU/request: servers-model (us)", "%.1f", a->cpu_server_us,
+	    b->cpu_server_us, c);
+	row("transport CPU/request: total (us)", "%.1f", total_cpu(a), total_cpu(b), c);
+	row("bytes copied (read/write/memcpy)", "%.0f", (double)a->copied, (double)b->copied, c);
+	row("bytes copied per request", "%.0f", ratio((double)a->copied, (double)a->requests),
+	    ratio((double)b->copied, (double)b->requests), c);
+	if (cfg.gpu)
+		row("bytes host<->GPU (DMA, both need it)", "%.0f", (double)a->dma, (double)b->dma, c);
+	row("results checked", "%.0f", (double)a->verified, (double)b->verified, c);
+	row("results wrong or failed", "%.0f", (double)(a->bad + a->errors),
+	    (double)(b->bad + b->errors), c);
+	if (c)
+		printf("  %-40s %.2fx throughput, %.2fx less transport+queue p50, "
+		       "%.2fx less transport CPU\n", "ferry vs classic", ratio(a->rps, b->rps),
+		       ratio(b->over_p50_us, a->over_p50_us), ratio(total_cpu(b), total_cpu(a)));
+	printf("  %-40s %s\n", "verdict", ok ? "OK: every result verified" :
+	       "FAILED: see the counts above");
+}
+
+static void print_path_json(const char *name, const struct path_run *p)
+{
+	const struct demo_result *x = &p->res;
+
+	printf("\"%s\":{\"requests\":%llu,\"requests_per_s\":%.1f,\"mb_per_s\":%.1f,"
+	       "\"p50_us\":%.1f,\"p99_us\":%.1f,\"model_p50_us\":%.1f,\"overhead_p50_us\":%.1f,"
+	       "\"overhead_p99_us\":%.1f,\"reply_p50_us\":%.1f,\"cpu_child_us\":%.2f,"
+	       "\"cpu_broker_us\":%.2f,\"cpu_server_us\":%.2f,\"bytes_copied\":%llu,"
+	       "\"bytes_dma\":%llu,\"verified\":%llu,\"bad_results\":%llu,\"errors\":%llu,"
+	       "\"failed_children\":%d,\"ok\":%s}", name, (unsigned long long)x->requests, x->rps,
+	       x->mbps, x->p50_us, x->p99_us, x->model_p50_us, x->over_p50_us, x->over_p99_us,
+	       x->reply_p50_us, x->cpu_child_us, x->cpu_broker_us, x->cpu_server_us,
+	       (unsigned long long)x->copied, (unsigned long long)x->dma,
+	       (unsigned long long)x->verified, (unsigned long long)x->bad,
+	       (unsigned long long)x->errors, p->info.failed, path_ok(p) ? "true" : "false");
+}
+
+static void print_json(const struct path_run *f, const struct path_run *k, bool ok)
+{
+	printf("{\"backend\":\"%s\",\"device\":\"%s\",\"children\":%u,\"helpers\":%u,"
+	       "\"images_per_request\":%u,\"seconds\":%u,", f->info.backend,
+	       cfg.gpu ? "gpu" : "cpu", cfg.children, cfg.helpers, cfg.batch, cfg.seconds);
+	print_path_json("ferry", f);
+	if (k->res.ran) {
+		putchar(',');
+		print_path_json("classic", k);
+		printf(",\"ratio_rps\":%.3f", ratio(f->res.rps, k->res.rps));
+	}
+	printf(",\"bad_results\":%llu,\"ok\":%s}\n",
+	       (unsigned long long)(f->res.bad + f->res.errors + k->res.bad + k->res.errors),
+	       ok ? "true" : "false");
+}
+
+/* The last line: key=value, for scripts. */
+static void print_keys(const struct path_run *f, const struct path_run *k, bool ok)
+{
+	const struct demo_result *a = &f->res, *b = &k->res;
+
+	printf("demo=%s backend=%s children=%u helpers=%u images=%u seconds=%u ferry_rps=%.1f "
+	       "ferry_p50_us=%.1f ferry_p99_us=%.1f ferry_overhead_p50_us=%.1f "
+	       "ferry_cpu_us=%.2f ferry_copied_bytes=%llu", cfg.gpu ? "gpu" : "cpu",
+	       f->info.backend, cfg.children, cfg.helpers, cfg.batch, cfg.seconds, a->rps,
+	       a->p50_us, a->p99_us, a->over_p50_us, total_cpu(a), (unsigned long long)a->copied);
+	if (b->ran)
+		printf(" classic_rps=%.1f classic_p50_us=%.1f classic_p99_us=%.1f "
+		       "classic_overhead_p50_us=%.1f classic_cpu_us=%.2f classic_copied_bytes=%llu "
+		       "ratio_rps=%.3f ratio_overhead_p50=%.3f ratio_cpu=%.3f", b->rps, b->p50_us,
+		       b->p99_us, b->over_p50_us, total_cpu(b), (unsigned long long)b->copied,
+		       ratio(a->rps, b->rps), ratio(b->over_p50_us, a->over_p50_us),
+		       ratio(total_cpu(b), total_cpu(a)));
+	else
+		printf(" classic=%s", cfg.classic ? "not_run" : "skipped");
+	printf(" verified=%llu bad=%llu ok=%d\n", (unsigned long long)(a->verified + b->verified),
+	       (unsigned long long)(a->bad + a->errors + b->bad + b->errors), ok ? 1 : 0);
+}
+
+/* --plot: round trips and their transport share, both paths. */
+static int plot(const struct path_run *f, const struct path_run *k)
+{
+	static double x[4][BENCH_HIST_BINS], y[4][BENCH_HIST_BINS];
+	const struct demo_result *res[4] = { &f->res, &k->res, &f->res, &k->res };
+	static const char *const what[4] = {
+		"ferry: round trip", "classic (pipes): round trip",
+		"ferry: transport+queue (rtt - model)", "classic: transport+queue (rtt - model)",
+	};
+	char names[4][96];
+	struct plot_series s[4];
+	size_t ns = 0;
+	const struct plot p = {
+		.title = "ferry-demo: the same job over ferry and over pipes, share of requests per bin",
+		.xlabel = "microseconds (log)", .ylabel = "share of requests", .logx = true,
+	};
+
+	for (int i = 0; i < 4; i++) {
+		const uint64_t *v = i < 2 ? res[i]->rtt_ns : res[i]->over_ns;
+
+		if (!res[i]->ran || !res[i]->n)
+			continue;
+		snprintf(names[ns], sizeof(names[ns]), "%s (median %.1f us)", what[i],
+			 i < 2 ? res[i]->p50_us : res[i]->over_p50_us);
+		s[ns] = (struct plot_series){ .name = names[ns], .x = x[ns], .y = y[ns] };
+		s[ns].n = bench_hist((const unsigned long long *)v, res[i]->n, x[ns], y[ns]);
+		ns++;
+	}
+	return bench_plot(cfg.plot, &p, s, ns);
+}
+
+static void run_path(struct path_run *p, bool classic)
+{
+	p->r = demo_run_map(cfg.children);
+	if (!p->r) {
+		p->err = -ENOMEM;
 		perror("ferry-demo");
-		return 1;
+		return;
 	}
-	demo_weights_make(weights);
+	p->err = classic ? demo_classic_run(&cfg, p->r, &p->info) :
+		 demo_ferry_run(&cfg, p->r, &p->info);
+	if (p->err && p->err != -ETIMEDOUT)
+		fprintf(stderr, "ferry-demo: the %s path failed: %s\n",
+			classic ? "classic" : "ferry", strerror(-p->err));
+	if (p->err == -ETIMEDOUT)
+		fprintf(stderr, "ferry-demo: the %s path's children did not finish in time\n",
+			classic ? "classic" : "ferry");
+	if (p->info.seconds > 0 && demo_result_make(&cfg, p->r, p->info.seconds, &p->res))
+		p->err = -ENOMEM;
+}
 
-	ferry_broker_opts_init(&o);
-	o.children = cfg.children;
-	o.helpers = cfg.helpers;
-	o.window = cfg.window;
-	o.region_size = cfg.window * (in_bytes() + out_bytes()) + (1u << 20);
-	o.backend = cfg.backend;
-	o.handler = classify;
-	o.helper_init = helper_init;
-	o.child_fn = child;
-	o.gpu = cfg.gpu ? FERRY_GPU_AUTO : FERRY_GPU_NONE;
-	o.stats_path = cfg.stats_path;
-	err = ferry_broker_start(&o, &b);
-	if (err) {
-		fprintf(stderr, "ferry-demo: cannot start the broker: %s\n", strerror(-err));
-		return 1;
-	}
+int main(int argc, char **argv)
+{
+	static struct demo_weights weights;
+	struct path_run f = { 0 }, k = { 0 };
+	bool ok;
+
+	bench_plot_who = "ferry-demo";
+	cfg.seconds = 5;
+	cfg.batch = 8;
+	cfg.window = 4;
+	cfg.backend = FERRY_BACKEND_AUTO;
+	cfg.classic = true;
+	if (parse(argc, argv))
+		return 2;
+	size_to_machine();
+	demo_weights_make(&weights);
+	cfg.w = &weights;
 	if (!cfg.json)
-		printf("ferry-demo: %u children, %u helpers, backend %s, model on %s, "
-		       "%u images (%.1f KiB) per request, %u s\n", cfg.children, cfg.helpers,
-		       ferry_backend_name(ferry_broker_backend(b)), device, cfg.batch,
-		       in_bytes() / 1024.0, cfg.seconds);
-	fflush(stdout);
-	t0 = last_t = now_ns();
-	while (now_ns() - t0 < (uint64_t)cfg.seconds * 1000000000u) {
-		usleep(tty ? 250000 : 1000000);
-		if (!cfg.json)
-			progress(tty, t0, &last_req, &last_t);
-	}
-	atomic_store(&sh->stop, 1);
-	failed = ferry_broker_wait(b, 120LL * 1000000000);
-	t1 = now_ns();
-	ferry_broker_stats(b, &st);
-	if (tty && !cfg.json)
-		fputc('\n', stderr);
-
-	for (unsigned int i = 0; i < HBINS; i++)
-		h[i] = atomic_load(&sh->hist[i]);
-	req = atomic_load(&sh->requests);
-	bytes = atomic_load(&sh->bytes);
-	bad = atomic_load(&sh->bad_results);
-	errs = atomic_load(&sh->errors);
-	ok = failed == 0 && bad == 0 && errs == 0 && req > 0 && st.bad_desc == 0;
+		printf("ferry-demo: %u children, %u helpers, model on %s, %u images (%.1f KiB) "
+		       "per request, window %u, %u s per path\n", cfg.children, cfg.helpers,
+		       device, cfg.batch, demo_in_bytes(&cfg) / 1024.0, cfg.window, cfg.seconds);
+	run_path(&f, false);
+	if (cfg.classic && !f.err)
+		run_path(&k, true);
+	ok = path_ok(&f) && (!cfg.classic || path_ok(&k));
+	if (!f.info.backend[0])	/* the ferry broker did not start */
+		snprintf(f.info.backend, sizeof(f.info.backend), "none");
 	if (cfg.json) {
-		printf("{\"backend\":\"%s\",\"device\":\"%s\",\"children\":%u,\"helpers\":%u,"
-		       "\"images_per_request\":%u,\"seconds\":%.3f,\"requests\":%llu,"
-		       "\"bytes\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"requests_per_s\":%.1f,"
-		       "\"mb_per_s\":%.1f,\"copies_avoided\":%llu,\"bad_results\":%llu,"
-		       "\"errors\":%llu,\"failed_children\":%d,\"ok\":%s}\n",
-		       ferry_backend_name(ferry_broker_backend(b)), cfg.gpu ? "gpu" : "cpu",
-		       cfg.children, cfg.helpers, cfg.batch, (t1 - t0) / 1e9,
-		       (unsigned long long)req, (unsigned long long)bytes, percentile_us(h, 0.5),
-		       percentile_us(h, 0.99), req / ((t1 - t0) / 1e9),
-		       bytes / ((t1 - t0) / 1e9) / 1e6, (unsigned long long)req * 4,
-		       (unsigned long long)bad, (unsigned long long)errs, failed,
-		       ok ? "true" : "false");
+		print_json(&f, &k, ok);
 	} else {
-		printf("\n  %-34s %s\n", "backend", ferry_backend_name(ferry_broker_backend(b)));
-		printf("  %-34s %s\n", "model ran on", device);
-		printf("  %-34s %u x %u\n", "children x helpers", cfg.children, cfg.helpers);
-		printf("  %-34s %llu (%u images each)\n", "requests", (unsigned long long)req,
-		       cfg.batch);
-		printf("  %-34s %.1f MB\n", "tensor bytes moved (in + out)", bytes / 1e6);
-		printf("  %-34s %.1f / %.1f us\n", "round trip p50 / p99",
-		       percentile_us(h, 0.5), percentile_us(h, 0.99));
-		printf("  %-34s %.0f requests/s, %.1f MB/s\n", "throughput",
-		       req / ((t1 - t0) / 1e9), bytes / ((t1 - t0) / 1e9) / 1e6);
-		printf("  %-34s %llu (%.1f MB): tensors stayed in the child's region\n",
-		       "copies avoided vs pipes", (unsigned long long)req * 4, 2 * bytes / 1e6);
-		printf("  %-34s %llu of %llu checked against the CPU reference\n",
-		       "results correct", (unsigned long long)(req - bad - errs),
-		       (unsigned long long)req);
-		printf("  %-34s %s\n", "verdict", ok ? "OK: every result verified" :
-		       "FAILED: see the counts above");
+		if (f.res.ran)	/* a table of zeros would say nothing */
+			print_table(&f, &k, ok);
+		print_keys(&f, &k, ok);
 	}
-	ferry_broker_stop(b);
+	if (cfg.plot && (f.res.ran || k.res.ran) && plot(&f, &k))
+		ok = false;
+	demo_result_free(&f.res);
+	demo_result_free(&k.res);
+	demo_run_unmap(f.r);
+	demo_run_unmap(k.r);
 	return ok ? 0 : 1;
 }
