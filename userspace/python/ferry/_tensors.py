@@ -88,6 +88,37 @@ assert _ENTRY.size == ctypes.sizeof(Tensor)
 _ZEROS = (0,) * _lib.TENSOR_NDIM
 
 
+class _Iface:
+    """A bare owner of an array's bytes (nothing to release): a helper's views."""
+    __slots__ = ("__array_interface__",)
+
+
+_asarray = np.asarray
+
+
+def entry_parse(raw, at=0):
+    """(where, dtype code, shape, element strides or None: C order) of the
+    struct ferry_tensor at byte @at of bytes @raw."""
+    v = _ENTRY.unpack_from(raw, at)
+    ndim = v[2]
+    if ndim > _lib.TENSOR_NDIM:
+        raise FerryError(22, f"tensor of {ndim} dimensions")
+    st = v[13:13 + ndim]
+    return v[0], v[1], v[7:7 + ndim], (st if any(st) else None)
+
+
+def raw_view(addr, shape, code, strides):
+    """A numpy view over @addr of an entry_parse()d tensor (its bytes checked
+    by libferry: ferry_helper_tensor_addr)."""
+    dt = numpy_dtype(code)
+    if strides is not None:
+        strides = tuple(s * dt.itemsize for s in strides)
+    m = _Iface()
+    m.__array_interface__ = {"version": 3, "shape": shape, "typestr": dt.str,
+                             "data": (addr, False), "strides": strides}
+    return _asarray(m)
+
+
 def fill_entry(buf, at, where, offset, arr_shape, arr_strides, itemsize, dtype_code):
     """Write table entry (struct ferry_tensor) at byte @at of @buf for a tensor of
     this shape (strides in bytes, None: C order)."""
