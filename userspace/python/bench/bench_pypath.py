@@ -2,8 +2,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """What ferry's Python layer costs per request, on the CPU (no GPU needed).
 
-One child, one helper.  Round trips (p50, p99), the child's CPU per call
-and the helper's CPU per request for:
+One child, one helper.  Round trips (p50 of the best round and the
+median round), the child's CPU per call and the helper's CPU per request for:
+  c_nop    ferry_call_timeout through ctypes, no ferry Python layer
+  c_table  the same with a 2-tensor table (built once), handler returns 0
   nop      c.call(op)                          handler returns 0
   tensors  c.call(op, tensors=[x, y])          handler: req.tensors(), returns 0
   job      c.call(op, tensors=[x, y])          handler: x, y = req.tensors(); np.add(x, 1, out=y)
@@ -28,6 +30,10 @@ import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                "build", "python"))
+from ferry import _lib  # noqa: E402
 
 OP_NOP, OP_TENSORS, OP_JOB, OP_MICRO, OP_CPU = 1, 2, 3, 4, 5
 ARGS = None
@@ -128,20 +134,41 @@ def child(c):
         c.call(OP_NOP)
         c.call(OP_JOB, tensors=[x, y])
     assert np.array_equal(y, x + 1)
-    for name, op, kw in (("nop", OP_NOP, {}), ("tensors", OP_TENSORS, {"tensors": [x, y]}),
-                         ("job", OP_JOB, {"tensors": [x, y]})):
-        lat = np.empty(n, np.int64)
-        h0 = c.call(OP_CPU).arg[0]
-        c0 = time.thread_time_ns()
-        for i in range(n):
-            t = time.perf_counter_ns()
-            c.call(op, **kw)
-            lat[i] = time.perf_counter_ns() - t
-        c1 = time.thread_time_ns()
-        h1 = c.call(OP_CPU).arg[0]
-        out[name] = {"p50_us": pct(lat, 50), "p99_us": pct(lat, 99),
-                     "child_cpu_us": (c1 - c0) / n / 1000,
-                     "helper_cpu_us": (h1 - h0) / (n + 1) / 1000}
+    y[...] = 0
+    # Rounds of each kind in turn: on a small machine the transport
+    # switches between spinning and sleeping, and a round trip is 6 or 35
+    # us for that alone; the best round is the one the Python layer decides.
+    L, D, br = _lib.lib.ferry_call_timeout, _lib.Desc, ctypes.byref
+    # a 2-tensor table built once, sent as it is (the handler ignores it)
+    dt, _keep = c._build(OP_NOP, [x, y], None, 0, 0, (), 0)
+    kinds = (("c_nop", lambda: L(c._c, br(D(op=OP_NOP)), br(D()), -1)),
+             ("c_table", lambda: L(c._c, br(dt), br(D()), -1)),
+             ("nop", lambda: c.call(OP_NOP)),
+             ("tensors", lambda: c.call(OP_TENSORS, tensors=[x, y])),
+             ("job", lambda: c.call(OP_JOB, tensors=[x, y])))
+    per = max(n // ARGS.rounds, 100)
+    lat = {k: [] for k, _ in kinds}
+    cpu = {k: [0, 0] for k, _ in kinds}
+    buf = np.empty(per, np.int64)
+    for _ in range(ARGS.rounds):
+        for name, fn in kinds:
+            h0 = c.call(OP_CPU).arg[0]
+            c0 = time.thread_time_ns()
+            for i in range(per):
+                t = time.perf_counter_ns()
+                fn()
+                buf[i] = time.perf_counter_ns() - t
+            c1 = time.thread_time_ns()
+            h1 = c.call(OP_CPU).arg[0]
+            lat[name].append(pct(buf, 50))
+            cpu[name][0] += c1 - c0
+            cpu[name][1] += h1 - h0
+    for name, _ in kinds:
+        rr = lat[name]
+        out[name] = {"p50_us_best": min(rr), "p50_us_median": float(np.median(rr)),
+                     "child_cpu_us": cpu[name][0] / (per * ARGS.rounds) / 1000,
+                     "helper_cpu_us": cpu[name][1] / (per * ARGS.rounds) / 1000}
+    assert np.array_equal(y, x + 1)
     # the child's Python side of a 2-tensor call, without the transport
     m = ARGS.micro
 
@@ -168,6 +195,7 @@ def main():
     global ARGS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=10, help="rounds the round trips are cut in")
     ap.add_argument("--micro", type=int, default=20000, help="iterations of the timed loops")
     ap.add_argument("--elems", type=int, default=1024, help="float32 elements per tensor")
     ap.add_argument("--spin-ns", type=int, default=None)
@@ -175,8 +203,6 @@ def main():
                     help="child on CPU 0, helper on CPU 1 (the broker's dispatch where it is)")
     ap.add_argument("--json")
     ARGS = ap.parse_args()
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
-                                    "build", "python"))
     import ferry
     with tempfile.TemporaryDirectory() as tmp:
         ARGS.tmp = tmp
@@ -187,10 +213,11 @@ def main():
         if failed:
             raise SystemExit("the child failed")
         out = json.load(open(os.path.join(tmp, "out.json")))
-    for k in ("nop", "tensors", "job"):
+    for k in ("c_nop", "c_table", "nop", "tensors", "job"):
         v = out[k]
-        print(f"{k:8s} round trip p50 {v['p50_us']:7.1f} us  p99 {v['p99_us']:7.1f} us  "
-              f"child CPU {v['child_cpu_us']:6.2f} us  helper CPU {v['helper_cpu_us']:6.2f} us")
+        print(f"{k:8s} round trip p50 best round {v['p50_us_best']:7.1f} us  median round "
+              f"{v['p50_us_median']:7.1f} us  child CPU {v['child_cpu_us']:6.2f} us  "
+              f"helper CPU {v['helper_cpu_us']:6.2f} us")
     print(f"child  c._build()+c._release(), 2 tensors: {out['child_build_release_2t_ns'] / 1000:6.2f} us")
     for k, v in out["helper_ns"].items():
         print(f"helper {k}: {v / 1000:6.2f} us")

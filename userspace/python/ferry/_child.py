@@ -15,6 +15,7 @@ import ctypes
 import errno
 import itertools
 import math
+import struct
 import threading
 import time
 
@@ -34,8 +35,21 @@ _DESC_TENSORS = _lib.DESC_TENSORS
 _TENSORS_MAX = _lib.TENSORS_MAX
 _NDIM = _lib.TENSOR_NDIM
 _pack_into = _ENTRY.pack_into
+_HEAD = struct.Struct("<BBBBIQQ")	# struct ferry_tensor up to shape[]
+_pack_head = _HEAD.pack_into
+_TAIL = struct.Struct("<6q6qQ")	# shape[], strides[], reserved2
+assert _HEAD.size + _TAIL.size == _ENTRY.size
+_tails = {}	# shape -> the packed rest of a C-order entry of that shape
 _call_timeout = lib.ferry_call_timeout
 _ASYNC_TAG = 1 << 61	# acall()'s tags; submit() takes tags below it
+
+
+def _tail(shape):
+    """The bytes of a C-order table entry after its offset and nbytes."""
+    if len(_tails) >= 256:
+        _tails.clear()
+    t = _tails[shape] = _TAIL.pack(*shape, *_ZEROS[len(shape):], *_ZEROS, 0)
+    return t
 
 
 def _array_addr(a):
@@ -350,9 +364,11 @@ class Child:
                         else:
                             nbytes = t.nbytes
                             off = self._offset_of(_array_addr(t), nbytes)
-                            pad = _ZEROS[ndim:]
-                            _pack_into(buf, at, 0, code, ndim, 0, 0, off, nbytes,
-                                       *shape, *pad, *_ZEROS, 0)
+                            _pack_head(buf, at, 0, code, ndim, 0, 0, off, nbytes)
+                            tail = _tails.get(shape)
+                            if tail is None:
+                                tail = _tail(shape)
+                            buf[at + 24:at + 128] = tail
                     else:
                         self._entry(buf, at, t)
                     at += 128
@@ -412,7 +428,8 @@ class Child:
             p = lib.ferry_malloc_timeout(c, n * 128, 0)
         if not p:
             raise FerryError(errno.ENOMEM, "ferry_malloc(tensor table)")
-        return (p, lib.ferry_offset(c, p), (_c_char * (n * 128)).from_address(p), n)
+        buf = memoryview((_c_char * (n * 128)).from_address(p)).cast("B")
+        return (p, lib.ferry_offset(c, p), buf, n)
 
     def _untable(self, tab):
         """A table whose request is done (or never went): kept for the next
