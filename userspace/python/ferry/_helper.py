@@ -9,11 +9,13 @@ import ctypes
 
 from . import _lib
 from ._lib import Desc, FerryError, lib, q
-from ._tensors import DeviceTensor, entry_parse, numpy_dtype, raw_view, view
+from ._tensors import (DeviceTensor, entry_parse, ferry_dtype, numpy_dtype, plain_view,
+                       raw_view, view)
 
 import numpy as np
 
 _byref = ctypes.byref
+_U8 = np.dtype(np.uint8)
 _vp = ctypes.c_void_p
 _string_at = ctypes.string_at
 _DESC_TENSORS, _DESC_POOL, _DEFERRED = _lib.DESC_TENSORS, _lib.DESC_POOL, _lib.DEFERRED
@@ -75,9 +77,9 @@ class Helper:
     def pool_tensor(self, offset, shape, dtype):
         """Bytes of this helper's pool: a numpy array (CPU pool) or a
         DeviceTensor (GPU pool, for torch.from_dlpack)."""
-        from ._tensors import ferry_dtype
         code = ferry_dtype(dtype)
-        n = lib.ferry_dtype_size(code)
+        n = q.ferry_dtype_size(code)
+        shape = tuple(shape)
         for s in shape:
             n *= s
         addr = q.ferry_helper_pool_addr(self._h, offset, n)
@@ -85,7 +87,7 @@ class Helper:
             raise FerryError(22, f"pool range [{offset}, +{n}) is outside the pool")
         if self.gpu is not None:
             return DeviceTensor(addr, shape, code, None, self.gpu)
-        return view(addr, shape, numpy_dtype(code))
+        return plain_view(addr, shape, numpy_dtype(code))
 
 
 def _desc_at(helper, addr):
@@ -146,17 +148,21 @@ class Request:
         addr = _helper_data(self.helper._h, self._req, off, n)
         if not addr:
             raise FerryError(14, f"[{off}, +{n}) is not the sender's memory")
-        dt = np.dtype(dtype)
+        dt = _U8 if dtype is np.uint8 else np.dtype(dtype)
         if shape is None:
             if n % dt.itemsize:
                 raise ValueError(f"ferry: {n} bytes are not whole {dt} items")
             shape = (n // dt.itemsize,)
+        else:
+            shape = tuple(shape)
         need = dt.itemsize
         for s in shape:
             need *= s
         if need > n:
             raise ValueError(f"ferry: shape {tuple(shape)} of {dt} needs {need} bytes, has {n}")
-        return view(addr, shape, dt)
+        if dt.fields is not None or dt.subdtype is not None:
+            return view(addr, shape, dt)
+        return plain_view(addr, shape, dt)
 
     def tensors(self):
         """The request's tensor table as arrays: numpy views for bytes in the
