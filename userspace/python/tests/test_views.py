@@ -185,3 +185,40 @@ def test_kept_tables_go_back_to_the_heap_when_room_is_needed():
             c.empty(big + 4096, np.uint8)
         assert e.value.errno == errno.ENOMEM
     run(child, region_size=1 << 20)
+
+
+class _Exporter:
+    """An object numpy can take through DLPack: a capsule over ferry bytes."""
+
+    def __init__(self, addr, shape, code, strides):
+        self.args = (addr, shape, code, strides)
+
+    def __dlpack_device__(self):
+        return (ferry._tensors.KDL_CPU, 0)
+
+    def __dlpack__(self, stream=None, **kw):
+        return ferry.dlpack_capsule(*self.args)
+
+
+@pytest.mark.skipif(not hasattr(np, "from_dlpack"), reason="numpy without from_dlpack")
+def test_dlpack_capsules_describe_the_bytes_and_go_when_consumed():
+    import gc
+    base = np.arange(4096, dtype=np.float32)
+    addr = base.__array_interface__["data"][0]
+    live = ferry._tensors._live
+    before = len(live)
+    for shape, strides in (((64, 64), None), ((32, 16), (1, 64)), ((4096,), None),
+                           ((2, 4, 8, 16), None), ((7,), (3,))):
+        a = np.from_dlpack(_Exporter(addr, shape, ferry.ferry_dtype(np.float32), strides))
+        if strides is None:
+            want = base[:int(np.prod(shape))].reshape(shape)
+        else:
+            want = np.lib.stride_tricks.as_strided(base, shape, tuple(s * 4 for s in strides))
+        assert a.__array_interface__["data"][0] == addr
+        assert a.shape == shape and np.array_equal(a, want)
+        del a
+        gc.collect()
+    # consumed ones are deleted by their consumer, unconsumed ones with their capsule
+    ferry.dlpack_capsule(addr, (8,), ferry.ferry_dtype(np.float32))
+    gc.collect()
+    assert len(live) == before
