@@ -15,7 +15,6 @@ import ctypes
 import errno
 import itertools
 import math
-import struct
 import threading
 import time
 
@@ -34,22 +33,10 @@ _NO_OFFSET = _lib.NO_OFFSET
 _DESC_TENSORS = _lib.DESC_TENSORS
 _TENSORS_MAX = _lib.TENSORS_MAX
 _NDIM = _lib.TENSOR_NDIM
-_pack_into = _ENTRY.pack_into
-_HEAD = struct.Struct("<BBBBIQQ")	# struct ferry_tensor up to shape[]
-_pack_head = _HEAD.pack_into
-_TAIL = struct.Struct("<6q6qQ")	# shape[], strides[], reserved2
-assert _HEAD.size + _TAIL.size == _ENTRY.size
-_tails = {}	# shape -> the packed rest of a C-order entry of that shape
+_pack = _ENTRY.pack
+ENTRIES_MAX = 256	# C-order table entries a child remembers
 _call_timeout = lib.ferry_call_timeout
 _ASYNC_TAG = 1 << 61	# acall()'s tags; submit() takes tags below it
-
-
-def _tail(shape):
-    """The bytes of a C-order table entry after its offset and nbytes."""
-    if len(_tails) >= 256:
-        _tails.clear()
-    t = _tails[shape] = _TAIL.pack(*shape, *_ZEROS[len(shape):], *_ZEROS, 0)
-    return t
 
 
 def _array_addr(a):
@@ -252,6 +239,10 @@ class Child:
         # Tensor tables whose requests are done, for the next ones (by
         # entries: a list of (address, offset, buffer, entries)).
         self._tabs = {}
+        # The table entry of a C-order array by (address, shape, dtype): a
+        # function of those alone (the region does not move), made once
+        # the address range was found in the heap.
+        self._entries = {}
 
     # ---------------------------------------------------------- memory
 
@@ -353,22 +344,18 @@ class Child:
             try:
                 buf = tab[2]
                 at = 0
+                ents = self._entries
                 for t in tensors:
                     if type(t) is _ndarray and t.flags.c_contiguous:
                         # the common case: a C-order array of the region
-                        shape = t.shape
-                        ndim = len(shape)
-                        code = _DT.get(t.dtype)
-                        if code is None or ndim > _NDIM or not t.size:
+                        key = (_array_addr(t), t.shape, t.dtype)
+                        e = ents.get(key)
+                        if e is None:
+                            e = self._c_entry(t, key)
+                        if e is None:
                             self._entry(buf, at, t)	# says what is wrong
                         else:
-                            nbytes = t.nbytes
-                            off = self._offset_of(_array_addr(t), nbytes)
-                            _pack_head(buf, at, 0, code, ndim, 0, 0, off, nbytes)
-                            tail = _tails.get(shape)
-                            if tail is None:
-                                tail = _tail(shape)
-                            buf[at + 24:at + 128] = tail
+                            buf[at:at + 128] = e
                     else:
                         self._entry(buf, at, t)
                     at += 128
@@ -402,6 +389,23 @@ class Child:
             for k, v in enumerate(args):
                 a[k] = v
         return d, keep
+
+    def _c_entry(self, t, key):
+        """The table entry of C-order array @t at key[0] (None: not a plain
+        one), remembered; ValueError if its bytes are not in the heap."""
+        addr, shape, dt = key
+        code = _DT.get(dt)
+        ndim = len(shape)
+        if code is None or ndim > _NDIM or not t.size:
+            return None
+        nbytes = t.nbytes
+        off = self._offset_of(addr, nbytes)
+        e = _pack(0, code, ndim, 0, 0, off, nbytes, *shape, *_ZEROS[ndim:], *_ZEROS, 0)
+        ents = self._entries
+        if len(ents) >= ENTRIES_MAX:
+            ents.clear()
+        ents[key] = e
+        return e
 
     def _entry(self, buf, at, t):
         """Table entry at byte @at of @buf for tensor @t, any kind."""

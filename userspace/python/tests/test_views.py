@@ -3,7 +3,8 @@
 the view it made for a table entry at a checked address (Request.tensors):
 a later request gets it only for the same entry at the same checked
 address, as a new array, whatever an earlier handler did to its own.  A
-child keeps its tensor tables for the next requests and learns which
+child remembers the table entry of a C-order array by address, shape and
+dtype, keeps its tensor tables for the next requests and learns which
 offsets are its heap: arrays outside still fail, and kept tables go back
 to the heap when an allocation needs the room."""
 import errno
@@ -138,6 +139,8 @@ def test_the_helpers_remembered_views_are_bounded():
             assert o[n - 1] == 4
             most = max(most, c.call(OP_COUNT).arg[0])
         assert 2 < most <= ferry._helper.VIEWS_MAX
+        # and the child's remembered table entries
+        assert 2 < len(c._entries) <= ferry._child.ENTRIES_MAX
     run(child)
 
 
