@@ -256,9 +256,12 @@ class Child:
         shape = tuple(int(s) for s in shape)
         dt = np.dtype(dtype)
         n = dt.itemsize * math.prod(shape)
-        ptr = lib.ferry_malloc_timeout(self._c, max(n, 1), ns(timeout))
-        if not ptr and self._drop_tables():
-            ptr = lib.ferry_malloc_timeout(self._c, max(n, 1), ns(timeout))
+        t = ns(timeout)
+        ptr = lib.ferry_malloc_timeout(self._c, max(n, 1), 0)
+        if not ptr:
+            # the tables kept for requests go back first; then wait as asked
+            self._drop_tables()
+            ptr = lib.ferry_malloc_timeout(self._c, max(n, 1), t)
         if not ptr:
             raise FerryError(errno.ENOMEM, f"ferry_malloc({n})")
         return view(ptr, shape, dt, release=lambda: self._free(ptr))
