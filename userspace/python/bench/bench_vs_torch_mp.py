@@ -34,16 +34,24 @@ import numpy as np
 OP_NOP, OP_JOB = 1, 2
 ARGS = None
 _gpu = None	# in a ferry helper: its stream, when on a GPU
+_gpu_ptr = None	# the same stream as a CUstream
+_torch = None	# the torch module, in a GPU helper
 
 
 # ------------------------------------------------------------------ ferry
 
 def ferry_init(h):
-    global _gpu
+    global _gpu, _gpu_ptr, _torch
     if h.gpu is not None and not ARGS.cpu:
         import torch
+        _torch = torch
         torch.cuda.set_device(h.gpu)
         _gpu = h.torch_stream()
+        _gpu_ptr = h.stream
+        # The handler's work goes to the helper's stream: made current
+        # once for this thread (the one every handler runs on), which is
+        # what entering torch.cuda.stream(_gpu) in each request did.
+        torch.cuda.set_stream(_gpu)
         torch.ones(1, device="cuda").sum().item()	# context and kernels ready
     return None
 
@@ -56,11 +64,10 @@ def ferry_handler(req):
         np.multiply(x, 2, out=y)
         y += 1
         return 0
-    import torch
-    with torch.cuda.stream(_gpu):
-        g = torch.from_numpy(x).cuda(non_blocking=True)
-        torch.from_numpy(y).copy_(g * 2 + 1, non_blocking=True)
-    return req.defer(_gpu)
+    from_numpy = _torch.from_numpy
+    g = from_numpy(x).cuda(non_blocking=True)
+    from_numpy(y).copy_(g * 2 + 1, non_blocking=True)
+    return req.defer(_gpu_ptr)
 
 
 def ferry_client(c):

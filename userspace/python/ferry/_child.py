@@ -21,11 +21,31 @@ import time
 import numpy as np
 
 from . import _lib
-from ._lib import Desc, FerryError, check, lib, ns
-from ._tensors import array_strides, ferry_dtype, fill_entry, view
+from ._lib import Desc, FerryError, check, lib, ns, q
+from ._tensors import _DT, _ENTRY, _ZEROS, array_strides, ferry_dtype, fill_entry, view
 
 _byref = ctypes.byref
+_ndarray = np.ndarray
+_addressof = ctypes.addressof
+_c_char = ctypes.c_char
+_offset = q.ferry_offset
+_NO_OFFSET = _lib.NO_OFFSET
+_DESC_TENSORS = _lib.DESC_TENSORS
+_TENSORS_MAX = _lib.TENSORS_MAX
+_NDIM = _lib.TENSOR_NDIM
+_pack = _ENTRY.pack
+ENTRIES_MAX = 256	# C-order table entries a child remembers
+_call_timeout = lib.ferry_call_timeout
 _ASYNC_TAG = 1 << 61	# acall()'s tags; submit() takes tags below it
+
+
+def _array_addr(a):
+    """The address of C-contiguous array @a's first byte."""
+    try:
+        # a c_char over the array's buffer (a third of __array_interface__'s time)
+        return _addressof(_c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):	# read-only
+        return a.__array_interface__["data"][0]
 
 
 class PoolTensor:
@@ -210,6 +230,19 @@ class Child:
         self._aio = None
         self._pool_threads = None
         self._lock = threading.Lock()
+        # The region's offsets: base address, and a span [lo, hi] of
+        # offsets libferry's ferry_offset() has said are in the heap (what
+        # it says is in is one interval, fixed for the child's life: any
+        # offset between two it said are in is in).
+        self._base = None
+        self._lo, self._hi = 1, 0	# none yet
+        # Tensor tables whose requests are done, for the next ones (by
+        # entries: a list of (address, offset, buffer, entries)).
+        self._tabs = {}
+        # The table entry of a C-order array by (address, shape, dtype): a
+        # function of those alone (the region does not move), made once
+        # the address range was found in the heap.
+        self._entries = {}
 
     # ---------------------------------------------------------- memory
 
@@ -223,7 +256,12 @@ class Child:
         shape = tuple(int(s) for s in shape)
         dt = np.dtype(dtype)
         n = dt.itemsize * math.prod(shape)
-        ptr = lib.ferry_malloc_timeout(self._c, max(n, 1), ns(timeout))
+        t = ns(timeout)
+        ptr = lib.ferry_malloc_timeout(self._c, max(n, 1), 0)
+        if not ptr:
+            # the tables kept for requests go back first; then wait as asked
+            self._drop_tables()
+            ptr = lib.ferry_malloc_timeout(self._c, max(n, 1), t)
         if not ptr:
             raise FerryError(errno.ENOMEM, f"ferry_malloc({n})")
         return view(ptr, shape, dt, release=lambda: self._free(ptr))
@@ -254,20 +292,38 @@ class Child:
         """(offset, nbytes) of array @a in the region, from its first byte."""
         if not isinstance(a, np.ndarray):
             raise ValueError(f"ferry: {type(a).__name__} is not a numpy array or pool tensor")
-        addr = a.__array_interface__["data"][0]
         if a.size == 0:
             raise ValueError("ferry: an empty array names no bytes")
+        if a.flags.c_contiguous:
+            return self._offset_of(_array_addr(a), a.nbytes), a.nbytes
         last = 0
         for n, s in zip(a.shape, a.strides):
             if s < 0:
                 raise ValueError("ferry: negative strides")
             last += (n - 1) * s
         nbytes = last + a.itemsize
-        off = lib.ferry_offset(self._c, addr)
-        if off == _lib.NO_OFFSET or lib.ferry_offset(self._c, addr + nbytes - 1) == _lib.NO_OFFSET:
+        return self._offset_of(a.__array_interface__["data"][0], nbytes), nbytes
+
+    def _offset_of(self, addr, nbytes):
+        """The region offset of [addr, addr + nbytes), all in the heap (ValueError if not)."""
+        b = self._base
+        if b is not None:
+            o = addr - b
+            if self._lo <= o and o + nbytes - 1 <= self._hi:
+                return o
+        c = self._c
+        off = _offset(c, addr)
+        end = _offset(c, addr + nbytes - 1)
+        if off == _NO_OFFSET or end == _NO_OFFSET:
             raise ValueError("ferry: the array is not in this child's region "
                              "(make it with c.empty(), or copy it with c.asarray())")
-        return off, nbytes
+        if b is None:
+            # the span before the base: a thread that sees the base sees a span
+            self._lo, self._hi = off, end
+            self._base = addr - off
+        else:
+            self._lo, self._hi = min(self._lo, off), max(self._hi, end)
+        return off
 
     def _free(self, ptr):
         if self._open:
@@ -285,27 +341,32 @@ class Child:
                 raise ValueError("ferry: tensors= or data=, not both")
             tensors = list(tensors)
             n = len(tensors)
-            if not 1 <= n <= _lib.TENSORS_MAX:
-                raise ValueError(f"ferry: 1 to {_lib.TENSORS_MAX} tensors per request, not {n}")
-            tab = lib.ferry_malloc_timeout(self._c, n * 128, 0)
-            if not tab:
-                raise FerryError(errno.ENOMEM, "ferry_malloc(tensor table)")
+            if not 1 <= n <= _TENSORS_MAX:
+                raise ValueError(f"ferry: 1 to {_TENSORS_MAX} tensors per request, not {n}")
+            tab = self._table(n)
             try:
-                buf = (ctypes.c_char * (n * 128)).from_address(tab)
-                for k, t in enumerate(tensors):
-                    if isinstance(t, PoolTensor):
-                        code = ferry_dtype(t.dtype)
-                        size = lib.ferry_dtype_size(code)
-                        fill_entry(buf, k * 128, 1, t.offset, t.shape, t.strides, size, code)
+                buf = tab[2]
+                at = 0
+                ents = self._entries
+                for t in tensors:
+                    if type(t) is _ndarray and t.flags.c_contiguous:
+                        # the common case: a C-order array of the region
+                        key = (_array_addr(t), t.shape, t.dtype)
+                        e = ents.get(key)
+                        if e is None:
+                            e = self._c_entry(t, key)
+                        if e is None:
+                            self._entry(buf, at, t)	# says what is wrong
+                        else:
+                            buf[at:at + 128] = e
                     else:
-                        off, _ = self._span(t)
-                        fill_entry(buf, k * 128, 0, off, t.shape, array_strides(t), t.itemsize,
-                                   ferry_dtype(t.dtype))
+                        self._entry(buf, at, t)
+                    at += 128
             except BaseException:
-                lib.ferry_free(self._c, tab)
+                self._untable(tab)
                 raise
-            d.flags |= _lib.DESC_TENSORS
-            d.offset = lib.ferry_offset(self._c, tab)
+            d.flags |= _DESC_TENSORS
+            d.offset = tab[1]
             d.len = n * 128
             keep = (tab, tensors)
         elif data is not None:
@@ -323,16 +384,90 @@ class Child:
                 keep = (None, data)
         else:
             d.offset, d.len = offset, length
-        args = tuple(args)
-        if len(args) > 3:
-            raise ValueError("ferry: at most 3 args")
-        for k, v in enumerate(args):
-            d.arg[k] = v
+        if type(args) is not tuple or args:
+            args = tuple(args)
+            if len(args) > 3:
+                raise ValueError("ferry: at most 3 args")
+            a = d.arg
+            for k, v in enumerate(args):
+                a[k] = v
         return d, keep
 
+    def _c_entry(self, t, key):
+        """The table entry of C-order array @t at key[0] (None: not a plain
+        one), remembered; ValueError if its bytes are not in the heap."""
+        addr, shape, dt = key
+        code = _DT.get(dt)
+        ndim = len(shape)
+        if code is None or ndim > _NDIM or not t.size:
+            return None
+        nbytes = t.nbytes
+        off = self._offset_of(addr, nbytes)
+        e = _pack(0, code, ndim, 0, 0, off, nbytes, *shape, *_ZEROS[ndim:], *_ZEROS, 0)
+        ents = self._entries
+        if len(ents) >= ENTRIES_MAX:
+            ents.clear()
+        ents[key] = e
+        return e
+
+    def _entry(self, buf, at, t):
+        """Table entry at byte @at of @buf for tensor @t, any kind."""
+        if isinstance(t, PoolTensor):
+            code = ferry_dtype(t.dtype)
+            size = lib.ferry_dtype_size(code)
+            fill_entry(buf, at, 1, t.offset, t.shape, t.strides, size, code)
+        else:
+            off, _ = self._span(t)
+            fill_entry(buf, at, 0, off, t.shape, array_strides(t), t.itemsize,
+                       ferry_dtype(t.dtype))
+
+    def _table(self, n):
+        """Heap bytes for a table of @n entries: (address, offset, buffer, n)."""
+        lst = self._tabs.get(n)
+        if lst:
+            try:
+                return lst.pop()
+            except IndexError:	# another thread took the last
+                pass
+        c = self._c
+        p = lib.ferry_malloc_timeout(c, n * 128, 0)
+        if not p and self._drop_tables():
+            p = lib.ferry_malloc_timeout(c, n * 128, 0)
+        if not p:
+            raise FerryError(errno.ENOMEM, "ferry_malloc(tensor table)")
+        buf = memoryview((_c_char * (n * 128)).from_address(p)).cast("B")
+        return (p, lib.ferry_offset(c, p), buf, n)
+
+    def _untable(self, tab):
+        """A table whose request is done (or never went): kept for the next
+        (a few per size; the others go back to the heap)."""
+        if not self._open:
+            return
+        lst = self._tabs.get(tab[3])
+        if lst is None:
+            lst = self._tabs.setdefault(tab[3], [])
+        if len(lst) < self.window:
+            lst.append(tab)
+        else:
+            lib.ferry_free(self._c, tab[0])
+
+    def _drop_tables(self):
+        """Give the kept tables back to the heap; whether there were any."""
+        some = False
+        for lst in list(self._tabs.values()):
+            while lst:
+                try:
+                    tab = lst.pop()
+                except IndexError:
+                    break
+                if self._open:
+                    lib.ferry_free(self._c, tab[0])
+                some = True
+        return some
+
     def _release(self, keep):
-        if keep is not None and keep[0] is not None and self._open:
-            lib.ferry_free(self._c, keep[0])
+        if keep is not None and keep[0] is not None:
+            self._untable(keep[0])
 
     def call(self, op=0, *, tensors=None, data=None, offset=0, length=0, args=(), flags=0,
              timeout=None, check=True):
@@ -340,10 +475,11 @@ class Child:
         this region, pool tensors] sends a tensor table; data=array (or a pool
         block) its bytes as (offset, len).  A reply with a negative status
         raises FerryError (check=False: returned as it is)."""
-        self._live()
+        if not self._open:
+            self._live()
         d, keep = self._build(op, tensors, data, offset, length, args, flags)
         rep = Desc()
-        r = lib.ferry_call_timeout(self._c, _byref(d), _byref(rep), ns(timeout))
+        r = _call_timeout(self._c, _byref(d), _byref(rep), -1 if timeout is None else ns(timeout))
         if r == -_lib.ETIMEDOUT:
             # still at its helper: its table must outlive it; the heap has it back
             # only when the child goes (the request holds a place in the window)
@@ -523,6 +659,7 @@ class Child:
 
     def _closed(self):
         self._open = False
+        self._tabs = {}	# in the region, which goes
         if self._pool_threads is not None:
             self._pool_threads.shutdown(wait=False)
         if self._aio is not None and self._aio.watching:

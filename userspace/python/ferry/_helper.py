@@ -8,10 +8,25 @@ valid while the handler runs (or, for a deferred reply, until it is sent).
 import ctypes
 
 from . import _lib
-from ._lib import Desc, FerryError, lib
-from ._tensors import DeviceTensor, entry_view, numpy_dtype, view
+from ._lib import Desc, FerryError, lib, q
+from ._tensors import (DeviceTensor, entry_parse, ferry_dtype, numpy_dtype, plain_view,
+                       raw_view, view)
 
 import numpy as np
+
+_byref = ctypes.byref
+_U8 = np.dtype(np.uint8)
+_vp = ctypes.c_void_p
+_string_at = ctypes.string_at
+_DESC_TENSORS, _DESC_POOL, _DEFERRED = _lib.DESC_TENSORS, _lib.DESC_POOL, _lib.DEFERRED
+_TSIZE = ctypes.sizeof(_lib.Tensor)
+_tables = q.ferry_helper_tensors
+_tensor_addr = q.ferry_helper_tensor_addr
+_helper_data = q.ferry_helper_data
+_defer = lib.ferry_helper_defer
+_from_address = Desc.from_address
+# Views made per table entry, remembered: see Request.tensors().
+VIEWS_MAX = 256
 
 
 def _stream_ptr(s):
@@ -39,6 +54,8 @@ class Helper:
         s = lib.ferry_helper_stream(ptr)
         self.stream = s if s else None
         self.state = None	# whatever helper_init returned
+        self._views = {}	# (entry bytes, checked address) -> view, see Request.tensors()
+        self._descs = {}	# address -> Desc over it (the C loop's req and rep)
 
     def next_stream(self):
         """One of the helper's CUDA streams, round robin (None without a GPU)."""
@@ -60,31 +77,53 @@ class Helper:
     def pool_tensor(self, offset, shape, dtype):
         """Bytes of this helper's pool: a numpy array (CPU pool) or a
         DeviceTensor (GPU pool, for torch.from_dlpack)."""
-        from ._tensors import ferry_dtype
         code = ferry_dtype(dtype)
-        n = lib.ferry_dtype_size(code)
+        n = q.ferry_dtype_size(code)
+        shape = tuple(shape)
         for s in shape:
             n *= s
-        addr = lib.ferry_helper_pool_addr(self._h, offset, n)
+        addr = q.ferry_helper_pool_addr(self._h, offset, n)
         if not addr:
             raise FerryError(22, f"pool range [{offset}, +{n}) is outside the pool")
         if self.gpu is not None:
             return DeviceTensor(addr, shape, code, None, self.gpu)
-        return view(addr, shape, numpy_dtype(code))
+        return plain_view(addr, shape, numpy_dtype(code))
+
+
+def _desc_at(helper, addr):
+    d = helper._descs
+    if len(d) >= 16:
+        d.clear()
+    v = d[addr] = _from_address(addr)
+    return v
 
 
 class Request:
     """One request, as a handler sees it.  req.reply is the reply's
     descriptor (it starts as a copy of the request; set its offset, len and
     arg[]); the handler's return value is the reply's status."""
-    __slots__ = ("helper", "_req", "_rep", "desc", "reply")
+    __slots__ = ("helper", "_req", "_rep", "desc", "_reply")
 
     def __init__(self, helper, req, rep):
         self.helper = helper
         self._req = req
         self._rep = rep
-        self.desc = Desc.from_address(req)
-        self.reply = Desc.from_address(rep)
+        # The helper's C loop hands every request in the same two structs:
+        # the Desc views over them are made once (a view of an address is
+        # the same whoever made it).
+        d = helper._descs.get(req)
+        self.desc = d if d is not None else _desc_at(helper, req)
+        self._reply = None
+
+    @property
+    def reply(self):
+        r = self._reply
+        if r is None:
+            r = self.helper._descs.get(self._rep)
+            if r is None:
+                r = _desc_at(self.helper, self._rep)
+            self._reply = r
+        return r
 
     op = property(lambda self: self.desc.op)
     tag = property(lambda self: self.desc.tag)
@@ -103,58 +142,78 @@ class Request:
         request's own offset and len) as a numpy array, checked."""
         off = self.desc.offset if offset is None else offset
         n = self.desc.len if length is None else length
-        if self.desc.flags & _lib.DESC_POOL and offset is None:
+        if self.desc.flags & _DESC_POOL and offset is None:
             return self.helper.pool_tensor(off, (n,), np.uint8) if shape is None else \
                 self.helper.pool_tensor(off, shape, dtype)
-        addr = lib.ferry_helper_data(self.helper._h, self._req, off, n)
+        addr = _helper_data(self.helper._h, self._req, off, n)
         if not addr:
             raise FerryError(14, f"[{off}, +{n}) is not the sender's memory")
-        dt = np.dtype(dtype)
+        dt = _U8 if dtype is np.uint8 else np.dtype(dtype)
         if shape is None:
             if n % dt.itemsize:
                 raise ValueError(f"ferry: {n} bytes are not whole {dt} items")
             shape = (n // dt.itemsize,)
+        else:
+            shape = tuple(shape)
         need = dt.itemsize
         for s in shape:
             need *= s
         if need > n:
             raise ValueError(f"ferry: shape {tuple(shape)} of {dt} needs {need} bytes, has {n}")
-        return view(addr, shape, dt)
+        if dt.fields is not None or dt.subdtype is not None:
+            return view(addr, shape, dt)
+        return plain_view(addr, shape, dt)
 
     def tensors(self):
         """The request's tensor table as arrays: numpy views for bytes in the
         sender's region (pinned on a GPU helper: torch.from_numpy(a).cuda(
         non_blocking=True) copies at DMA speed) or a CPU pool, DeviceTensors
         for bytes in a GPU pool.  [] for a request without a table."""
-        if not self.desc.flags & _lib.DESC_TENSORS:
+        if not self.desc.flags & _DESC_TENSORS:
             return []
-        t = _lib.vp()
-        n = lib.ferry_helper_tensors(self.helper._h, self._req, ctypes.byref(t))
+        h = self.helper
+        hp, rq, tp = h._h, self._req, _vp()
+        n = _tables(hp, rq, _byref(tp))
         if n < 0:
             raise FerryError(-n, "ferry_helper_tensors")
+        t = tp.value
+        # The broker's checked copy of the table: it cannot change while
+        # this request is handled.
+        raw = _string_at(t, n * _TSIZE)
+        views = h._views
         out = []
-        size = ctypes.sizeof(_lib.Tensor)
-        gpu = self.helper.gpu
         for k in range(n):
-            ea = t.value + k * size
-            e = _lib.Tensor.from_address(ea)
-            addr = lib.ferry_helper_tensor_addr(self.helper._h, self._req, ea)
+            # Every entry's bytes are checked by libferry, every time.
+            addr = _tensor_addr(hp, rq, t + k * _TSIZE)
             if not addr:
                 raise FerryError(14, f"tensor {k} is nowhere in this helper")
-            if e.where == 1 and gpu is not None:
-                shape = tuple(e.shape[d] for d in range(e.ndim))
-                strides = None
-                if any(e.strides[d] for d in range(e.ndim)):
-                    strides = tuple(e.strides[d] for d in range(e.ndim))
-                out.append(DeviceTensor(addr, shape, e.dtype, strides, gpu))
+            # The view is a function of the entry and that checked address
+            # alone: one made for an earlier request of the same entry at
+            # the same address covers exactly these bytes.  Only the Python
+            # object's construction is saved; each request gets new arrays.
+            key = (raw[k * _TSIZE:(k + 1) * _TSIZE], addr)
+            v = views.get(key)
+            if v is None:
+                v = self._make_view(raw, k * _TSIZE, addr)
+                if len(views) >= VIEWS_MAX:
+                    views.clear()
+                views[key] = v
+            if type(v) is tuple:	# a GPU pool tensor: (shape, dtype, strides)
+                out.append(DeviceTensor(addr, v[0], v[1], v[2], h.gpu))
             else:
-                out.append(entry_view(e, addr))
+                out.append(v.view())
         return out
+
+    def _make_view(self, raw, at, addr):
+        where, code, shape, strides = entry_parse(raw, at)
+        if where == 1 and self.helper.gpu is not None:
+            return (shape, code, strides)
+        return raw_view(addr, shape, code, strides)
 
     @property
     def pinned(self):
         """Whether the sender's region is registered with CUDA by this helper."""
-        return bool(lib.ferry_helper_pinned(self.helper._h, self._req))
+        return bool(q.ferry_helper_pinned(self.helper._h, self._req))
 
     def pool_alloc(self, nbytes, stream=None):
         """A pool block of @nbytes for the sender, from this helper's arena
@@ -175,13 +234,18 @@ class Request:
         """Reply once the work queued on @stream (default: the helper's
         h.stream) so far has completed; return what this returns from the
         handler.  req.reply as it is now is what is sent."""
-        s = _stream_ptr(stream) if stream is not None else self.helper.stream
+        if stream is None:
+            s = self.helper.stream
+        elif type(stream) is int:
+            s = stream
+        else:
+            s = _stream_ptr(stream)
         if s is None:
             raise FerryError(19, "deferred replies need a GPU helper")
-        r = lib.ferry_helper_defer(self.helper._h, self._rep, s)
+        r = _defer(self.helper._h, self._rep, s)
         if r < 0:
             raise FerryError(-r, "ferry_helper_defer")
-        return _lib.DEFERRED
+        return _DEFERRED
 
     def __repr__(self):
         return f"Request({self.desc!r})"

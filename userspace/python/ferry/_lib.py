@@ -11,7 +11,7 @@ import ctypes
 import errno as _errno
 import os
 
-__all__ = ["lib", "FerryError", "check", "Desc", "Tensor", "BrokerOpts", "BrokerStats"]
+__all__ = ["lib", "q", "FerryError", "check", "Desc", "Tensor", "BrokerOpts", "BrokerStats"]
 
 
 class FerryError(OSError):
@@ -181,6 +181,19 @@ _proto("ferry_helper_defer", ctypes.c_int, vp, vp, vp)
 _proto("ferry_helper_pinned", ctypes.c_bool, vp, vp)
 _proto("ferry_helper_pinned_count", ctypes.c_uint, vp)
 _proto("ferry_helper_pool_alloc", ctypes.c_int, vp, vp, sz, vp, P(u64))
+
+# The same functions again through a PyDLL handle, for the quick ones that
+# never block: a CDLL call lets the GIL go and takes it back (where another
+# Python thread waits for it, the caller then waits up to a switch
+# interval); these return at once, so they keep it.  Range checks,
+# lookups: q.ferry_helper_tensor_addr(...), with the prototypes above.
+q = ctypes.PyDLL(lib._name, handle=lib._handle)
+for _n in ("ferry_helper_data", "ferry_helper_pool_addr", "ferry_helper_tensors",
+           "ferry_helper_tensor_addr", "ferry_helper_pinned", "ferry_offset", "ferry_ptr",
+           "ferry_dtype_size"):
+    _f, _g = getattr(lib, _n), getattr(q, _n)
+    _g.restype, _g.argtypes = _f.restype, _f.argtypes
+del _n, _f, _g
 
 NO_OFFSET = 2**64 - 1
 EAGAIN, ETIMEDOUT, ENOENT = _errno.EAGAIN, _errno.ETIMEDOUT, _errno.ENOENT

@@ -88,6 +88,42 @@ assert _ENTRY.size == ctypes.sizeof(Tensor)
 _ZEROS = (0,) * _lib.TENSOR_NDIM
 
 
+class _Iface:
+    """A bare owner of an array's bytes (nothing to release): a helper's views."""
+    __slots__ = ("__array_interface__",)
+
+
+_asarray = np.asarray
+
+
+def entry_parse(raw, at=0):
+    """(where, dtype code, shape, element strides or None: C order) of the
+    struct ferry_tensor at byte @at of bytes @raw."""
+    v = _ENTRY.unpack_from(raw, at)
+    ndim = v[2]
+    if ndim > _lib.TENSOR_NDIM:
+        raise FerryError(22, f"tensor of {ndim} dimensions")
+    st = v[13:13 + ndim]
+    return v[0], v[1], v[7:7 + ndim], (st if any(st) else None)
+
+
+def plain_view(addr, shape, dt, strides=None):
+    """view() of a plain numpy dtype @dt with nothing to release, quicker."""
+    m = _Iface()
+    m.__array_interface__ = {"version": 3, "shape": shape, "typestr": dt.str,
+                             "data": (addr, False), "strides": strides}
+    return _asarray(m)
+
+
+def raw_view(addr, shape, code, strides):
+    """A numpy view over @addr of an entry_parse()d tensor (its bytes checked
+    by libferry: ferry_helper_tensor_addr)."""
+    dt = numpy_dtype(code)
+    if strides is not None:
+        strides = tuple(s * dt.itemsize for s in strides)
+    return plain_view(addr, shape, dt, strides)
+
+
 def fill_entry(buf, at, where, offset, arr_shape, arr_strides, itemsize, dtype_code):
     """Write table entry (struct ferry_tensor) at byte @at of @buf for a tensor of
     this shape (strides in bytes, None: C order)."""
@@ -181,26 +217,50 @@ def _capsule_dtor(cap):
         _live.pop(_capsule_ptr(cap, _NAME), None)
 
 
+class _DLBlock(ctypes.Structure):
+    """A DLManagedTensor (its pointers as plain addresses) and, after it,
+    the shape and strides it points to: one allocation per capsule."""
+    _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32),
+                ("device_id", ctypes.c_int32), ("ndim", ctypes.c_int32),
+                ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16),
+                ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("byte_offset", ctypes.c_uint64), ("manager_ctx", ctypes.c_void_p),
+                ("deleter", ctypes.c_void_p),
+                ("shape_v", ctypes.c_int64 * _lib.TENSOR_NDIM),
+                ("strides_v", ctypes.c_int64 * _lib.TENSOR_NDIM)]
+
+
+# the same layout as the DLManagedTensor declared above, field by field
+for _f, _o in (("data", _DLTensor.data.offset), ("device_type", _DLTensor.device.offset),
+               ("ndim", _DLTensor.ndim.offset), ("code", _DLTensor.dtype.offset),
+               ("shape", _DLTensor.shape.offset), ("strides", _DLTensor.strides.offset),
+               ("byte_offset", _DLTensor.byte_offset.offset),
+               ("manager_ctx", _DLManagedTensor.manager_ctx.offset),
+               ("deleter", _DLManagedTensor.deleter.offset)):
+    assert getattr(_DLBlock, _f).offset == _o, _f
+assert _DLBlock.shape_v.offset == ctypes.sizeof(_DLManagedTensor)
+_SHAPE_AT, _STRIDES_AT = _DLBlock.shape_v.offset, _DLBlock.strides_v.offset
+_DELETER_AT = ctypes.cast(_deleter, ctypes.c_void_p).value
+_DTOR_AT = ctypes.cast(_capsule_dtor, ctypes.c_void_p).value
+
+
 def dlpack_capsule(addr, shape, dtype_code, strides=None, device=(KDL_CPU, 0), keep=None):
     """A "dltensor" PyCapsule over @addr (elements' strides or None: C order)."""
     code, bits = _DL_CODE[dtype_code]
     ndim = len(shape)
-    m = _DLManagedTensor()
-    shp = (ctypes.c_int64 * max(ndim, 1))(*shape)
-    st = None
+    if ndim > _lib.TENSOR_NDIM:
+        raise ValueError(f"ferry: {ndim} dimensions, at most {_lib.TENSOR_NDIM}")
+    b = _DLBlock(addr, device[0], device[1], ndim, code, bits, 1)
+    at = ctypes.addressof(b)
+    if ndim:
+        b.shape_v = tuple(shape)
+    b.shape = at + _SHAPE_AT
     if strides is not None:
-        st = (ctypes.c_int64 * max(ndim, 1))(*strides)
-    m.dl_tensor.data = addr
-    m.dl_tensor.device = _DLDevice(*device)
-    m.dl_tensor.ndim = ndim
-    m.dl_tensor.dtype = _DLDataType(code, bits, 1)
-    m.dl_tensor.shape = ctypes.cast(shp, ctypes.POINTER(ctypes.c_int64))
-    if st is not None:
-        m.dl_tensor.strides = ctypes.cast(st, ctypes.POINTER(ctypes.c_int64))
-    m.dl_tensor.byte_offset = 0
-    m.deleter = _deleter
-    _live[ctypes.addressof(m)] = (m, shp, st, keep)
-    return _capsule_new(ctypes.addressof(m), _NAME, ctypes.cast(_capsule_dtor, ctypes.c_void_p))
+        b.strides_v = tuple(strides)
+        b.strides = at + _STRIDES_AT
+    b.deleter = _DELETER_AT
+    _live[at] = (b, keep)
+    return _capsule_new(at, _NAME, _DTOR_AT)
 
 
 class DeviceTensor:
