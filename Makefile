@@ -94,8 +94,8 @@ tools: $(BUILD)/ferry-bench $(BUILD)/ferry-demo $(BUILD)/ferryctl
 # stays dynamic, because libcuda is dlopened and needs the system's libc.
 BENCH_SRCS := userspace/tools/ferry-bench.c userspace/tools/bench_msg.c userspace/tools/bench_gpu.c \
 	userspace/tools/bench_plot.c userspace/tools/bench_time.c userspace/tools/bench_pipe.c \
-	userspace/tools/bench_pool_copy.c userspace/tools/bench_e2e.c
-$(BUILD)/ferry-bench: $(BENCH_SRCS) userspace/tools/bench.h userspace/tools/bench_plot.h $(LIB_A)
+	userspace/tools/bench_pool_copy.c userspace/tools/bench_e2e.c userspace/tools/cpu_clock.c
+$(BUILD)/ferry-bench: $(BENCH_SRCS) userspace/tools/bench.h userspace/tools/bench_plot.h userspace/tools/cpu_clock.h $(LIB_A)
 	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(BENCH_SRCS) $(LIB_A) $(LIB_LDLIBS) -lm
 
 # The demo's GPU kernels: PTX made by nvcc when there is one, embedded as a
@@ -115,9 +115,10 @@ $(BUILD)/demo_ptx.c: userspace/tools/demo_kernels.cu
 	fi
 
 DEMO_SRCS := userspace/tools/ferry-demo.c userspace/tools/demo_model.c userspace/tools/demo_run.c \
-	userspace/tools/demo_ferry.c userspace/tools/demo_classic.c userspace/tools/bench_plot.c
+	userspace/tools/demo_ferry.c userspace/tools/demo_classic.c userspace/tools/bench_plot.c \
+	userspace/tools/cpu_clock.c
 DEMO_HDRS := userspace/tools/demo_model.h userspace/tools/demo_run.h userspace/tools/demo_paths.h \
-	userspace/tools/bench_plot.h
+	userspace/tools/bench_plot.h userspace/tools/cpu_clock.h
 $(BUILD)/ferry-demo: $(DEMO_SRCS) $(DEMO_HDRS) $(BUILD)/demo_ptx.c $(LIB_A)
 	$(CC) $(LIB_CFLAGS) -Iuserspace/tools -o $@ $(DEMO_SRCS) $(BUILD)/demo_ptx.c $(LIB_A) \
 		$(LIB_LDLIBS) -lm

@@ -45,7 +45,6 @@ struct bench_service {
 void bench_serve(const struct bench_service *sv);
 /* This process's CPU time so far (ns), and another's from /proc (ns, or 0). */
 uint64_t bench_self_cpu_ns(void);
-uint64_t bench_pid_cpu_ns(pid_t pid);
 
 /* The most children whose round trips one run times. */
 #define BENCH_CHILDREN_MAX 1024u

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cpu_clock.h"
 #include "bench.h"
 #include "cuda_api.h"
 #include "ferry.h"
@@ -204,7 +205,7 @@ static uint64_t helpers_cpu(struct ferry_broker *b, unsigned int n)
 	uint64_t ns = 0;
 
 	for (unsigned int h = 0; h < n; h++)
-		ns += bench_pid_cpu_ns(ferry_broker_helper_pid(b, h));
+		ns += tools_pid_cpu_ns(ferry_broker_helper_pid(b, h));
 	return ns;
 }
 

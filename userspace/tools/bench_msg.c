@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cpu_clock.h"
 #include "bench.h"
 #include "bench_plot.h"
 #include "chan.h"
@@ -194,7 +195,7 @@ static int broker_rt(const struct msg_opts *mo, struct bench_lat *out)
 		err = ferry_broker_wait(b, -1) ? -EIO : 0;
 		/* Helpers live until stop: their CPU from /proc. */
 		for (unsigned int h = 0; h < mo->helpers; h++)
-			helper_ns += bench_pid_cpu_ns(ferry_broker_helper_pid(b, h));
+			helper_ns += tools_pid_cpu_ns(ferry_broker_helper_pid(b, h));
 		ferry_broker_stats(b, &st);
 		ferry_broker_stop(b);
 	}

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_clock.h"
 #include "demo_paths.h"
 #include "ferry.h"
 
@@ -176,7 +177,7 @@ static uint64_t helpers_cpu_ns(struct ferry_broker *b, unsigned int helpers)
 	for (unsigned int i = 0; i < helpers; i++) {
 		pid_t pid = ferry_broker_helper_pid(b, i);
 
-		ns += pid > 0 ? demo_pid_cpu_ns(pid) : 0;
+		ns += pid > 0 ? tools_pid_cpu_ns(pid) : 0;
 	}
 	return ns;
 }

@@ -48,34 +48,6 @@ uint64_t demo_process_cpu_ns(void)
 	return clock_ns(CLOCK_PROCESS_CPUTIME_ID);
 }
 
-uint64_t demo_pid_cpu_ns(pid_t pid)
-{
-	char path[64];
-	unsigned long long ns = 0, ut = 0, st = 0;
-	FILE *f;
-
-	/* schedstat counts ns on a CPU; stat only clock ticks. */
-	snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
-	f = fopen(path, "r");
-	if (f) {
-		int n = fscanf(f, "%llu", &ns);
-
-		fclose(f);
-		if (n == 1)
-			return ns;
-	}
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return 0;
-	/* After "(comm)", which may hold spaces: fields 14 and 15. */
-	if (fscanf(f, "%*d (%*[^)]) %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-		   &ut, &st) != 2)
-		ut = st = 0;
-	fclose(f);
-	return (ut + st) * (1000000000ull / (unsigned long long)sysconf(_SC_CLK_TCK));
-}
-
 static size_t run_bytes(unsigned int children, unsigned int keep)
 {
 	return sizeof(struct demo_run) + children * sizeof(struct demo_child_lat) +

@@ -81,8 +81,6 @@ void demo_run_unmap(struct demo_run *r);
 uint64_t demo_now_ns(void);
 uint64_t demo_thread_cpu_ns(void);
 uint64_t demo_process_cpu_ns(void);
-/* /proc/<pid>/schedstat (or stat) of a live process, ns; 0 if gone. */
-uint64_t demo_pid_cpu_ns(pid_t pid);
 
 /* The progress line's p50/p99 (us) of the round trips since the last
  * call: @prev (DEMO_HBINS counts, zeroed at first) is updated. */
