@@ -440,9 +440,10 @@ static void block_free(struct ferry_broker *b, struct bpool *p, struct bblock *b
 		struct bquar *t = realloc(p->quar, cap * sizeof(*t));
 
 		if (!t) {
-			/* No room to remember it: wait for the streams here. */
+			/* No room to remember it: the block stays lost to the
+			 * pool rather than be reused under a stream. */
 			fprintf(stderr, "ferry: pool block quarantine: out of memory\n");
-			return;	/* the block stays lost rather than reused unsafely */
+			return;
 		}
 		p->quar = t;
 		p->capquar = cap;
@@ -751,7 +752,6 @@ int64_t ferry_bpool_due(struct ferry_broker *b)
 				 * fence every helper's streams now and try once
 				 * more when they are done (or FENCE_GRACE_NS).
 				 */
-				p->asked_ns = 0;
 				fence_ask(b, p, now);
 				wt->fenced = true;
 				wt->deadline = now + FENCE_GRACE_NS;

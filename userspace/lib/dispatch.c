@@ -840,7 +840,6 @@ void *ferry_dispatch_main(void *arg)
 		due = ferry_bpool_due(b);
 		if (due >= 0 && (timeout < 0 || due < timeout))
 			timeout = due;
-		b->spin_after_ns = 0;
 		if (timeout != 0 && (due = svc_due(b)) >= 0 && (timeout < 0 || due <= timeout)) {
 			/* Wake shortly before the first reply is due and spin. */
 			timeout = due;

@@ -108,6 +108,12 @@ static CUstream fence_stream(const struct ferry_helper *h, unsigned int s)
 	return s < h->nstreams ? (CUstream)h->streams[s] : CU_STREAM_LEGACY;
 }
 
+/* Tell the broker: nothing queued before its ask for @epoch still runs. */
+static void fence_said(struct ferry_arena_shm *shm, uint64_t epoch)
+{
+	atomic_store_explicit((_Atomic uint64_t *)&shm->fence_done, epoch, memory_order_release);
+}
+
 bool ferry_hgpu_fence_due(struct ferry_helper *h)
 {
 	struct ferry_arena_shm *shm = h->arena_shm;
@@ -133,8 +139,7 @@ bool ferry_hgpu_fence(struct ferry_helper *h)
 	if (!ferry_hgpu_fence_due(h))
 		return h->fence_pending != 0;
 	if (h->fence_pending) {
-		atomic_store_explicit((_Atomic uint64_t *)&shm->fence_done, h->fence_pending,
-				      memory_order_release);
+		fence_said(shm, h->fence_pending);
 		h->fence_pending = 0;
 	}
 	want = atomic_load_explicit((_Atomic uint64_t *)&shm->fence_want, memory_order_acquire);
@@ -147,8 +152,7 @@ bool ferry_hgpu_fence(struct ferry_helper *h)
 		if (h->cu->cuEventRecord(ev, st)) {
 			/* Cannot fence by events: wait for the whole context. */
 			h->cu->cuCtxSynchronize();
-			atomic_store_explicit((_Atomic uint64_t *)&shm->fence_done, want,
-					      memory_order_release);
+			fence_said(shm, want);
 			return false;
 		}
 		if (h->cu->cuEventQuery(ev) == CUDA_ERROR_NOT_READY) {
@@ -159,8 +163,7 @@ bool ferry_hgpu_fence(struct ferry_helper *h)
 	}
 	if (!queued) {
 		/* Every stream was idle: nothing of before still runs. */
-		atomic_store_explicit((_Atomic uint64_t *)&shm->fence_done, want,
-				      memory_order_release);
+		fence_said(shm, want);
 		return false;
 	}
 	h->fence_pending = want;
