@@ -59,9 +59,11 @@ static int region_add(struct ferry_helper *h, const struct ferry_ctl_regions *m,
 
 /*
  * Apply one REGIONS message.  A region whose child died between the
- * broker's queueing the ADD and this import is gone on kmod (-ENOENT):
- * nothing will name it, and its DROP follows.  Other errors are the
- * broker's bug, reported.
+ * broker's sending the ADD and this import is gone on kmod (-ENOENT), or
+ * still there but revoked from us (-EACCES: the broker grants before it
+ * queues an ADD and revokes only when it reclaims the slot): nothing will
+ * name it, and its DROP follows.  Other errors are the broker's bug,
+ * reported.
  */
 static void apply_regions(struct ferry_helper *h, const struct ferry_ctl_regions *m,
 			  const int *fds)
@@ -74,7 +76,7 @@ static void apply_regions(struct ferry_helper *h, const struct ferry_ctl_regions
 			err = region_add(h, m, e, e->fd >= 0 ? fds[e->fd] : -1);
 		else
 			region_drop(h, e->index);
-		if (err && err != -ENOENT)
+		if (err && err != -ENOENT && err != -EACCES)
 			fprintf(stderr, "ferry: helper %u: region %u from message %u: %s\n",
 				h->index, e->index, m->seq, strerror(-err));
 	}
