@@ -30,7 +30,7 @@
 #include "kselftest_harness.h"
 
 enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3, OP_POOL_COPY = 4, OP_POOL_MAKE = 5,
-       OP_HOLD = 6 };
+       OP_HOLD = 6, OP_WORK = 7 };
 #define SCRATCH (4u << 20)
 
 /* GPUs seen by a forked child (CUDA stays out of this process); why if none. */
@@ -89,6 +89,25 @@ static void CUDA_CB hold_stream(void *arg)
 	for (int i = 0; i < 60000 && !atomic_load(&hd->release); i++)
 		usleep(1000);
 }
+/* OP_WORK: the stream is busy arg[0] us (a host function that sleeps). */
+static void CUDA_CB work_stream(void *arg)
+{
+	uint64_t us = (uint64_t)(uintptr_t)arg;
+	struct timespec ts = { .tv_sec = (time_t)(us / 1000000),
+			       .tv_nsec = (long)(us % 1000000) * 1000 };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+static uint64_t clock_ns(clockid_t id)
+{
+	struct timespec ts;
+
+	clock_gettime(id, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void *streams_seen[4];	/* the helper's streams, in the order met */
 
 static int helper_init(struct ferry_helper *h, void *arg)
@@ -171,6 +190,18 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 		if (!hold || cu->cuLaunchHostFunc((CUstream)st, hold_stream, hold))
 			return -EIO;
 		return 0;
+	}
+	if (req->op == OP_WORK) {
+		/* arg[1], arg[2]: the CPU time of the helper's thread (the one
+		 * that waits; the driver's threads are the driver's) and the
+		 * time, now. */
+		st = ferry_helper_stream(h);
+		if (req->arg[0] > 1000000 ||
+		    cu->cuLaunchHostFunc((CUstream)st, work_stream, (void *)(uintptr_t)req->arg[0]))
+			return -EINVAL;
+		rep->arg[1] = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+		rep->arg[2] = clock_ns(CLOCK_MONOTONIC);
+		return ferry_helper_defer(h, rep, st) ? -EIO : FERRY_DEFERRED;
 	}
 	if (req->op == OP_PINNED) {
 		rep->arg[0] = ferry_helper_pinned(h, req);
@@ -716,6 +747,87 @@ TEST(freed_blocks_wait_for_the_helpers_streams)
 	ferry_broker_stop(b);
 	munmap(hold, sizeof(*hold));
 	hold = NULL;
+}
+
+/*
+ * A helper waiting for its stream holds no CPU of its own: its thread's
+ * CPU time over calls whose stream work takes
+ * 20 ms (past FERRY_EXPECT_LONG_NS: it sleeps at once, woken by the host
+ * function), then 1 ms (it learns the time, sleeps until shortly before
+ * the reply is due and spins through it, at most about a quarter of the
+ * wait).  Every reply is the one asked for.
+ */
+struct work_run {
+	uint64_t cpu_ns, wall_ns, rtt_p50_ns;
+};
+static struct work_run *work_runs;
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int work_phase(struct ferry_child *c, uint64_t us, unsigned int n, struct work_run *out)
+{
+	uint64_t rtt[200], cpu0 = 0, wall0 = 0;
+
+	for (unsigned int i = 0; i < n && i < 200; i++) {
+		struct ferry_desc d = { .op = OP_WORK, .tag = i, .arg = { us } }, rep;
+		uint64_t t0 = clock_ns(CLOCK_MONOTONIC);
+
+		if (ferry_call(c, &d, &rep) || rep.status || rep.tag != i)
+			return 1;
+		rtt[i] = clock_ns(CLOCK_MONOTONIC) - t0;
+		if (rtt[i] < us * 1000)
+			return 2;	/* answered before its stream was done */
+		if (i == 0) {
+			cpu0 = rep.arg[1];
+			wall0 = rep.arg[2];
+		}
+		out->cpu_ns = rep.arg[1] - cpu0;
+		out->wall_ns = rep.arg[2] - wall0;
+	}
+	qsort(rtt, n, sizeof(rtt[0]), cmp_u64);
+	out->rtt_p50_ns = rtt[n / 2];
+	return 0;
+}
+
+static int worker(struct ferry_child *c, void *arg)
+{
+	(void)arg;
+	if (work_phase(c, 20000, 12, &work_runs[0]))
+		return 1;
+	return work_phase(c, 1000, 150, &work_runs[1]) ? 2 : 0;
+}
+
+TEST(helpers_sleep_while_their_streams_work)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+
+	NEED_GPU();
+	work_runs = mmap(NULL, 2 * sizeof(*work_runs), PROT_READ | PROT_WRITE,
+			 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, work_runs);
+	opts_for(&o, 1, 1);
+	o.child_fn = worker;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stop(b);
+	for (int k = 0; k < 2; k++) {
+		struct work_run *r = &work_runs[k];
+
+		TH_LOG("stream work %s: helper CPU %.1f%% of the wall time, round trip p50 %.0f us",
+		       k ? "1 ms" : "20 ms", r->wall_ns ? 100.0 * r->cpu_ns / r->wall_ns : -1.0,
+		       r->rtt_p50_ns / 1e3);
+		ASSERT_LT(0, r->wall_ns);
+	}
+	/* 20 ms: sleeps through; 1 ms: a bounded spin (a quarter, plus its margin). */
+	EXPECT_GE(work_runs[0].wall_ns / 10, work_runs[0].cpu_ns);
+	EXPECT_GE(work_runs[1].wall_ns * 2 / 5, work_runs[1].cpu_ns);
+	munmap(work_runs, 2 * sizeof(*work_runs));
 }
 
 TEST(defer_refused_without_a_gpu)

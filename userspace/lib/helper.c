@@ -136,12 +136,46 @@ static bool attention(void *arg)
 }
 
 /*
+ * While deferred replies are pending and the earliest has a prediction
+ * (its op's stream work took about as long before): sleep until shortly
+ * before it is due, unless a request, a completion or a fence comes
+ * first.  Returns what the wait got (a request, -EALREADY, an error), or
+ * -EAGAIN to go on with the ordinary wait, in *@spin_after how long its
+ * spin should be to catch the reply without a wake-up (expect.h).  Where
+ * peers outnumber CPUs (pause_ns 0) it does not spin longer than usual:
+ * the CPU may be the one a child needs.
+ */
+static int predicted_wait(struct ferry_helper *h, struct ferry_desc *req, uint64_t *spin_after)
+{
+	uint64_t now = ferry_now_ns(), spin = h->ch.spin_ns, after = 0, woke;
+	int64_t pre = ferry_hgpu_due_in(h, now, &after);
+	int err;
+
+	if (pre < 0 || !spin)
+		return -EAGAIN;	/* no prediction; spin_ns 0: sleep at once */
+	if (pre > 0) {
+		h->ch.spin_ns = 0;
+		err = ferry_chan_recv_wait_or(&h->ch, req, pre, attention, h);
+		h->ch.spin_ns = spin;
+		if (err != -ETIMEDOUT)
+			return err;
+		woke = ferry_now_ns();
+		ferry_expect_woke(&h->wake_late_ns, now + (uint64_t)pre, woke);
+	}
+	if (h->ch.pause_ns)
+		*spin_after = after;
+	return -EAGAIN;
+}
+
+/*
  * The next request; while deferred replies are pending, send each as its
  * work completes, and step the broker's stream fences.  The wait spins
  * (spin_ns), then sleeps on the ring's bell, which the stream work's host
  * functions also ring (helper_gpu.c), and the broker's kick when it asks
- * for a fence: a helper whose GPU is busy holds no CPU.  Without host
- * functions it polls its events, yielding.
+ * for a fence: a helper whose GPU is busy holds no CPU.  Work whose time
+ * is known is awaited by predicted_wait() first, so that its reply does
+ * not wait for the host function's wake-up.  Without host functions it
+ * polls its events, yielding.
  */
 static int next_request(struct ferry_helper *h, struct ferry_desc *req)
 {
@@ -150,6 +184,7 @@ static int next_request(struct ferry_helper *h, struct ferry_desc *req)
 	for (;;) {
 		bool fencing = ferry_hgpu_fence(h);
 		bool pending = h->ndefer && ferry_hgpu_poll(h, false);
+		uint64_t spin = h->ch.spin_ns, spin_after = 0;
 
 		if ((pending || fencing) && !h->host_wake) {
 			err = ferry_chan_recv(&h->ch, req);
@@ -158,8 +193,18 @@ static int next_request(struct ferry_helper *h, struct ferry_desc *req)
 			sched_yield();
 			continue;
 		}
+		if (pending) {
+			err = predicted_wait(h, req, &spin_after);
+			if (err == -EALREADY)
+				continue;
+			if (err != -EAGAIN)
+				return err;
+		}
 		/* Also the broker's kick when it asks for a fence. */
+		if (spin_after > spin)
+			h->ch.spin_ns = spin_after;
 		err = ferry_chan_recv_wait_or(&h->ch, req, -1, attention, h);
+		h->ch.spin_ns = spin;
 		if (err != -EALREADY)
 			return err;
 	}

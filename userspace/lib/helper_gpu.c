@@ -87,6 +87,30 @@ static void CUDA_CB wake_helper(void *arg)
 	ferry_chan_wake_self(&h->ch);
 }
 
+int64_t ferry_hgpu_due_in(struct ferry_helper *h, uint64_t now, uint64_t *spin)
+{
+	uint64_t first = UINT64_MAX;
+
+	for (unsigned int k = 0; k < h->ndefer; k++) {
+		const struct hdefer *d = &h->defer[k];
+		const struct ferry_expect *e = &h->expect[d->op % FERRY_EXPECT_OPS];
+		uint64_t at;
+
+		/* Unknown, or long enough that the host function's wake-up is noise. */
+		if (e->op != d->op || !e->ewma_ns || e->ewma_ns >= FERRY_EXPECT_LONG_NS)
+			continue;
+		at = d->t0_ns + e->ewma_ns -
+		     ferry_expect_margin(e->ewma_ns, e->dev_ns, h->wake_late_ns);
+		if (at < first) {
+			first = at;
+			*spin = ferry_expect_spin(e->ewma_ns, e->dev_ns, h->wake_late_ns);
+		}
+	}
+	if (first == UINT64_MAX)
+		return -1;
+	return first > now ? (int64_t)(first - now) : 0;
+}
+
 bool ferry_hgpu_any_done(struct ferry_helper *h)
 {
 	for (unsigned int k = 0; k < h->ndefer; k++)
@@ -212,6 +236,7 @@ void ferry_hgpu_exit(struct ferry_helper *h)
 unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait)
 {
 	unsigned int k = 0;
+	uint64_t now = 0;
 
 	while (k < h->ndefer) {
 		struct hdefer *d = &h->defer[k];
@@ -224,6 +249,12 @@ unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait)
 		}
 		if (r != CUDA_SUCCESS && !d->rep.status)
 			d->rep.status = ferry_cuda_errno(r);
+		/* Seen late (after a sleep) it teaches little: expect.h weighs it so. */
+		if (!now)
+			now = ferry_now_ns();
+		if (r == CUDA_SUCCESS && now > d->t0_ns)
+			ferry_expect_learn(&h->expect[d->op % FERRY_EXPECT_OPS], d->op,
+					   now - d->t0_ns);
 		/* Room is guaranteed by helper_depth; wait if the broker lags. */
 		while (ferry_chan_send(&h->ch, &d->rep) == -EAGAIN)
 			sched_yield();
@@ -320,6 +351,8 @@ int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, voi
 		h->host_wake = false;
 	}
 	d->rep = *rep;
+	d->t0_ns = ferry_now_ns();
+	d->op = h->cur->op;
 	d->rep.tag = h->cur->tag;	/* the broker's, whatever the handler did */
 	d->rep.region = h->cur->region;
 	d->rep.status = 0;

@@ -120,6 +120,8 @@ struct hregion {
 struct hdefer {
 	void *event;			/* CUevent, made once */
 	struct ferry_desc rep;
+	uint64_t t0_ns;			/* when it was deferred */
+	uint32_t op;			/* the request's, for the prediction */
 };
 
 struct ferry_helper {
@@ -148,6 +150,11 @@ struct ferry_helper {
 	 * wakes this helper's ring wait: false if they cannot be launched
 	 * (or $FERRY_HELPER_POLL is set), and the helper polls instead. */
 	bool host_wake;
+	/* How long each op's stream work took, and how late this helper's
+	 * timed sleeps end (expect.h): it sleeps until a reply is due and
+	 * catches it spinning, the host function being the backstop. */
+	struct ferry_expect expect[FERRY_EXPECT_OPS];
+	uint64_t wake_late_ns;
 	/*
 	 * Stream fences the broker asks for (struct ferry_arena_shm): one
 	 * event per stream and one for the legacy default stream; the epoch
@@ -170,6 +177,12 @@ void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_exit(struct ferry_helper *h);
 unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait);
+/*
+ * ns until the earliest pending deferred reply is worth looking for (its
+ * op's learned time, less the margin), and in *@spin how long to spin for
+ * it then; -1 when none has a prediction short enough to wait for so.
+ */
+int64_t ferry_hgpu_due_in(struct ferry_helper *h, uint64_t now, uint64_t *spin);
 /* Whether some deferred reply's work has completed (poll would send it). */
 bool ferry_hgpu_any_done(struct ferry_helper *h);
 /* Step the broker's stream fence: true while one is pending. */
