@@ -159,12 +159,15 @@ fi
 ulimit -Hn 524288 || echo "FERRY-VM could not raise the nofile hard limit"
 for t in /tests/*; do
 	echo "FERRY-VM run ${t##*/}"
+	t0=$(date +%s)
 	if [ -e /faults ]; then
 		sh -c 'echo 1 >/proc/self/make-it-fail; exec "$0"' "$t"
 	else
 		"$t"
 	fi
-	echo "FERRY-VM rc ${t##*/} $?"
+	rc=$?
+	echo "# ${t##*/}: $(( $(date +%s) - t0 )) s"
+	echo "FERRY-VM rc ${t##*/} $rc"
 done
 for f in failslab fail_page_alloc; do
 	d=/sys/kernel/debug/$f

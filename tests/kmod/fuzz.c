@@ -5,7 +5,7 @@
  * mmap/munmap/mprotect/touch of region offsets, sessions opened and closed
  * at random points, grant/revoke/destroy racing between threads, and forks
  * whose children act on inherited fds.  Seeded and reproducible per thread
- * (FERRY_FUZZ_SEED; the seed is printed); runs FERRY_FUZZ_SECONDS (20 by
+ * (FERRY_FUZZ_SEED; the seed is printed); runs FERRY_FUZZ_SECONDS (10 by
  * default: the short run in make check) or FERRY_FUZZ_CALLS calls, across
  * FERRY_FUZZ_THREADS threads (default 3).  The kernel's own checkers (the
  * debug kernel's KASAN, lockdep, kmemleak) and the VM runner's dmesg scan
@@ -342,7 +342,7 @@ TEST_F_TIMEOUT(fz, random_ioctl_mmap_fork_sequences, 600)
 			.seed = seed * 0x9e3779b97f4a7c15ULL + i + 1,
 			/* Rounded up: at least the calls asked for, in all. */
 			.max_calls = (envnum("FERRY_FUZZ_CALLS", 0) + nthreads - 1) / nthreads,
-			.until = time(NULL) + (time_t)envnum("FERRY_FUZZ_SECONDS", 20),
+			.until = time(NULL) + (time_t)envnum("FERRY_FUZZ_SECONDS", 10),
 		};
 		ASSERT_EQ(0, pthread_create(&th[i], NULL, worker, &t[i]));
 	}
