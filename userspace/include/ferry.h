@@ -314,9 +314,16 @@ struct ferry_broker_opts {
 	 * read or write another child's.
 	 * FERRY_DISPATCH_POLL / FERRY_DISPATCH_SLEEP: the dispatch thread
 	 * polls (never sleeps: no wake-ups on the request and reply paths,
-	 * a CPU busy all the time) or sleeps when idle.  Without either it
-	 * polls where it has a CPU of its own (dispatch_cpu) and sleeps
-	 * elsewhere; $FERRY_DISPATCH_POLL=1 or 0 overrides all three.
+	 * a CPU busy all the time) or sleeps once its spin (spin_ns) ends,
+	 * whatever is in flight.  Without either it polls where it has a
+	 * CPU of its own (dispatch_cpu); elsewhere it polls only while
+	 * replies are near or not yet predicted (for at most 1 ms after
+	 * anything moved) and through gaps between requests shorter than
+	 * 100 us that it has learned, and sleeps otherwise: requests whose
+	 * children and helpers sleep cost it no wake-up, an idle broker and
+	 * helpers working for milliseconds cost it no CPU.
+	 * $FERRY_DISPATCH_POLL=1 or 0 overrides all three (0: as
+	 * FERRY_DISPATCH_SLEEP).
 	 */
 	unsigned int flags;
 	/* Must be 0: it names what would be padding, so that every byte of

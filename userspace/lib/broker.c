@@ -83,11 +83,14 @@ int ferry_broker_start_opts(const struct ferry_broker_opts *o, struct ferry_brok
 	if (err)
 		goto fail;
 	env = getenv("FERRY_DISPATCH_POLL");
-	if (env && *env)
+	if (env && *env) {
 		b->poll = strcmp(env, "0") != 0;
-	else
+		b->await = false;
+	} else {
 		b->poll = o->flags & FERRY_DISPATCH_POLL ? true :
 			  o->flags & FERRY_DISPATCH_SLEEP ? false : b->dispatch_cpu >= 0;
+		b->await = !b->poll && !(o->flags & FERRY_DISPATCH_SLEEP);
+	}
 	err = ferry_place_gpus(b);
 	if (err)
 		goto fail;

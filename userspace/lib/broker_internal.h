@@ -227,6 +227,26 @@ struct ferry_broker {
 	 */
 	bool poll;
 	/*
+	 * Otherwise, unless FERRY_DISPATCH_SLEEP (or $FERRY_DISPATCH_POLL=0)
+	 * says so, it polls while requests are at helpers and their replies
+	 * are near or not predicted, for at most FERRY_AWAIT_MAX_NS after
+	 * anything last moved (dispatch.c, awaiting()): the reply path then
+	 * costs no wake-up of the dispatch thread, and an idle broker (or one
+	 * whose helpers work for milliseconds) holds no CPU.  moved_ns: when
+	 * a descriptor last went through.
+	 */
+	bool await;
+	uint64_t moved_ns;
+	/*
+	 * Await mode, when nothing is at a helper: how long the loop went
+	 * without work before the next descriptor came (the gap a child
+	 * needs to wake for its reply and send again), learned as the other
+	 * waits are (expect.h); quiet_ns: when the current gap began (0:
+	 * none).  A short gap is spun through (spin()), a long one slept.
+	 */
+	struct ferry_expect gap;
+	uint64_t quiet_ns;
+	/*
 	 * Sleeping dispatch (!poll): how long helpers took per op (EWMA by op
 	 * % 8, and its spread), so that with requests at helpers the thread
 	 * sleeps only until shortly before the first reply is due and spins

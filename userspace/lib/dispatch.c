@@ -151,35 +151,124 @@ static void svc_learn(struct ferry_broker *b, uint32_t op, uint64_t ns)
 }
 
 /*
- * Nanoseconds the loop may sleep before the first reply of a request at
- * a helper is due (less the margin), -1 when no prediction applies, 0
- * when one is due now (spin instead); sets spin_after_ns for the spin
- * that follows (expect.h).  Only requests whose op has a history shorter
- * than FERRY_EXPECT_LONG_NS count.
+ * The first reply of a request at a helper whose op has a history: when
+ * it is due less the margin (expect.h), and in *@spin the spin through
+ * it; UINT64_MAX when none has one.  *@unknown: some request has none
+ * (its op is new, or it was sent before the history).  Ops that take
+ * @min_ns or less do not count (a spin catches them); those that take
+ * FERRY_EXPECT_LONG_NS or more count as due that long after they were
+ * sent, with no spin: their replies are far, and the bell wakes the loop.
  */
-static int64_t svc_due(struct ferry_broker *b)
+static uint64_t svc_first(struct ferry_broker *b, uint64_t min_ns, uint64_t *spin, bool *unknown)
 {
-	uint64_t now, best = UINT64_MAX, best_spin = 0;
+	uint64_t best = UINT64_MAX;
 
-	/* Not where peers outnumber CPUs: the spin would take a helper's CPU. */
-	if (b->poll || b->oversub || !b->st.in_flight || !b->o.spin_ns)
-		return -1;
+	*spin = 0;
+	*unknown = false;
 	for (uint32_t s = 0; s < b->nslot; s++) {
 		const struct bslot *sl = &b->slot[s];
 		const struct ferry_expect *e = &b->svc[sl->op % FERRY_EXPECT_OPS];
 		uint64_t at;
 
-		if (!sl->used || !sl->sent_ns || e->op != sl->op || !e->ewma_ns ||
-		    e->ewma_ns >= FERRY_EXPECT_LONG_NS || e->ewma_ns <= b->o.spin_ns)
+		if (!sl->used)
 			continue;
-		at = sl->sent_ns + e->ewma_ns - ferry_expect_margin(e->ewma_ns, e->dev_ns,
-								     b->wake_late_ns);
+		if (!sl->sent_ns || e->op != sl->op || !e->ewma_ns) {
+			*unknown = true;
+			continue;
+		}
+		if (e->ewma_ns <= min_ns)
+			continue;
+		if (e->ewma_ns >= FERRY_EXPECT_LONG_NS) {
+			at = sl->sent_ns + FERRY_EXPECT_LONG_NS;
+		} else {
+			at = sl->sent_ns + e->ewma_ns -
+			     ferry_expect_margin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
+		}
 		if (at < best) {
 			best = at;
-			best_spin = ferry_expect_spin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
+			*spin = e->ewma_ns >= FERRY_EXPECT_LONG_NS ? 0 :
+				ferry_expect_spin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
 		}
 	}
-	if (best == UINT64_MAX)
+	return best;
+}
+
+/* Polling for replies ends this long after the last descriptor moved. */
+#define FERRY_AWAIT_MAX_NS	1000000ull
+/* A predicted reply sooner than this is polled for, not slept for. */
+#define FERRY_AWAIT_NEAR_NS	(2 * FERRY_EXPECT_MARGIN_NS)
+
+/* Await mode: gaps between requests up to this long are spun through. */
+#define FERRY_AWAIT_GAP_MAX_NS	100000ull
+
+/*
+ * Await mode, nothing at a helper: how long to look for the next request
+ * before sleeping.  Twice the gaps seen lately, and the margin, when
+ * they are short (a child woken by its reply sends again within
+ * microseconds, and catching that costs less CPU than its wake-up of the
+ * dispatch thread would), nothing when they are not.
+ */
+static uint64_t gap_spin(const struct ferry_broker *b)
+{
+	uint64_t g = b->gap.ewma_ns, s;
+
+	if (!b->await || !g || g > FERRY_AWAIT_GAP_MAX_NS)
+		return 0;
+	s = 2 * g + FERRY_EXPECT_MARGIN_NS;
+	return s < FERRY_AWAIT_GAP_MAX_NS ? s : FERRY_AWAIT_GAP_MAX_NS;
+}
+
+/* Await mode: learn the gap that ends now, or note that one begins. */
+static void gap_track(struct ferry_broker *b, bool moved)
+{
+	if (moved) {
+		uint64_t now = ferry_now_ns();
+
+		if (b->quiet_ns) {
+			ferry_expect_learn(&b->gap, 0, now - b->quiet_ns);
+			b->quiet_ns = 0;
+		}
+		b->moved_ns = now;
+	} else if (!b->quiet_ns && !b->st.in_flight) {
+		b->quiet_ns = b->moved_ns;
+	}
+}
+
+/*
+ * Await mode (b->await): poll rather than sleep now?  While requests are
+ * at helpers, something moved within FERRY_AWAIT_MAX_NS, and their first
+ * reply is near or some reply has no prediction.  A reply predicted
+ * further off is slept for (svc_due), a long one waits for its bell.
+ */
+static bool awaiting(struct ferry_broker *b, uint64_t now)
+{
+	uint64_t spin, first;
+	bool unknown;
+
+	if (!b->await || !b->st.in_flight || now - b->moved_ns >= FERRY_AWAIT_MAX_NS)
+		return false;
+	first = svc_first(b, 0, &spin, &unknown);
+	return unknown || first < now + FERRY_AWAIT_NEAR_NS;
+}
+
+/*
+ * Nanoseconds the loop may sleep before the first reply of a request at
+ * a helper is due (less the margin), -1 when no prediction applies, 0
+ * when one is due now (spin instead); sets spin_after_ns for the spin
+ * that follows (expect.h).  Only requests whose op has a history shorter
+ * than FERRY_EXPECT_LONG_NS count; in await mode also where peers
+ * outnumber CPUs and with spin_ns 0 (the loop would poll otherwise).
+ */
+static int64_t svc_due(struct ferry_broker *b)
+{
+	uint64_t now, best, best_spin;
+	bool unknown;
+
+	/* Not where peers outnumber CPUs: the spin would take a helper's CPU. */
+	if (b->poll || !b->st.in_flight || (!b->await && (b->oversub || !b->o.spin_ns)))
+		return -1;
+	best = svc_first(b, b->await ? 0 : b->o.spin_ns, &best_spin, &unknown);
+	if (best == UINT64_MAX || !best_spin)
 		return -1;
 	b->spin_after_ns = best_spin;
 	now = ferry_now_ns();
@@ -611,7 +700,7 @@ static bool arm_bell(struct ferry_broker *b, struct bchan *bc, uint32_t key)
  * arrived meanwhile or could not be armed (then do not sleep).  Cost: the
  * children that changed state since the last sleep, not all of them.
  */
-static bool arm_all(struct ferry_broker *b)
+static bool arm_all(struct ferry_broker *b, bool bells)
 {
 	unsigned int n = b->narm;
 	bool quiet = true;
@@ -645,7 +734,7 @@ static bool arm_all(struct ferry_broker *b)
 		if (c->chan.bell_armed || c->ready || c->corrupt || c->in_flight >= b->o.window)
 			continue;
 		/* Polling: no bell (its sends make no system call); spin() looks. */
-		if (b->poll) {
+		if (!bells) {
 			arm_push(b, i);
 			continue;
 		}
@@ -662,7 +751,7 @@ static bool arm_all(struct ferry_broker *b)
 		if (!hp->pidfd_armed &&
 		    ferry_waitset_arm_poll(b->ws, KEY(KEY_HELPER_PIDFD, h), hp->pidfd) == 0)
 			hp->pidfd_armed = true;
-		if (hp->chan.bell_armed || hp->corrupt || b->poll)
+		if (hp->chan.bell_armed || hp->corrupt || !bells)
 			continue;
 		if (!arm_bell(b, &hp->chan, KEY(KEY_HELPER_BELL, h)))
 			quiet = false;
@@ -701,16 +790,24 @@ static bool service(struct ferry_broker *b)
  */
 static bool spin(struct ferry_broker *b)
 {
-	uint64_t start, end, pause_ns;
+	uint64_t start = ferry_now_ns(), end, pause_ns;
+	bool aw = awaiting(b, start);
 
-	if (!b->o.spin_ns && !b->poll)
+	uint64_t idle = b->st.in_flight ? 0 : gap_spin(b);
+
+	if (!b->o.spin_ns && !b->poll && !aw && !idle)
 		return false;
 	pause_ns = !b->oversub ? FERRY_CHAN_PAUSE_NS_DEFAULT : b->st.in_flight ? 3000 : 0;
-	start = ferry_now_ns();
 	/* Polling: a millisecond at a time, with pause only (its own CPU). */
 	if (b->poll)
 		pause_ns = UINT64_MAX;
 	end = start + (b->poll ? 1000000 : b->o.spin_ns);
+	/* Awaiting replies: until one comes, or nothing moved for the limit;
+	 * idle: through the gap a request is expected in. */
+	if (aw && b->moved_ns + FERRY_AWAIT_MAX_NS > end)
+		end = b->moved_ns + FERRY_AWAIT_MAX_NS;
+	if (idle && b->moved_ns + idle > end)
+		end = b->moved_ns + idle;
 	if (b->spin_after_ns && !b->poll) {
 		/* Through the reply a predicted sleep woke up for. */
 		if (start + b->spin_after_ns > end)
@@ -819,6 +916,8 @@ void *ferry_dispatch_main(void *arg)
 		 * While requests flow, stay off system calls: deaths, attaches
 		 * and stop are looked at every 64 busy turns, not every turn.
 		 */
+		if (b->await)
+			gap_track(b, moved);
 		if (moved && ++busy < 64)
 			continue;
 		busy = 0;
@@ -826,8 +925,11 @@ void *ferry_dispatch_main(void *arg)
 		due = b->restarts_pending ? ferry_helper_restart_due(b) : -1;
 		if (moved || spin(b)) {
 			timeout = 0;	/* still poll for deaths, don't sleep */
-		} else if (!arm_all(b) || b->poll) {
-			timeout = 0;
+		} else {
+			bool aw = awaiting(b, ferry_now_ns());
+
+			if (!arm_all(b, !b->poll && !aw) || b->poll || aw)
+				timeout = 0;
 		}
 		if (due >= 0 && (timeout < 0 || due < timeout))
 			timeout = due;
