@@ -129,6 +129,9 @@ struct bhelper {
 	int ctl;
 	struct bchan chan;
 	unsigned int in_flight;
+	/* When its last reply came: a request queued behind others starts
+	 * then, not when it was sent (dispatch.c, svc_learn). */
+	uint64_t last_reply_ns;
 	/* Region announcements (helper_ctl.c): ops (slot << 1 | add) not yet
 	 * sent, from outhead to nout. */
 	uint32_t *outbox;

@@ -141,6 +141,18 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
 }
 
 /*
+ * When the helper began the request in @sl, as far as the broker can
+ * tell: when it was sent, or when the helper's reply before it came if
+ * it was queued behind others (a helper answers its queue in turn).
+ */
+static uint64_t started(const struct ferry_broker *b, const struct bslot *sl)
+{
+	uint64_t last = b->helper[sl->helper].last_reply_ns;
+
+	return last > sl->sent_ns ? last : sl->sent_ns;
+}
+
+/*
  * The sleeping dispatch's prediction (see ferry_broker.svc): a reply
  * sooner than expected pulls the estimate down fast, a later one pushes
  * it up slowly, as the children do (expect.h).
@@ -179,9 +191,9 @@ static uint64_t svc_first(struct ferry_broker *b, uint64_t min_ns, uint64_t *spi
 		if (e->ewma_ns <= min_ns)
 			continue;
 		if (e->ewma_ns >= FERRY_EXPECT_LONG_NS) {
-			at = sl->sent_ns + FERRY_EXPECT_LONG_NS;
+			at = started(b, sl) + FERRY_EXPECT_LONG_NS;
 		} else {
-			at = sl->sent_ns + e->ewma_ns -
+			at = started(b, sl) + e->ewma_ns -
 			     ferry_expect_margin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
 		}
 		if (at < best) {
@@ -347,8 +359,12 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 			continue;
 		}
 		ferry_bpool_grants_settle(b, h, sl->child, sl, d.status == 0);
-		if (!b->poll && sl->sent_ns)
-			svc_learn(b, sl->op, ferry_now_ns() - sl->sent_ns);
+		if (!b->poll && sl->sent_ns) {
+			uint64_t now = ferry_now_ns();
+
+			svc_learn(b, sl->op, now - started(b, sl));
+			hp->last_reply_ns = now;
+		}
 		d.tag = sl->child_tag;
 		d.region = sl->child;
 		d.op = sl->op;
