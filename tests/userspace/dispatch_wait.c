@@ -4,7 +4,8 @@
  * replies are near (or not yet predicted) and through short gaps between
  * requests, and sleeps otherwise:
  *   - an idle broker holds no more CPU than with FERRY_DISPATCH_SLEEP;
- *   - requests that take 20 ms are slept for, not polled for;
+ *   - requests that take 20 ms are slept for, not polled for, and so is
+ *     a reply much later than its op's history;
  *   - a closed loop of round trips whose children and helpers sleep at
  *     once (spin_ns 0) costs the dispatch thread at most one wake-up per
  *     round trip (none where the child sends again soon), where
@@ -47,6 +48,7 @@ struct plan {
 	_Atomic int go, done;
 	uint32_t op;
 	uint64_t us;		/* OP_NAP: the helper's nap */
+	uint64_t last_us;	/* OP_NAP: the last call's, if not 0 */
 	unsigned int calls;
 	_Atomic unsigned int wrong;
 };
@@ -65,8 +67,9 @@ static int caller(struct ferry_child *c, void *arg)
 	(void)arg;
 	wait_flag(&plan->go);
 	for (unsigned int i = 0; i < plan->calls; i++) {
+		uint64_t us = i + 1 == plan->calls && plan->last_us ? plan->last_us : plan->us;
 		struct ferry_desc d = { .op = plan->op, .tag = i,
-					.arg = { plan->op == OP_NAP ? plan->us : i } }, rep;
+					.arg = { plan->op == OP_NAP ? us : i } }, rep;
 		int err = ferry_call(c, &d, &rep);
 
 		if (err)
@@ -110,6 +113,7 @@ FIXTURE(dw) {
 FIXTURE_SETUP(dw)
 {
 	unsetenv("FERRY_DISPATCH_POLL");
+	unsetenv("FERRY_DISPATCH_CPU");	/* a number would make it poll */
 	plan = mmap(NULL, sizeof(*plan), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
 		    -1, 0);
 	ASSERT_NE(MAP_FAILED, plan);
@@ -149,6 +153,7 @@ static void replan(uint32_t op, uint64_t us, unsigned int calls)
 	atomic_store(&plan->done, 0);
 	plan->op = op;
 	plan->us = us;
+	plan->last_us = 0;
 	plan->calls = calls;
 }
 
@@ -209,6 +214,31 @@ TEST_F(dw, long_requests_are_slept_for)
 	TH_LOG("15 requests of 20 ms: dispatch CPU %.2f ms of %.0f ms (FERRY_DISPATCH_SLEEP: "
 	       "%.2f ms)", cpu[1] / 1e6, wall[1] / 1e6, cpu[0] / 1e6);
 	EXPECT_GE(2 * cpu[0] + wall[1] / 20, cpu[1]);
+}
+
+/*
+ * A reply much later than its op's history: 40 requests of 1 ms teach
+ * the dispatch thread to wake for replies after about 1 ms, then one
+ * takes 60 ms.  Past its predicted time and spin, it is the bell's to
+ * bring; polling for it would cost most of the 60 ms.
+ */
+TEST_F(dw, late_reply_is_slept_for)
+{
+	uint64_t cpu[2], wakeups, wall[2];
+
+	for (int k = 0; k < 2; k++) {
+		replan(OP_NAP, 1000, 41);
+		plan->last_us = 60000;
+		start(&self->b, 20000, k ? 0 : FERRY_DISPATCH_SLEEP);
+		ASSERT_NE(NULL, self->b);
+		run(self->b, &cpu[k], &wakeups, &wall[k]);
+		EXPECT_EQ(0, atomic_load(&plan->wrong));
+		ferry_broker_stop(self->b);
+		self->b = NULL;
+	}
+	TH_LOG("40 requests of 1 ms, then one of 60 ms: dispatch CPU %.2f ms of %.0f ms "
+	       "(FERRY_DISPATCH_SLEEP: %.2f ms)", cpu[1] / 1e6, wall[1] / 1e6, cpu[0] / 1e6);
+	EXPECT_GE(2 * cpu[0] + wall[1] / 10, cpu[1]);
 }
 
 static void closed_loop(struct __test_metadata *_metadata, struct ferry_broker **b,

@@ -143,12 +143,16 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
 /*
  * When the helper began the request in @sl, as far as the broker can
  * tell: when it was sent, or when the helper's reply before it came if
- * it was queued behind others (a helper answers its queue in turn).
+ * it was queued behind others (a CPU helper answers its queue in turn; a
+ * GPU helper's deferred replies come in the order their streams finish,
+ * so for it the queue is part of the time learned).
  */
 static uint64_t started(const struct ferry_broker *b, const struct bslot *sl)
 {
 	uint64_t last = b->helper[sl->helper].last_reply_ns;
 
+	if (b->ngpus && ferry_helper_gpu_of(b, sl->helper) >= 0)
+		return sl->sent_ns;
 	return last > sl->sent_ns ? last : sl->sent_ns;
 }
 
@@ -170,8 +174,11 @@ static void svc_learn(struct ferry_broker *b, uint32_t op, uint64_t ns)
  * @min_ns or less do not count (a spin catches them); those that take
  * FERRY_EXPECT_LONG_NS or more count as due that long after they were
  * sent, with no spin: their replies are far, and the bell wakes the loop.
+ * Nor do requests already later than their prediction and its spin (at
+ * @now): waiting for them is the bell's, not a poll's.
  */
-static uint64_t svc_first(struct ferry_broker *b, uint64_t min_ns, uint64_t *spin, bool *unknown)
+static uint64_t svc_first(struct ferry_broker *b, uint64_t min_ns, uint64_t now, uint64_t *spin,
+			  bool *unknown)
 {
 	uint64_t best = UINT64_MAX;
 
@@ -190,16 +197,21 @@ static uint64_t svc_first(struct ferry_broker *b, uint64_t min_ns, uint64_t *spi
 		}
 		if (e->ewma_ns <= min_ns)
 			continue;
+		uint64_t sp = 0;
+
 		if (e->ewma_ns >= FERRY_EXPECT_LONG_NS) {
 			at = started(b, sl) + FERRY_EXPECT_LONG_NS;
 		} else {
 			at = started(b, sl) + e->ewma_ns -
 			     ferry_expect_margin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
+			sp = ferry_expect_spin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
 		}
+		/* Later than predicted, spin included: its bell brings it. */
+		if (at + sp < now)
+			continue;
 		if (at < best) {
 			best = at;
-			*spin = e->ewma_ns >= FERRY_EXPECT_LONG_NS ? 0 :
-				ferry_expect_spin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
+			*spin = sp;
 		}
 	}
 	return best;
@@ -237,7 +249,12 @@ static void gap_track(struct ferry_broker *b, bool moved)
 		uint64_t now = ferry_now_ns();
 
 		if (b->quiet_ns) {
-			ferry_expect_learn(&b->gap, 0, now - b->quiet_ns);
+			uint64_t g = now - b->quiet_ns;
+
+			/* An idle spell says only "long": not how long to unlearn. */
+			if (g > 2 * FERRY_AWAIT_GAP_MAX_NS)
+				g = 2 * FERRY_AWAIT_GAP_MAX_NS;
+			ferry_expect_learn(&b->gap, 0, g);
 			b->quiet_ns = 0;
 		}
 		b->moved_ns = now;
@@ -259,7 +276,7 @@ static bool awaiting(struct ferry_broker *b, uint64_t now)
 
 	if (!b->await || !b->st.in_flight || now - b->moved_ns >= FERRY_AWAIT_MAX_NS)
 		return false;
-	first = svc_first(b, 0, &spin, &unknown);
+	first = svc_first(b, 0, now, &spin, &unknown);
 	return unknown || first < now + FERRY_AWAIT_NEAR_NS;
 }
 
@@ -279,11 +296,11 @@ static int64_t svc_due(struct ferry_broker *b)
 	/* Not where peers outnumber CPUs: the spin would take a helper's CPU. */
 	if (b->poll || !b->st.in_flight || (!b->await && (b->oversub || !b->o.spin_ns)))
 		return -1;
-	best = svc_first(b, b->await ? 0 : b->o.spin_ns, &best_spin, &unknown);
+	now = ferry_now_ns();
+	best = svc_first(b, b->await ? 0 : b->o.spin_ns, now, &best_spin, &unknown);
 	if (best == UINT64_MAX || !best_spin)
 		return -1;
 	b->spin_after_ns = best_spin;
-	now = ferry_now_ns();
 	return best > now ? (int64_t)(best - now) : 0;
 }
 
@@ -323,7 +340,8 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 {
 	struct bhelper *hp = &b->helper[h];
 	struct ferry_desc d;
-	bool any = false;
+	bool any = false, learned = false;
+	uint64_t now = 0;
 
 	while (hp->alive && !hp->corrupt) {
 		int err = ferry_chan_recv(&hp->chan.ch, &d);
@@ -359,11 +377,15 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 			continue;
 		}
 		ferry_bpool_grants_settle(b, h, sl->child, sl, d.status == 0);
-		if (!b->poll && sl->sent_ns) {
-			uint64_t now = ferry_now_ns();
-
+		/*
+		 * Only the first reply of a pass teaches: the others came
+		 * before it was read, at times nobody saw (they would teach
+		 * about 0 ns).
+		 */
+		if (!b->poll && sl->sent_ns && !learned) {
+			now = ferry_now_ns();
 			svc_learn(b, sl->op, now - started(b, sl));
-			hp->last_reply_ns = now;
+			learned = true;
 		}
 		d.tag = sl->child_tag;
 		d.region = sl->child;
@@ -373,6 +395,8 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 		to_child(b, sl->child, &d);
 		slot_done(b, s);
 	}
+	if (learned)
+		hp->last_reply_ns = now;
 	return any;
 }
 
@@ -811,7 +835,7 @@ static bool spin(struct ferry_broker *b)
 
 	uint64_t idle = b->st.in_flight ? 0 : gap_spin(b);
 
-	if (!b->o.spin_ns && !b->poll && !aw && !idle)
+	if (!b->o.spin_ns && !b->poll && !aw && !idle && !b->spin_after_ns)
 		return false;
 	pause_ns = !b->oversub ? FERRY_CHAN_PAUSE_NS_DEFAULT : b->st.in_flight ? 3000 : 0;
 	/* Polling: a millisecond at a time, with pause only (its own CPU). */
