@@ -206,8 +206,9 @@ static uint64_t svc_first(struct ferry_broker *b, uint64_t min_ns, uint64_t now,
 			     ferry_expect_margin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
 			sp = ferry_expect_spin(e->ewma_ns, e->dev_ns, b->wake_late_ns);
 		}
-		/* Later than predicted, spin included: its bell brings it. */
-		if (at + sp < now)
+		/* Later than predicted, spin included (which starts when the
+		 * timed sleep ends, late_ns after it was due): the bell's. */
+		if (at + b->wake_late_ns + sp + FERRY_EXPECT_MARGIN_NS < now)
 			continue;
 		if (at < best) {
 			best = at;
