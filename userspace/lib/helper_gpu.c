@@ -47,8 +47,9 @@ int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_peer_cfg *cfg)
 	h->nstreams = cfg->streams;
 	h->ndefer_max = cfg->helper_depth;
 	h->streams = calloc(h->nstreams, sizeof(*h->streams));
+	h->stream_done_ns = calloc(h->nstreams, sizeof(*h->stream_done_ns));
 	h->defer = calloc(h->ndefer_max, sizeof(*h->defer));
-	if (!h->streams || !h->defer)
+	if (!h->streams || !h->stream_done_ns || !h->defer)
 		return -ENOMEM;
 	for (unsigned int s = 0; s < h->nstreams; s++) {
 		err = ferry_cuda_errno(cu->cuStreamCreate((CUstream *)&h->streams[s],
@@ -87,6 +88,19 @@ static void CUDA_CB wake_helper(void *arg)
 	ferry_chan_wake_self(&h->ch);
 }
 
+/*
+ * When @d's work began, as far as the helper can tell: when it was
+ * deferred, or when the work before it on the same stream was seen done
+ * (a stream runs its work in turn), so that queueing is not learned as
+ * the work's own time.
+ */
+static uint64_t defer_started(const struct ferry_helper *h, const struct hdefer *d)
+{
+	uint64_t done = d->stream >= 0 ? h->stream_done_ns[d->stream] : 0;
+
+	return done > d->t0_ns ? done : d->t0_ns;
+}
+
 int64_t ferry_hgpu_due_in(struct ferry_helper *h, uint64_t now, uint64_t *spin)
 {
 	uint64_t first = UINT64_MAX;
@@ -99,7 +113,7 @@ int64_t ferry_hgpu_due_in(struct ferry_helper *h, uint64_t now, uint64_t *spin)
 		/* Unknown, or long enough that the host function's wake-up is noise. */
 		if (e->op != d->op || !e->ewma_ns || e->ewma_ns >= FERRY_EXPECT_LONG_NS)
 			continue;
-		at = d->t0_ns + e->ewma_ns -
+		at = defer_started(h, d) + e->ewma_ns -
 		     ferry_expect_margin(e->ewma_ns, e->dev_ns, h->wake_late_ns);
 		if (at < first) {
 			first = at;
@@ -252,9 +266,11 @@ unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait)
 		/* Seen late (after a sleep) it teaches little: expect.h weighs it so. */
 		if (!now)
 			now = ferry_now_ns();
-		if (r == CUDA_SUCCESS && now > d->t0_ns)
+		if (r == CUDA_SUCCESS && now > defer_started(h, d))
 			ferry_expect_learn(&h->expect[d->op % FERRY_EXPECT_OPS], d->op,
-					   now - d->t0_ns);
+					   now - defer_started(h, d));
+		if (d->stream >= 0)
+			h->stream_done_ns[d->stream] = now;
 		/* Room is guaranteed by helper_depth; wait if the broker lags. */
 		while (ferry_chan_send(&h->ch, &d->rep) == -EAGAIN)
 			sched_yield();
@@ -353,6 +369,10 @@ int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, voi
 	d->rep = *rep;
 	d->t0_ns = ferry_now_ns();
 	d->op = h->cur->op;
+	d->stream = -1;
+	for (unsigned int s = 0; s < h->nstreams; s++)
+		if (h->streams[s] == stream)
+			d->stream = (int)s;
 	d->rep.tag = h->cur->tag;	/* the broker's, whatever the handler did */
 	d->rep.region = h->cur->region;
 	d->rep.status = 0;

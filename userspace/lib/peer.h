@@ -122,6 +122,7 @@ struct hdefer {
 	struct ferry_desc rep;
 	uint64_t t0_ns;			/* when it was deferred */
 	uint32_t op;			/* the request's, for the prediction */
+	int stream;			/* index in streams[], -1: another stream */
 };
 
 struct ferry_helper {
@@ -155,6 +156,9 @@ struct ferry_helper {
 	 * catches it spinning, the host function being the backstop. */
 	struct ferry_expect expect[FERRY_EXPECT_OPS];
 	uint64_t wake_late_ns;
+	/* Per stream of streams[]: when its last deferred work was seen
+	 * done (work queued behind it started no sooner). */
+	uint64_t *stream_done_ns;
 	/*
 	 * Stream fences the broker asks for (struct ferry_arena_shm): one
 	 * event per stream and one for the legacy default stream; the epoch
