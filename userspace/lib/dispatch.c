@@ -187,7 +187,7 @@ static uint64_t svc_first(struct ferry_broker *b, uint64_t min_ns, uint64_t now,
 	for (uint32_t s = 0; s < b->nslot; s++) {
 		const struct bslot *sl = &b->slot[s];
 		const struct ferry_expect *e = &b->svc[sl->op % FERRY_EXPECT_OPS];
-		uint64_t at;
+		uint64_t at, sp = 0;
 
 		if (!sl->used)
 			continue;
@@ -197,8 +197,6 @@ static uint64_t svc_first(struct ferry_broker *b, uint64_t min_ns, uint64_t now,
 		}
 		if (e->ewma_ns <= min_ns)
 			continue;
-		uint64_t sp = 0;
-
 		if (e->ewma_ns >= FERRY_EXPECT_LONG_NS) {
 			at = started(b, sl) + FERRY_EXPECT_LONG_NS;
 		} else {
