@@ -240,6 +240,9 @@ struct ferry_broker {
 	 */
 	bool await;
 	uint64_t moved_ns;
+	/* The clock, read once per turn of the dispatch loop when something
+	 * needs it (0: not yet this turn): dispatch.c, turn_now(). */
+	uint64_t turn_ns;
 	/*
 	 * Await mode, when nothing is at a helper: how long the loop went
 	 * without work before the next descriptor came (the gap a child

@@ -141,6 +141,18 @@ static void fail_back(struct ferry_broker *b, uint32_t i, uint32_t op, uint64_t 
 }
 
 /*
+ * Now, to within a turn of the loop (a turn takes microseconds): what
+ * stamps requests, learns from replies and tracks gaps reads the clock
+ * once per turn, not once per descriptor.
+ */
+static uint64_t turn_now(struct ferry_broker *b)
+{
+	if (!b->turn_ns)
+		b->turn_ns = ferry_now_ns();
+	return b->turn_ns;
+}
+
+/*
  * When the helper began the request in @sl, as far as the broker can
  * tell: when it was sent, or when the helper's reply before it came if
  * it was queued behind others (a CPU helper answers its queue in turn; a
@@ -245,7 +257,7 @@ static uint64_t gap_spin(const struct ferry_broker *b)
 static void gap_track(struct ferry_broker *b, bool moved)
 {
 	if (moved) {
-		uint64_t now = ferry_now_ns();
+		uint64_t now = turn_now(b);
 
 		if (b->quiet_ns) {
 			uint64_t g = now - b->quiet_ns;
@@ -382,7 +394,7 @@ static bool drain_helper(struct ferry_broker *b, uint32_t h)
 		 * about 0 ns).
 		 */
 		if (!b->poll && sl->sent_ns && !learned) {
-			now = ferry_now_ns();
+			now = turn_now(b);
 			svc_learn(b, sl->op, now - started(b, sl));
 			learned = true;
 		}
@@ -514,7 +526,7 @@ static int dispatch_one(struct ferry_broker *b, uint32_t i, int32_t h)
 	b->slot[s] = (struct bslot){
 		.used = true, .gen = b->slot[s].gen, .child = i,
 		.helper = (uint32_t)h, .op = d.op, .child_tag = d.tag, .block = block,
-		.sent_ns = b->o.helper_timeout_ns || !b->poll ? ferry_now_ns() : 0, .table = -1,
+		.sent_ns = b->o.helper_timeout_ns || !b->poll ? turn_now(b) : 0, .table = -1,
 	};
 	if ((d.flags & FERRY_DESC_TENSORS) && ferry_btensors_take(b, i, (uint32_t)h, s, &d)) {
 		b->slot[s].used = false;
@@ -829,7 +841,7 @@ static bool service(struct ferry_broker *b)
  */
 static bool spin(struct ferry_broker *b)
 {
-	uint64_t start = ferry_now_ns(), end, pause_ns;
+	uint64_t start = ferry_now_ns(), now, end, pause_ns;
 	bool aw = awaiting(b, start);
 
 	uint64_t idle = b->st.in_flight ? 0 : gap_spin(b);
@@ -871,11 +883,12 @@ static bool spin(struct ferry_broker *b)
 			}
 		}
 		/* Past pause_ns, let peers on the same cores run. */
-		if (ferry_now_ns() - start >= pause_ns)
+		now = ferry_now_ns();
+		if (now - start >= pause_ns)
 			sched_yield();
 		else
 			__builtin_ia32_pause();
-	} while (ferry_now_ns() < end);
+	} while (now < end);
 	return false;
 }
 
@@ -947,7 +960,10 @@ void *ferry_dispatch_main(void *arg)
 
 	while (!stop) {
 		int64_t timeout = -1, due;
-		bool moved = service(b);
+		bool moved;
+
+		b->turn_ns = 0;
+		moved = service(b);
 		int n;
 
 		flush_wakes(b);
