@@ -51,7 +51,8 @@ for r in $(seq 1 "$runs"); do
 	step "bench-e2e-helper-poll-$r" env FERRY_HELPER_POLL=1 build/ferry-bench e2e
 	step "bench-msg-$r" build/ferry-bench msg
 	step "bench-msg-sleep-$r" build/ferry-bench msg --sleep --no-agg
-	step "bench-msg-svc1000-$r" build/ferry-bench msg --service-us 1000 --no-agg
+	# 20000 round trips of 1 ms a path would take 40 s: 5000 (at most 8 s).
+	step "bench-msg-svc1000-$r" build/ferry-bench msg --service-us 1000 --no-agg -n 5000 -t 8
 	step "bench-msg-svc100-$r" build/ferry-bench msg --service-us 100 --no-agg
 done
 step bench-msg-scale build/ferry-bench msg --scale

@@ -445,8 +445,9 @@ static void msg_usage(FILE *f)
 	fprintf(f,
 		"usage: ferry-bench msg [options]\n"
 		"  -n N             round trips per child per latency run (default 20000, >= 100)\n"
-		"  -t, --seconds S  latency runs stop after S seconds at most; the aggregate and\n"
-		"                   --scale runs measure S seconds of steady state (default 1)\n"
+		"  -t, --seconds S  latency runs stop after S seconds at most (default: when\n"
+		"                   their -n round trips are done); the aggregate and --scale\n"
+		"                   runs measure S seconds of steady state (default 1)\n"
 		"  -c, --children N children in the round-trip runs (default 1, at most %u)\n"
 		"  -h, --helpers N  helpers in the round-trip runs (default 1)\n"
 		"  -w, --window K   requests outstanding per child (default: the library's)\n"
