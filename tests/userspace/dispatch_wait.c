@@ -198,19 +198,34 @@ TEST_F(dw, idle_broker_holds_no_cpu)
 	EXPECT_GE(2 * asleep + 15 * 1000000ull, awaiting);
 }
 
-TEST_F(dw, long_requests_are_slept_for)
+/*
+ * Naps of @us (the last one @last_us when not 0), @calls of them, under
+ * FERRY_DISPATCH_SLEEP ([0]) and by default ([1]): the dispatch thread's
+ * CPU and the wall time of each run; every reply checked.
+ */
+static void naps_both_ways(struct __test_metadata *_metadata, struct ferry_broker **b,
+			   uint64_t us, unsigned int calls, uint64_t last_us,
+			   uint64_t cpu[2], uint64_t wall[2])
 {
-	uint64_t cpu[2], wakeups, wall[2];
+	uint64_t wakeups;
 
 	for (int k = 0; k < 2; k++) {
-		replan(OP_NAP, 20000, 15);
-		start(&self->b, 20000, k ? 0 : FERRY_DISPATCH_SLEEP);
-		ASSERT_NE(NULL, self->b);
-		run(self->b, &cpu[k], &wakeups, &wall[k]);
+		replan(OP_NAP, us, calls);
+		plan->last_us = last_us;
+		start(b, 20000, k ? 0 : FERRY_DISPATCH_SLEEP);
+		ASSERT_NE(NULL, *b);
+		run(*b, &cpu[k], &wakeups, &wall[k]);
 		EXPECT_EQ(0, atomic_load(&plan->wrong));
-		ferry_broker_stop(self->b);
-		self->b = NULL;
+		ferry_broker_stop(*b);
+		*b = NULL;
 	}
+}
+
+TEST_F(dw, long_requests_are_slept_for)
+{
+	uint64_t cpu[2], wall[2];
+
+	naps_both_ways(_metadata, &self->b, 20000, 15, 0, cpu, wall);
 	TH_LOG("15 requests of 20 ms: dispatch CPU %.2f ms of %.0f ms (FERRY_DISPATCH_SLEEP: "
 	       "%.2f ms)", cpu[1] / 1e6, wall[1] / 1e6, cpu[0] / 1e6);
 	EXPECT_GE(2 * cpu[0] + wall[1] / 20, cpu[1]);
@@ -224,18 +239,9 @@ TEST_F(dw, long_requests_are_slept_for)
  */
 TEST_F(dw, late_reply_is_slept_for)
 {
-	uint64_t cpu[2], wakeups, wall[2];
+	uint64_t cpu[2], wall[2];
 
-	for (int k = 0; k < 2; k++) {
-		replan(OP_NAP, 1000, 41);
-		plan->last_us = 60000;
-		start(&self->b, 20000, k ? 0 : FERRY_DISPATCH_SLEEP);
-		ASSERT_NE(NULL, self->b);
-		run(self->b, &cpu[k], &wakeups, &wall[k]);
-		EXPECT_EQ(0, atomic_load(&plan->wrong));
-		ferry_broker_stop(self->b);
-		self->b = NULL;
-	}
+	naps_both_ways(_metadata, &self->b, 1000, 41, 60000, cpu, wall);
 	TH_LOG("40 requests of 1 ms, then one of 60 ms: dispatch CPU %.2f ms of %.0f ms "
 	       "(FERRY_DISPATCH_SLEEP: %.2f ms)", cpu[1] / 1e6, wall[1] / 1e6, cpu[0] / 1e6);
 	EXPECT_GE(2 * cpu[0] + wall[1] / 10, cpu[1]);
@@ -246,12 +252,9 @@ static void closed_loop(struct __test_metadata *_metadata, struct ferry_broker *
 {
 	uint64_t cpu, wakeups, wall;
 
-	atomic_store(&plan->go, 0);
-	atomic_store(&plan->done, 0);
+	replan(OP_ECHO, 0, 3000);
 	start(b, 0, flags);
 	ASSERT_NE(NULL, *b);
-	plan->op = OP_ECHO;
-	plan->calls = 3000;
 	run(*b, &cpu, &wakeups, &wall);
 	*per_reply = (double)wakeups / plan->calls;
 	*rtt_us = wall / 1e3 / plan->calls;

@@ -357,22 +357,28 @@ void ferry_chan_wake_self(struct ferry_chan *c)
 }
 
 static int recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
-		     const _Atomic bool *dead, bool (*other)(void *), void *arg);
+		     uint64_t spin_ns, const _Atomic bool *dead, bool (*other)(void *), void *arg);
 
 int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
 			 const _Atomic bool *dead)
 {
-	return recv_wait(c, out, timeout_ns, dead, NULL, NULL);
+	return recv_wait(c, out, timeout_ns, c->spin_ns, dead, NULL, NULL);
 }
 
 int ferry_chan_recv_wait_or(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
 			    bool (*other)(void *), void *arg)
 {
-	return recv_wait(c, out, timeout_ns, NULL, other, arg);
+	return recv_wait(c, out, timeout_ns, c->spin_ns, NULL, other, arg);
+}
+
+int ferry_chan_recv_wait_spin(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
+			      uint64_t spin_ns, bool (*other)(void *), void *arg)
+{
+	return recv_wait(c, out, timeout_ns, spin_ns, NULL, other, arg);
 }
 
 static int recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
-		     const _Atomic bool *dead, bool (*other)(void *), void *arg)
+		     uint64_t spin_ns, const _Atomic bool *dead, bool (*other)(void *), void *arg)
 {
 	uint64_t start, deadline, spin_end, now;
 	unsigned int i;
@@ -388,7 +394,7 @@ static int recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t timeo
 
 	start = now = now_ns();
 	deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
-	spin_end = c->spin_ns > deadline - start ? deadline : start + c->spin_ns;
+	spin_end = spin_ns > deadline - start ? deadline : start + spin_ns;
 
 	/*
 	 * Spin: a reply that comes within spin_ns costs no system call.  After

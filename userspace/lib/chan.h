@@ -171,6 +171,14 @@ int ferry_chan_recv_wait(struct ferry_chan *c, struct ferry_desc *out, int64_t t
 int ferry_chan_recv_wait_or(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
 			    bool (*other)(void *), void *arg);
 /*
+ * ferry_chan_recv_wait_or() with this wait's spin instead of c->spin_ns
+ * (0: sleep at once; @other may be NULL): a waiter that predicted when
+ * its descriptor is due sleeps until shortly before, then spins through
+ * it (expect.h).
+ */
+int ferry_chan_recv_wait_spin(struct ferry_chan *c, struct ferry_desc *out, int64_t timeout_ns,
+			      uint64_t spin_ns, bool (*other)(void *), void *arg);
+/*
  * Wake this end's own receive wait if it announced a sleep (as a sender
  * would): from any thread, e.g. a CUDA host function.  Touches no counter.
  */

@@ -318,9 +318,7 @@ static int predicted_wait(struct ferry_child *c, struct ferry_desc *rep, int64_t
 	pre = (int64_t)(until - margin - now);
 	if (*timeout_ns >= 0 && pre > *timeout_ns)
 		pre = *timeout_ns;
-	c->ch.spin_ns = 0;
-	err = ferry_chan_recv_wait(&c->ch, rep, pre, NULL);
-	c->ch.spin_ns = spin;
+	err = ferry_chan_recv_wait_spin(&c->ch, rep, pre, 0, NULL, NULL);
 	if (err != -ETIMEDOUT)
 		return err;
 	woke = ferry_now_ns();
@@ -351,13 +349,11 @@ int ferry_child_recv(struct ferry_child *c, struct ferry_desc *rep, int64_t time
 
 		if (c->attached && (t < 0 || t > slice))
 			t = slice;
-		if (no_spin)
-			c->ch.spin_ns = 0;
-		else if (spin_after > spin)
-			c->ch.spin_ns = spin_after;	/* once: the wait the prediction set up */
+		/* Once: the wait the prediction set up. */
+		err = ferry_chan_recv_wait_spin(&c->ch, rep, t,
+						no_spin ? 0 : spin_after > spin ? spin_after : spin,
+						NULL, NULL);
 		spin_after = 0;
-		err = ferry_chan_recv_wait(&c->ch, rep, t, NULL);
-		c->ch.spin_ns = spin;
 		if (err != -ETIMEDOUT || !c->attached)
 			break;
 		if (broker_gone(c))

@@ -842,9 +842,8 @@ static bool service(struct ferry_broker *b)
 static bool spin(struct ferry_broker *b)
 {
 	uint64_t start = ferry_now_ns(), now, end, pause_ns;
-	bool aw = awaiting(b, start);
-
 	uint64_t idle = b->st.in_flight ? 0 : gap_spin(b);
+	bool aw = awaiting(b, start);
 
 	if (!b->o.spin_ns && !b->poll && !aw && !idle && !b->spin_after_ns)
 		return false;

@@ -147,20 +147,17 @@ static bool attention(void *arg)
  */
 static int predicted_wait(struct ferry_helper *h, struct ferry_desc *req, uint64_t *spin_after)
 {
-	uint64_t now = ferry_now_ns(), spin = h->ch.spin_ns, after = 0, woke;
+	uint64_t now = ferry_now_ns(), after = 0;
 	int64_t pre = ferry_hgpu_due_in(h, now, &after);
 	int err;
 
-	if (pre < 0 || !spin)
+	if (pre < 0 || !h->ch.spin_ns)
 		return -EAGAIN;	/* no prediction; spin_ns 0: sleep at once */
 	if (pre > 0) {
-		h->ch.spin_ns = 0;
-		err = ferry_chan_recv_wait_or(&h->ch, req, pre, attention, h);
-		h->ch.spin_ns = spin;
+		err = ferry_chan_recv_wait_spin(&h->ch, req, pre, 0, attention, h);
 		if (err != -ETIMEDOUT)
 			return err;
-		woke = ferry_now_ns();
-		ferry_expect_woke(&h->wake_late_ns, now + (uint64_t)pre, woke);
+		ferry_expect_woke(&h->wake_late_ns, now + (uint64_t)pre, ferry_now_ns());
 	}
 	if (h->ch.pause_ns)
 		*spin_after = after;
@@ -201,10 +198,8 @@ static int next_request(struct ferry_helper *h, struct ferry_desc *req)
 				return err;
 		}
 		/* Also the broker's kick when it asks for a fence. */
-		if (spin_after > spin)
-			h->ch.spin_ns = spin_after;
-		err = ferry_chan_recv_wait_or(&h->ch, req, -1, attention, h);
-		h->ch.spin_ns = spin;
+		err = ferry_chan_recv_wait_spin(&h->ch, req, -1, spin_after > spin ? spin_after : spin,
+						attention, h);
 		if (err != -EALREADY)
 			return err;
 	}

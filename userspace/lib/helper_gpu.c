@@ -266,9 +266,10 @@ unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait)
 		/* Seen late (after a sleep) it teaches little: expect.h weighs it so. */
 		if (!now)
 			now = ferry_now_ns();
-		if (r == CUDA_SUCCESS && now > defer_started(h, d))
-			ferry_expect_learn(&h->expect[d->op % FERRY_EXPECT_OPS], d->op,
-					   now - defer_started(h, d));
+		uint64_t began = defer_started(h, d);
+
+		if (r == CUDA_SUCCESS && now > began)
+			ferry_expect_learn(&h->expect[d->op % FERRY_EXPECT_OPS], d->op, now - began);
 		if (d->stream >= 0)
 			h->stream_done_ns[d->stream] = now;
 		/* Room is guaranteed by helper_depth; wait if the broker lags. */
