@@ -154,14 +154,18 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 		return 0;
 	}
 	if (req->op == OP_POOL_COPY) {
-		/* Device to device inside the pool: (offset, len) -> arg[0]. */
-		CUdeviceptr a = ferry_helper_pool_addr(h, req->offset, req->len);
-		CUdeviceptr z = ferry_helper_pool_addr(h, req->arg[0], req->len);
+		/* Device to device inside the pool: table entry 0 -> entry 1. */
+		const struct ferry_tensor *t;
+		CUdeviceptr a, z;
 
+		if (ferry_helper_tensors(h, req, &t) != 2 || t[0].nbytes != t[1].nbytes)
+			return -EINVAL;
+		a = ferry_helper_tensor_addr(h, req, &t[0]);
+		z = ferry_helper_tensor_addr(h, req, &t[1]);
 		if (!a || !z)
 			return -EFAULT;
 		st = ferry_helper_stream(h);
-		if (cu->cuMemcpyDtoDAsync(z, a, req->len, (CUstream)st))
+		if (cu->cuMemcpyDtoDAsync(z, a, t[0].nbytes, (CUstream)st))
 			return -EIO;
 		rep->arg[1] = (uint64_t)getpid();
 		return ferry_helper_defer(h, rep, st) ? -EIO : FERRY_DEFERRED;
@@ -449,9 +453,20 @@ static int pool_copy(struct ferry_child *c, struct ferry_cuda *cu, struct ferry_
 		     uint64_t in, uint64_t out, const uint8_t *want, uint8_t *got, size_t n,
 		     uint64_t *pid)
 {
-	struct ferry_desc d = { .op = OP_POOL_COPY, .flags = FERRY_DESC_POOL, .offset = in,
-				.len = n, .arg = { out } }, rep;
-	int err = ferry_call(c, &d, &rep);
+	struct ferry_tensor *t = ferry_malloc(c, 2 * sizeof(*t));
+	struct ferry_desc d = { .op = OP_POOL_COPY, .flags = FERRY_DESC_TENSORS }, rep;
+	int err;
+
+	if (!t)
+		return -ENOMEM;
+	for (int k = 0; k < 2; k++)
+		t[k] = (struct ferry_tensor){ .where = FERRY_IN_POOL, .dtype = FERRY_DT_U8,
+					      .ndim = 1, .offset = k ? out : in, .nbytes = n,
+					      .shape = { (int64_t)n } };
+	d.offset = ferry_offset(c, t);
+	d.len = 2 * sizeof(*t);
+	err = ferry_call(c, &d, &rep);
+	ferry_free(c, t);
 
 	if (err || rep.status)
 		return err ? err : rep.status;

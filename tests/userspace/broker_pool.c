@@ -23,24 +23,32 @@
 #include "ferry.h"
 #include "kselftest_harness.h"
 
-enum { OP_XOR = 1, OP_FILL = 2, OP_SLEEP = 3 };
+enum { OP_XOR = 1, OP_FILL = 2, OP_SLEEP = 3, OP_ARG_OUT = 4 };
 #define POOL (8u << 20)
 
-/* OP_XOR: out (arg[0]) = in ^ arg[1]; OP_FILL: the block = pattern of arg[1]. */
+/*
+ * OP_XOR: table entry 1 = entry 0 ^ arg[1], both pool blocks of the
+ * sender; OP_FILL: the block = pattern of arg[1]; OP_ARG_OUT: the block
+ * (offset, len) copied to the pool offset in arg[0], a handler that
+ * trusts arg[]: the helper must not resolve it.
+ */
 static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 		   struct ferry_desc *rep, void *arg)
 {
+	const struct ferry_tensor *t;
 	uint8_t *in, *out;
 
 	(void)rep;
 	(void)arg;
 	switch (req->op) {
 	case OP_XOR:
-		in = (uint8_t *)(uintptr_t)ferry_helper_pool_addr(h, req->offset, req->len);
-		out = (uint8_t *)(uintptr_t)ferry_helper_pool_addr(h, req->arg[0], req->len);
+		if (ferry_helper_tensors(h, req, &t) != 2 || t[0].nbytes != t[1].nbytes)
+			return -EINVAL;
+		in = (uint8_t *)(uintptr_t)ferry_helper_tensor_addr(h, req, &t[0]);
+		out = (uint8_t *)(uintptr_t)ferry_helper_tensor_addr(h, req, &t[1]);
 		if (!in || !out)
 			return -EFAULT;
-		for (uint64_t i = 0; i < req->len; i++)
+		for (uint64_t i = 0; i < t[0].nbytes; i++)
 			out[i] = in[i] ^ (uint8_t)req->arg[1];
 		return 0;
 	case OP_FILL:
@@ -53,8 +61,27 @@ static int handler(struct ferry_helper *h, const struct ferry_desc *req,
 	case OP_SLEEP:
 		usleep(200000);
 		return 0;
+	case OP_ARG_OUT:
+		in = (uint8_t *)(uintptr_t)ferry_helper_pool_addr(h, req->offset, req->len);
+		out = (uint8_t *)(uintptr_t)ferry_helper_pool_addr(h, req->arg[0], req->len);
+		if (!in || !out)
+			return -EFAULT;
+		memcpy(out, in, req->len);
+		return 0;
 	}
 	return -EOPNOTSUPP;
+}
+
+/* Two pool tensors of @n bytes (@in, @out) in a table at @t, for @op. */
+static struct ferry_desc pool_pair(struct ferry_child *c, uint32_t op, struct ferry_tensor *t,
+				   uint64_t in, uint64_t out, size_t n)
+{
+	for (int k = 0; k < 2; k++)
+		t[k] = (struct ferry_tensor){ .where = FERRY_IN_POOL, .dtype = FERRY_DT_U8,
+					      .ndim = 1, .offset = k ? out : in, .nbytes = n,
+					      .shape = { (int64_t)n } };
+	return (struct ferry_desc){ .op = op, .flags = FERRY_DESC_TENSORS,
+				    .offset = ferry_offset(c, t), .len = 2 * sizeof(*t) };
 }
 
 static void fill(uint8_t *p, size_t n, uint64_t seed)
@@ -114,10 +141,11 @@ static const uint8_t *block_bytes(struct ferry_child *c, struct ferry_pool *p, u
 static int both_ways_steps(struct ferry_child *c, void *arg)
 {
 	uint8_t *src = malloc(300000), *want = malloc(300000);
+	struct ferry_tensor *tab = ferry_malloc(c, 2 * sizeof(*tab));
 	struct ferry_pool *p = NULL;
 	struct ferry_desc d, rep;
 
-	if (!src || !want)
+	if (!src || !want || !tab)
 		return 1;
 	if (arg ? ferry_child_pool(c, &p) != 0 : ferry_child_pool(c, &p) != -EACCES)
 		return 1;
@@ -131,8 +159,8 @@ static int both_ways_steps(struct ferry_child *c, void *arg)
 		fill(src, n, round + 1);
 		if (ferry_child_pool_put(c, src, n, &in) || ferry_child_pool_alloc(c, n, &out))
 			return 2;
-		d = (struct ferry_desc){ .op = OP_XOR, .flags = FERRY_DESC_POOL, .offset = in,
-					 .len = n, .arg = { out, round } };
+		d = pool_pair(c, OP_XOR, tab, in, out, n);
+		d.arg[1] = round;
 		if (ferry_call(c, &d, &rep) || rep.status)
 			return 3;
 		got = block_bytes(c, p, out, n, want);
@@ -152,6 +180,7 @@ static int both_ways_steps(struct ferry_child *c, void *arg)
 	}
 	free(src);
 	free(want);
+	ferry_free(c, tab);
 	return 0;
 }
 
@@ -584,13 +613,15 @@ TEST(helper_copies_put_get_checked)
 	EXPECT_EQ(2, st.bad_desc);
 }
 
-/* Child 1 gets from, and puts into, child 0's block: refused. */
+/* Child 1 gets from, puts into, or names in arg[] or a table child 0's
+ * block: refused. */
 static int copy_trespass(struct ferry_child *c, void *arg)
 {
 	struct shared *s = arg;
 	uint8_t *buf = ferry_malloc(c, 4096);
+	struct ferry_tensor *tab;
 	struct ferry_desc d, rep;
-	uint64_t off;
+	uint64_t off, mine;
 
 	if (!buf)
 		return 1;
@@ -622,6 +653,24 @@ static int copy_trespass(struct ferry_child *c, void *arg)
 	if (ferry_child_pool_copy_desc(c, FERRY_POOL_PUT, buf, 4096, off, &d) ||
 	    ferry_call(c, &d, &rep) || rep.status != -EINVAL)
 		return 12;
+	/* Its own block, and the other's offset in arg[] for a handler that
+	 * would write there: the helper does not resolve it. */
+	if (ferry_child_pool_put(c, buf, 4096, &mine))
+		return 13;
+	d = (struct ferry_desc){ .op = OP_ARG_OUT, .flags = FERRY_DESC_POOL, .offset = mine,
+				 .len = 4096, .arg = { off } };
+	if (ferry_call(c, &d, &rep) || rep.status != -EFAULT)
+		return 14;
+	/* ... nor in a table entry: the broker refuses that. */
+	tab = ferry_malloc(c, 2 * sizeof(*tab));
+	d = tab ? pool_pair(c, OP_XOR, tab, mine, off, 4096) : d;
+	if (!tab || ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 15;
+	d = pool_pair(c, OP_XOR, tab, off, mine, 4096);
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 16;
+	if (ferry_child_pool_free(c, mine))
+		return 17;
 	atomic_store(&s->stage, 2);
 	return 0;
 }
@@ -637,7 +686,7 @@ TEST(helper_copies_of_another_childs_block_refused)
 	memset(s, 0, sizeof(*s));
 	opts_for(&o, 2, copy_trespass, s);
 	EXPECT_EQ(0, run(&o, &st));
-	EXPECT_EQ(2, st.bad_desc);
+	EXPECT_EQ(4, st.bad_desc);
 	munmap(s, sizeof(*s));
 }
 

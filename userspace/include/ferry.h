@@ -645,12 +645,13 @@ void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
 #define FERRY_DEFERRED 1
 /*
  * The address (a CUdeviceptr, or a pointer for a CPU pool) of [off, off +
- * len) of this helper's pool, or 0 (counted) outside it.  The broker has
- * checked that a FERRY_DESC_POOL request's own (offset, len) lies in a
- * block of the child that sent it, and so are a tensor table's entries
- * (FERRY_DESC_TENSORS); arg[] is the application's own and is checked by
- * nobody: name pool memory with FERRY_DESC_POOL or a table, never by an
- * offset in arg[].
+ * len) of this helper's pool, in a handler, where the request being
+ * handled names that range: its own (offset, len) with FERRY_DESC_POOL, a
+ * FERRY_IN_POOL entry of its tensor table (both checked by the broker to
+ * be the sender's blocks), or a block ferry_helper_pool_alloc() made for
+ * it.  0 (counted) for anything else, outside a handler too: an offset a
+ * child put in arg[] may be another child's block, so it is never
+ * resolved.  Name pool memory with FERRY_DESC_POOL or a table.
  */
 uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len);
 /*

@@ -323,10 +323,48 @@ int ferry_hgpu_pool(struct ferry_helper *h, const struct ferry_ctl *m, int pool_
 	return err;
 }
 
+/* [off, off + len) inside [at, at + n)? */
+static bool inside(uint64_t off, uint64_t len, uint64_t at, uint64_t n)
+{
+	return off >= at && off - at <= n && len <= n - (off - at);
+}
+
+/*
+ * Whether the request being handled names [off, off + len) of the pool in
+ * a place the broker checked against its sender's blocks: its own range
+ * (FERRY_DESC_POOL), the block of a copy request, a pool entry of its
+ * tensor table; or in a block this helper made for it.  arg[] is never
+ * one: an offset a child put there may be anybody's.
+ */
+static bool request_names(struct ferry_helper *h, uint64_t off, uint64_t len)
+{
+	const struct ferry_desc *q = h->cur;
+	const struct ferry_tensor *t;
+	int n;
+
+	if (!q)
+		return false;
+	if ((q->flags & FERRY_DESC_POOL) && inside(off, len, q->offset, q->len))
+		return true;
+	if ((q->op == FERRY_OP_POOL_PUT || q->op == FERRY_OP_POOL_GET) &&
+	    inside(off, len, q->arg[0], q->len))
+		return true;
+	n = (q->flags & FERRY_DESC_TENSORS) ? ferry_helper_tensors(h, q, &t) : 0;
+	for (int k = 0; k < n; k++)
+		if (t[k].where == FERRY_IN_POOL && inside(off, len, t[k].offset, t[k].nbytes))
+			return true;
+	for (unsigned int k = 0; k < h->ngrant_cur; k++)
+		if (inside(off, len, h->grant_off[k], h->grant_len[k]))
+			return true;
+	return false;
+}
+
 uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len)
 {
-	uint64_t a = h && h->pool && len ? ferry_pool_addr(h->pool, off, len) : 0;
+	uint64_t a = 0;
 
+	if (h && h->pool && len && request_names(h, off, len))
+		a = ferry_pool_addr(h->pool, off, len);
 	if (!a && h)
 		h->rejected++;
 	return a;

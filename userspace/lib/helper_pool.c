@@ -85,6 +85,8 @@ int ferry_helper_pool_alloc(struct ferry_helper *h, const struct ferry_desc *req
 	};
 	while (ferry_chan_send(&h->ch, &g) == -EAGAIN)
 		sched_yield();
+	h->grant_off[h->ngrant_cur] = *off;
+	h->grant_len[h->ngrant_cur] = n;
 	h->ngrant_cur++;
 	return 0;
 }

@@ -173,6 +173,7 @@ struct ferry_helper {
 	struct ferry_palloc *arena;
 	uint64_t arena_off, arena_size;
 	unsigned int ngrant_cur;	/* blocks made for the current request */
+	uint64_t grant_off[FERRY_HELPER_ALLOCS_MAX], grant_len[FERRY_HELPER_ALLOCS_MAX];
 };
 
 /* helper_gpu.c */

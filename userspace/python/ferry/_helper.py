@@ -76,7 +76,9 @@ class Helper:
 
     def pool_tensor(self, offset, shape, dtype):
         """Bytes of this helper's pool: a numpy array (CPU pool) or a
-        DeviceTensor (GPU pool, for torch.from_dlpack)."""
+        DeviceTensor (GPU pool, for torch.from_dlpack).  Only a range the
+        request being handled names (its own block, a pool entry of its
+        table, a block req.pool_alloc() made): never an offset from args."""
         code = ferry_dtype(dtype)
         n = q.ferry_dtype_size(code)
         shape = tuple(shape)
@@ -84,7 +86,7 @@ class Helper:
             n *= s
         addr = q.ferry_helper_pool_addr(self._h, offset, n)
         if not addr:
-            raise FerryError(22, f"pool range [{offset}, +{n}) is outside the pool")
+            raise FerryError(14, f"pool range [{offset}, +{n}) is not named by the request")
         if self.gpu is not None:
             return DeviceTensor(addr, shape, code, None, self.gpu)
         return plain_view(addr, shape, numpy_dtype(code))

@@ -42,6 +42,9 @@ def serve(req):
         req.reply.flags |= 1	# DESC_POOL: offset/len name the block
         req.reply.offset, req.reply.len = off, n * 4
         return 0
+    if req.op == 6:	# trusts args[0] as a pool offset: never resolved
+        req.helper.pool_tensor(req.args[0], (16,), np.uint8)[...] = 0
+        return 0
     return -errno.EOPNOTSUPP
 
 
@@ -177,6 +180,17 @@ def test_outputs_sized_by_the_handler_are_the_childs_blocks():
             c.call(5, args=(1 << 22,))
     st = run(child, children=2, helpers=1, pool_size=4 << 20, helper_pool_bytes=1 << 20)
     assert st["pool_allocs"] >= st["pool_frees"]
+
+
+def test_a_pool_offset_in_args_is_not_resolved():
+    def child(c):
+        blk = c.pool_put(np.full(16, 9, dtype=np.uint8))
+        with pytest.raises(ferry.FerryError) as e:	# even the child's own block
+            c.call(6, args=(blk.offset,))
+        assert e.value.errno == errno.EFAULT
+        assert (c.pool_get(blk) == 9).all()
+        blk.free()
+    run(child, children=1, helpers=1, pool_size=4 << 20)
 
 
 def test_no_pool_is_enoent():
