@@ -246,6 +246,21 @@ typedef int (*ferry_child_fn)(struct ferry_child *c, void *arg);
  */
 typedef int (*ferry_handler_fn)(struct ferry_helper *h, const struct ferry_desc *req,
 				struct ferry_desc *rep, void *arg);
+/*
+ * A batch handler (opts.batch_handler, in place of handler), as Triton's
+ * execute(requests): @n >= 1 requests the helper took from its ring at
+ * once -- the one it woke for and those already waiting behind it, up to
+ * opts.helper_batch -- so that one model call serves them all.  rep[k]
+ * starts as a copy of req[k]; the handler sets rep[k].status (0, -errno,
+ * or FERRY_DEFERRED after ferry_helper_defer(h, &rep[k], stream)) and may
+ * change its offset/len/arg[] as a handler does.  The calls for one
+ * request take that request, as a handler's do (ferry_helper_data,
+ * _tensors, _tensor_addr, _pool_alloc), or its reply (_defer: &rep[k]);
+ * ferry_helper_pool_addr() resolves what any request of the batch names.
+ * Requests come in ring order; replies go as each is ready.
+ */
+typedef void (*ferry_batch_fn)(struct ferry_helper *h, const struct ferry_desc *req,
+			       struct ferry_desc *rep, unsigned int n, void *arg);
 /* Optional per-helper setup, run once in each (re)started helper. */
 typedef int (*ferry_helper_init_fn)(struct ferry_helper *h, void *arg);
 
@@ -337,6 +352,15 @@ struct ferry_broker_opts {
 	 * -EINVAL.
 	 */
 	uint64_t helper_pool_bytes;
+	/*
+	 * A batch handler (see ferry_batch_fn) instead of handler: exactly
+	 * one of the two is set (-EINVAL otherwise).  helper_batch: the most
+	 * requests one call gets, at most helper_depth (what a helper may
+	 * hold at once; more is -EINVAL); 0: helper_depth.
+	 */
+	ferry_batch_fn batch_handler;
+	unsigned int helper_batch;
+	unsigned int reserved2;		/* 0 */
 	/* New fields go here, at the end, and nowhere else. */
 };
 #define FERRY_HELPERS_EXACT (1u << 0)

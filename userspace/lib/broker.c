@@ -55,7 +55,8 @@ int ferry_broker_start_opts(const struct ferry_broker_opts *o, struct ferry_brok
 	const char *env;
 	int err;
 
-	if (!o || !out || o->helpers == 0 || !o->handler || (o->children && !o->child_fn) ||
+	if (!o || !out || o->helpers == 0 || !o->handler == !o->batch_handler ||
+	    o->helper_batch > o->helper_depth || (o->children && !o->child_fn) ||
 	    o->window == 0 || o->window > 4096 || o->helper_depth == 0 ||
 	    o->helper_depth > 1024 || o->region_size == 0 || o->children > 65536 ||
 	    o->helpers > 4096 || o->max_attached > 65536 || o->gpu < FERRY_GPU_NONE ||

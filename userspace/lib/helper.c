@@ -205,17 +205,107 @@ static int next_request(struct ferry_helper *h, struct ferry_desc *req)
 	}
 }
 
+/*
+ * Behind reqs[0], the requests already waiting in the ring, up to @nmax in
+ * all (1 without a batch handler): how many there are.  A FERRY_OP_CTRL
+ * marker ends the take (in *@ctrl, else its op is 0): the regions it
+ * announces or drops come after these requests, so it is read after they
+ * are served, as one at a time would.
+ */
+static unsigned int take_waiting(struct ferry_helper *h, struct ferry_desc *reqs,
+				 unsigned int nmax, struct ferry_desc *ctrl)
+{
+	unsigned int n = 1;
+
+	ctrl->op = 0;
+	while (n < nmax && ferry_chan_recv(&h->ch, &reqs[n]) == 0) {
+		if (reqs[n].op == FERRY_OP_CTRL) {
+			*ctrl = reqs[n];
+			break;
+		}
+		n++;
+	}
+	return n;
+}
+
+/* Send request @k's reply unless it went deferred (ferry_hgpu_poll sends it). */
+static void finish(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep,
+		   const struct hreq *st)
+{
+	if (rep->status == FERRY_DEFERRED && st->deferred)
+		return;
+	if (st->deferred)
+		ferry_hgpu_undefer(h, req->tag);	/* deferred, then answered: once only */
+	else if (rep->status == FERRY_DEFERRED)
+		rep->status = -EPROTO;	/* promised a deferred reply, made none */
+	rep->tag = req->tag;
+	rep->region = req->region;
+	reply(h, rep);
+}
+
+/*
+ * Serve reqs[0, n): the library's own copy requests one by one, the rest
+ * with the handler (one call each) or the batch handler (one call for all
+ * of them, in ring order).
+ */
+static void serve(struct ferry_helper *h, const struct ferry_peer_cfg *cfg,
+		  struct ferry_desc *reqs, struct ferry_desc *reps, struct hreq *st, unsigned int n)
+{
+	unsigned int m = 0;
+
+	for (unsigned int k = 0; k < n; k++) {
+		bool copy = reqs[k].op == FERRY_OP_POOL_PUT || reqs[k].op == FERRY_OP_POOL_GET;
+
+		if (!copy && cfg->batch_handler) {
+			reqs[m++] = reqs[k];	/* m <= k: nothing unread is overwritten */
+			continue;
+		}
+		reps[0] = reqs[k];
+		st[0] = (struct hreq){ 0 };
+		h->cur = &reqs[k];
+		h->cur_rep = &reps[0];
+		h->cur_st = &st[0];
+		h->ncur = 1;
+		reps[0].status = copy ? ferry_hgpu_copy(h, &reqs[k], &reps[0]) :
+			cfg->handler(h, &reqs[k], &reps[0], cfg->helper_arg);
+		h->ncur = 0;
+		finish(h, &reqs[k], &reps[0], &st[0]);
+	}
+	if (!m)
+		return;
+	for (unsigned int k = 0; k < m; k++) {
+		reps[k] = reqs[k];
+		reps[k].status = 0;
+		st[k] = (struct hreq){ 0 };
+	}
+	h->cur = reqs;
+	h->cur_rep = reps;
+	h->cur_st = st;
+	h->ncur = m;
+	cfg->batch_handler(h, reqs, reps, m, cfg->helper_arg);
+	h->ncur = 0;
+	for (unsigned int k = 0; k < m; k++)
+		finish(h, &reqs[k], &reps[k], &st[k]);
+}
+
 _Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)
 {
 	unsigned int idx = cfg->index;
 	struct ferry_helper h = { .index = idx, .ctl = ctl, .gpu = -1 };
+	unsigned int nmax = cfg->batch_handler ? cfg->helper_batch : 1, n;
+	struct ferry_desc *reqs = calloc(nmax, sizeof(*reqs)), *reps = calloc(nmax, sizeof(*reps));
+	struct hreq *st = calloc(nmax, sizeof(*st));
+	struct ferry_desc ctrl = { 0 };
 	struct ferry_ctl m;
-	struct ferry_desc req, rep;
 	int err, pool_fd;
 
 	/* A handler's timed sleeps (and the helper's own) end on time, not
 	 * up to 50 us late (the default slack): the child's wait predicts them. */
 	prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+	if (!reqs || !reps || !st) {
+		fprintf(stderr, "ferry: helper %u: no memory for %u requests\n", idx, nmax);
+		_exit(126);
+	}
 	err = ferry_peer_setup(ctl, &m, &h.rc, &h.chanreg, &h.ch, h.efd, &pool_fd);
 	if (!err) {
 		uint8_t *base = ferry_region_base(h.chanreg);
@@ -246,35 +336,21 @@ _Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)
 		_exit(126);
 	}
 	for (;;) {
-		err = next_request(&h, &req);
+		err = next_request(&h, &reqs[0]);
 		if (err == -EINTR)
 			continue;
 		if (err) {
 			fprintf(stderr, "ferry: helper %u: channel: %s\n", idx, strerror(-err));
 			_exit(1);
 		}
-		if (req.op == FERRY_OP_CTRL) {
-			read_ctl(&h, (uint32_t)req.arg[0]);
+		if (reqs[0].op == FERRY_OP_CTRL) {
+			read_ctl(&h, (uint32_t)reqs[0].arg[0]);
 			continue;
 		}
-		rep = req;
-		h.cur = &req;
-		h.deferred_cur = false;
-		h.ngrant_cur = 0;
-		if (req.op == FERRY_OP_POOL_PUT || req.op == FERRY_OP_POOL_GET)
-			rep.status = ferry_hgpu_copy(&h, &req, &rep);
-		else
-			rep.status = cfg->handler(&h, &req, &rep, cfg->helper_arg);
-		h.cur = NULL;
-		if (rep.status == FERRY_DEFERRED && h.deferred_cur)
-			continue;	/* ferry_hgpu_poll() sends it */
-		if (h.deferred_cur)
-			h.ndefer--;	/* deferred, then answered at once: once only */
-		else if (rep.status == FERRY_DEFERRED)
-			rep.status = -EPROTO;	/* promised a deferred reply, made none */
-		rep.tag = req.tag;
-		rep.region = req.region;
-		reply(&h, &rep);
+		n = take_waiting(&h, reqs, nmax, &ctrl);
+		serve(&h, cfg, reqs, reps, st, n);
+		if (ctrl.op == FERRY_OP_CTRL)
+			read_ctl(&h, (uint32_t)ctrl.arg[0]);
 	}
 }
 
@@ -318,7 +394,10 @@ uint64_t ferry_helper_tensor_addr(struct ferry_helper *h, const struct ferry_des
 {
 	if (!h || !req || !t)
 		return 0;
-	if (t->where == FERRY_IN_POOL)
-		return ferry_helper_pool_addr(h, t->offset, t->nbytes);
+	if (t->where == FERRY_IN_POOL) {
+		int k = ferry_hcur_index(h, req);
+
+		return k < 0 ? 0 : ferry_hpool_addr(h, k, t->offset, t->nbytes);
+	}
 	return (uint64_t)(uintptr_t)ferry_helper_data(h, req, t->offset, t->nbytes);
 }

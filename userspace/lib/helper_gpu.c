@@ -287,6 +287,21 @@ unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait)
 	return h->ndefer;
 }
 
+void ferry_hgpu_undefer(struct ferry_helper *h, uint64_t tag)
+{
+	for (unsigned int k = h->ndefer; k-- > 0;) {
+		if (h->defer[k].rep.tag != tag)
+			continue;
+		/* Dense as ferry_hgpu_poll() keeps it; the event moves along. */
+		struct hdefer t = h->defer[k];
+
+		h->ndefer--;
+		h->defer[k] = h->defer[h->ndefer];
+		h->defer[h->ndefer] = t;
+		return;
+	}
+}
+
 int ferry_hgpu_pool(struct ferry_helper *h, const struct ferry_ctl *m, int pool_fd)
 {
 	struct ferry_ctl out = { .type = FERRY_CTL_POOL, .index = h->index };
@@ -330,44 +345,52 @@ static bool inside(uint64_t off, uint64_t len, uint64_t at, uint64_t n)
 }
 
 /*
- * Whether the request being handled names [off, off + len) of the pool in
- * a place the broker checked against its sender's blocks: its own range
- * (FERRY_DESC_POOL), the block of a copy request, a pool entry of its
- * tensor table; or in a block this helper made for it.  arg[] is never
- * one: an offset a child put there may be anybody's.
+ * Whether request @k of those being handled names [off, off + len) of the
+ * pool in a place the broker checked against its sender's blocks: its own
+ * range (FERRY_DESC_POOL), the block of a copy request, a pool entry of
+ * its tensor table; or in a block this helper made for it.  arg[] is
+ * never one: an offset a child put there may be anybody's.
  */
-static bool request_names(struct ferry_helper *h, uint64_t off, uint64_t len)
+static bool request_names(struct ferry_helper *h, unsigned int k, uint64_t off, uint64_t len)
 {
-	const struct ferry_desc *q = h->cur;
+	const struct ferry_desc *q = &h->cur[k];
+	const struct hreq *st = &h->cur_st[k];
 	const struct ferry_tensor *t;
 	int n;
 
-	if (!q)
-		return false;
 	if ((q->flags & FERRY_DESC_POOL) && inside(off, len, q->offset, q->len))
 		return true;
 	if ((q->op == FERRY_OP_POOL_PUT || q->op == FERRY_OP_POOL_GET) &&
 	    inside(off, len, q->arg[0], q->len))
 		return true;
 	n = (q->flags & FERRY_DESC_TENSORS) ? ferry_helper_tensors(h, q, &t) : 0;
-	for (int k = 0; k < n; k++)
-		if (t[k].where == FERRY_IN_POOL && inside(off, len, t[k].offset, t[k].nbytes))
+	for (int e = 0; e < n; e++)
+		if (t[e].where == FERRY_IN_POOL && inside(off, len, t[e].offset, t[e].nbytes))
 			return true;
-	for (unsigned int k = 0; k < h->ngrant_cur; k++)
-		if (inside(off, len, h->grant_off[k], h->grant_len[k]))
+	for (unsigned int g = 0; g < st->ngrant; g++)
+		if (inside(off, len, st->grant_off[g], st->grant_len[g]))
 			return true;
 	return false;
 }
 
+/* The pool's [off, off + len) where request @k (-1: any in hand) names it. */
+uint64_t ferry_hpool_addr(struct ferry_helper *h, int k, uint64_t off, uint64_t len)
+{
+	bool named = false;
+
+	if (h && h->pool && len)
+		for (unsigned int i = 0; i < h->ncur && !named; i++)
+			named = (k < 0 || (unsigned int)k == i) && request_names(h, i, off, len);
+	if (named)
+		return ferry_pool_addr(h->pool, off, len);
+	if (h)
+		h->rejected++;
+	return 0;
+}
+
 uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len)
 {
-	uint64_t a = 0;
-
-	if (h && h->pool && len && request_names(h, off, len))
-		a = ferry_pool_addr(h->pool, off, len);
-	if (!a && h)
-		h->rejected++;
-	return a;
+	return ferry_hpool_addr(h, -1, off, len);
 }
 
 int ferry_helper_gpu(const struct ferry_helper *h)
@@ -387,12 +410,21 @@ int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, voi
 	struct hdefer *d;
 	int err;
 
+	const struct ferry_desc *q;
+	int k;
+
 	if (!h || !rep)
 		return -EINVAL;
 	if (h->gpu < 0)
 		return -ENODEV;
-	if (!h->cur || h->deferred_cur)
+	/* A handler's reply may be a copy; a batch's must be one of rep[]. */
+	k = h->ncur == 1 ? 0 : -1;
+	for (unsigned int i = 0; k < 0 && i < h->ncur; i++)
+		if (rep == &h->cur_rep[i])
+			k = (int)i;
+	if (k < 0 || h->cur_st[k].deferred)
 		return -EINVAL;	/* outside a handler, or twice for one request */
+	q = &h->cur[k];
 	if (h->ndefer == h->ndefer_max)
 		ferry_hgpu_poll(h, true);
 	d = &h->defer[h->ndefer];
@@ -407,16 +439,16 @@ int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, voi
 	}
 	d->rep = *rep;
 	d->t0_ns = ferry_now_ns();
-	d->op = h->cur->op;
+	d->op = q->op;
 	d->stream = -1;
 	for (unsigned int s = 0; s < h->nstreams; s++)
 		if (h->streams[s] == stream)
 			d->stream = (int)s;
-	d->rep.tag = h->cur->tag;	/* the broker's, whatever the handler did */
-	d->rep.region = h->cur->region;
+	d->rep.tag = q->tag;	/* the broker's, whatever the handler did */
+	d->rep.region = q->region;
 	d->rep.status = 0;
 	h->ndefer++;
-	h->deferred_cur = true;
+	h->cur_st[k].deferred = true;
 	return 0;
 }
 

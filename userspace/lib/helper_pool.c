@@ -58,13 +58,16 @@ static void take_back(struct ferry_helper *h)
 int ferry_helper_pool_alloc(struct ferry_helper *h, const struct ferry_desc *req, size_t n,
 			    void *stream, uint64_t *off)
 {
+	int k = h && req ? ferry_hcur_index(h, req) : -1;
+	struct hreq *st;
 	struct ferry_desc g;
 	uint64_t local;
 	int err;
 
-	if (!h || !req || !off || !n || !h->cur || req != h->cur)
-		return -EINVAL;
-	if (h->ngrant_cur == FERRY_HELPER_ALLOCS_MAX)
+	if (k < 0 || !off || !n)
+		return -EINVAL;	/* outside a handler, or not a request in hand */
+	st = &h->cur_st[k];
+	if (st->ngrant == FERRY_HELPER_ALLOCS_MAX)
 		return -ENOSPC;
 	if (stream && h->gpu < 0)
 		return -EINVAL;
@@ -85,8 +88,8 @@ int ferry_helper_pool_alloc(struct ferry_helper *h, const struct ferry_desc *req
 	};
 	while (ferry_chan_send(&h->ch, &g) == -EAGAIN)
 		sched_yield();
-	h->grant_off[h->ngrant_cur] = *off;
-	h->grant_len[h->ngrant_cur] = n;
-	h->ngrant_cur++;
+	st->grant_off[st->ngrant] = *off;
+	st->grant_len[st->ngrant] = n;
+	st->ngrant++;
 	return 0;
 }

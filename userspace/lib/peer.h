@@ -22,6 +22,8 @@ struct ferry_peer_cfg {
 	unsigned int index;		/* helper, or child slot */
 	/* a helper's */
 	ferry_handler_fn handler;
+	ferry_batch_fn batch_handler;	/* or this, with up to helper_batch */
+	unsigned int helper_batch;
 	ferry_helper_init_fn helper_init;
 	void *helper_arg;
 	int gpu;			/* the GPU it serves; -1: a CPU helper */
@@ -117,6 +119,13 @@ struct hregion {
 };
 
 /* A reply waiting for the work queued on a stream (an event) to finish. */
+/* A request in hand: what its handler made of it. */
+struct hreq {
+	bool deferred;			/* its reply was deferred */
+	unsigned int ngrant;		/* pool blocks made for it */
+	uint64_t grant_off[FERRY_HELPER_ALLOCS_MAX], grant_len[FERRY_HELPER_ALLOCS_MAX];
+};
+
 struct hdefer {
 	void *event;			/* CUevent, made once */
 	struct ferry_desc rep;
@@ -138,8 +147,12 @@ struct ferry_helper {
 	const uint8_t *tables;		/* checked tensor tables, written by the broker */
 	size_t tables_bytes;
 	uint64_t rejected;		/* ferry_helper_data() refusals */
-	const struct ferry_desc *cur;	/* the request being handled */
-	bool deferred_cur;		/* ... and its reply was deferred */
+	/* The requests being handled, [0, ncur): one for a handler, a batch
+	 * for a batch handler; their replies and what was made of each. */
+	const struct ferry_desc *cur;
+	struct ferry_desc *cur_rep;
+	struct hreq *cur_st;
+	unsigned int ncur;
 	/* GPU (helper_gpu.c); gpu < 0: none */
 	int gpu;
 	struct ferry_cuda *cu;
@@ -172,9 +185,17 @@ struct ferry_helper {
 	struct ferry_arena_shm *arena_shm;	/* the broker's page about it */
 	struct ferry_palloc *arena;
 	uint64_t arena_off, arena_size;
-	unsigned int ngrant_cur;	/* blocks made for the current request */
-	uint64_t grant_off[FERRY_HELPER_ALLOCS_MAX], grant_len[FERRY_HELPER_ALLOCS_MAX];
 };
+
+/* Which of the requests being handled @req is (a pointer the handler was
+ * given), or -1. */
+static inline int ferry_hcur_index(const struct ferry_helper *h, const struct ferry_desc *req)
+{
+	for (unsigned int k = 0; k < h->ncur; k++)
+		if (req == &h->cur[k])
+			return (int)k;
+	return -1;
+}
 
 /* helper_gpu.c */
 int ferry_hgpu_init(struct ferry_helper *h, const struct ferry_peer_cfg *cfg);
@@ -182,6 +203,11 @@ void ferry_hgpu_pin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_exit(struct ferry_helper *h);
 unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait);
+/* Forget the deferred reply of the request tagged @tag (answered at once
+ * after all): its stream work still runs, its reply is not sent. */
+void ferry_hgpu_undefer(struct ferry_helper *h, uint64_t tag);
+/* The pool's [off, off + len) where request @k in hand (-1: any) names it. */
+uint64_t ferry_hpool_addr(struct ferry_helper *h, int k, uint64_t off, uint64_t len);
 /*
  * ns until the earliest pending deferred reply is worth looking for (its
  * op's learned time, less the margin), and in *@spin how long to spin for

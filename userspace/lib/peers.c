@@ -211,6 +211,8 @@ int ferry_helper_start(struct ferry_broker *b, unsigned int h)
 						   bytes - ferry_arena_shm_bytes());
 	struct ferry_peer_cfg cfg = {
 		.index = h, .handler = b->o.handler, .helper_init = b->o.helper_init,
+		.batch_handler = b->o.batch_handler,
+		.helper_batch = b->o.helper_batch ? b->o.helper_batch : b->o.helper_depth,
 		.helper_arg = b->o.helper_arg, .gpu = ferry_helper_gpu_of(b, h),
 		.streams = b->o.streams, .helper_depth = b->o.helper_depth,
 	};

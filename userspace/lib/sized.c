@@ -103,7 +103,7 @@ int ferry_broker_start_sized(const struct ferry_broker_opts *o, size_t size,
 	if (err)
 		return err;
 	/* Named padding between fields: 0, like bytes past the known END. */
-	if (k.reserved)
+	if (k.reserved || k.reserved2)
 		return -E2BIG;
 	return ferry_broker_start_opts(&k, out);
 }

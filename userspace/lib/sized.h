@@ -37,7 +37,7 @@
 #define FERRY_HEAP_STATS_SIZE_V0	48
 
 /* This library's: where the fields it knows end. */
-#define FERRY_OPTS_END			ferry_offsetofend(struct ferry_broker_opts, helper_pool_bytes)
+#define FERRY_OPTS_END			ferry_offsetofend(struct ferry_broker_opts, reserved2)
 #define FERRY_BROKER_STATS_END		ferry_offsetofend(struct ferry_broker_stats, pool_waits)
 #define FERRY_HEAP_STATS_END		ferry_offsetofend(struct ferry_heap_stats, free_blocks)
 
