@@ -643,6 +643,12 @@ void ferry_detach(struct ferry_child *c);
 
 unsigned int ferry_helper_index(const struct ferry_helper *h);
 /*
+ * How many descriptors wait in this helper's ring, not yet taken (a
+ * snapshot): a batch handler that would rather wait for a fuller batch
+ * can look (the next call takes them, up to opts.helper_batch).
+ */
+unsigned int ferry_helper_waiting(const struct ferry_helper *h);
+/*
  * Pointer to [off, off + len) of the region a request came from, checked
  * against the region's bounds and its heap; NULL (and counted) otherwise.
  */

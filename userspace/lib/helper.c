@@ -359,6 +359,16 @@ unsigned int ferry_helper_index(const struct ferry_helper *h)
 	return h->index;
 }
 
+unsigned int ferry_helper_waiting(const struct ferry_helper *h)
+{
+	uint32_t n;
+
+	if (!h)
+		return 0;
+	n = ferry_chan_pending(&h->ch, FERRY_TO_PEER);
+	return n > h->ch.nslots ? 0 : n;	/* corrupt: the next take says so */
+}
+
 void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
 			uint64_t off, uint64_t len)
 {
