@@ -323,6 +323,79 @@ TEST(pinned_regions_copied_on_streams_with_deferred_replies)
 	ferry_broker_stop(b);
 }
 
+/*
+ * A batch handler over the same ops: each request's reply deferred on its
+ * own stream; those with arg[2] set are then answered at once after all
+ * (-ECANCELED): that reply goes once, its deferred one never.
+ */
+static void batch(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep,
+		  unsigned int n, void *arg)
+{
+	for (unsigned int k = 0; k < n; k++) {
+		rep[k].status = handler(h, &req[k], &rep[k], arg);
+		if (req[k].arg[2] && rep[k].status == FERRY_DEFERRED)
+			rep[k].status = -ECANCELED;
+	}
+}
+
+/* Windows of 4 copies; the second and fourth are cancelled after deferral. */
+static int batch_copier(struct ferry_child *c, void *arg)
+{
+	uint8_t *in[NBUF], *out[NBUF];
+	struct ferry_desc d, rep;
+
+	(void)arg;
+	for (int k = 0; k < NBUF; k++) {
+		in[k] = ferry_malloc(c, 1 << 16);
+		out[k] = ferry_malloc(c, 1 << 16);
+		if (!in[k] || !out[k])
+			return 2;
+	}
+	for (unsigned int round = 0; round < 50; round++) {
+		unsigned int seen = 0;
+
+		for (int k = 0; k < NBUF; k++) {
+			fill(in[k], 1 << 16, round * NBUF + k + 1);
+			memset(out[k], 0, 1 << 16);
+			d = (struct ferry_desc){ .op = OP_COPY, .tag = (uint64_t)k,
+				.offset = ferry_offset(c, in[k]), .len = 1 << 16,
+				.arg = { ferry_offset(c, out[k]), 0, k & 1 } };
+			if (ferry_submit(c, &d))
+				return 3;
+		}
+		for (int k = 0; k < NBUF; k++) {
+			if (ferry_complete(c, &rep, -1) || rep.tag >= NBUF || seen & (1u << rep.tag))
+				return 4;
+			seen |= 1u << rep.tag;
+			if (rep.tag & 1 ? rep.status != -ECANCELED :
+			    rep.status || memcmp(in[rep.tag], out[rep.tag], 1 << 16))
+				return 5;
+		}
+	}
+	return ferry_outstanding(c) ? 6 : 0;
+}
+
+TEST(batch_handlers_defer_each_request_on_its_stream)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	NEED_GPU();
+	opts_for(&o, 3, 1);
+	o.handler = NULL;
+	o.batch_handler = batch;
+	o.helper_depth = 12;
+	o.child_fn = batch_copier;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(3 * 50 * NBUF, st.replies);
+	EXPECT_EQ(0, st.bad_reply);
+	EXPECT_EQ(0, st.failed_back);
+	ferry_broker_stop(b);
+}
+
 struct plan {
 	_Atomic int phase;	/* 1: child 0 saw the others go; 2: helper killed */
 	_Atomic int others_done;
