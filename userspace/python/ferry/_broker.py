@@ -103,6 +103,31 @@ def _handler_entry(hptr, req, rep, arg):
         return -errno.EIO
 
 
+@_lib.BATCH_FN
+def _batch_entry(hptr, req, rep, n, arg):
+    """Every request of the batch as a Request; the handler's list of
+    statuses (None: all 0) goes into the replies.  An exception fails the
+    whole batch (a FerryError with its errno, anything else -EIO)."""
+    h = _helper if _helper is not None and _helper._h == hptr else _helper_for(hptr)
+    reqs = [Request(h, req + 64 * k, rep + 64 * k) for k in range(n)]
+    try:
+        st = _conf[arg]["batch_handler"](reqs)
+        if st is None:
+            st = (0,) * n
+        elif len(st) != n:
+            raise ValueError(f"ferry: batch_handler returned {len(st)} statuses for {n} requests")
+        for r, v in zip(reqs, st):
+            r.reply.status = 0 if v is None else int(v)
+        return
+    except FerryError as e:
+        code = -e.errno
+    except BaseException:
+        _report()
+        code = -errno.EIO
+    for r in reqs:
+        r.reply.status = code
+
+
 def _enum(v, auto, none, what):
     if v is None or v == "none":
         return none
@@ -129,19 +154,26 @@ class Broker:
     helper_pool_bytes (each helper's arena for req.pool_alloc; 0: a quarter
     of the pool shared by the helpers), dispatch_poll (None: poll where the
     dispatch thread has a CPU of its own; True: always; False: never).
+    batch_handler=fn(reqs) instead of handler: the requests waiting at a
+    helper come in one call (a list of Requests, at most helper_batch, 0:
+    helper_depth), as Triton's execute(requests); it returns a list of
+    statuses (or None: all 0), each 0, -errno or req.defer(stream).
     helper_init(h) runs once in each (re)started helper; what it returns is
     h.state.  child() returns the child's exit status (None: 0).
     """
 
     def __init__(self, children=1, helpers=1, child=None, handler=None, helper_init=None, *,
+                 batch_handler=None, helper_batch=0,
                  region_size=16 << 20, window=8, helper_depth=8, backend="auto", gpu="auto",
                  streams=4, pool_size=0, attach_path=None, max_attached=4, stats_path=None,
                  helper_timeout=None, spin_ns=None, numa_node=-1, dispatch_cpu="auto",
                  exact_helpers=False, children_map_pool=False, helper_pool_bytes=0,
                  dispatch_poll=None):
         self._b = None
-        if handler is None or not callable(handler):
-            raise TypeError("ferry: Broker needs handler=callable(req)")
+        if (handler is None) == (batch_handler is None) or \
+                not callable(handler if batch_handler is None else batch_handler):
+            raise TypeError("ferry: Broker needs handler=callable(req) or "
+                            "batch_handler=callable(reqs), one of the two")
         if children and (child is None or not callable(child)):
             raise TypeError("ferry: Broker with children needs child=callable(c)")
         if helper_init is not None and not callable(helper_init):
@@ -159,10 +191,15 @@ class Broker:
         if spin_ns is not None:
             o.spin_ns = spin_ns
         self._key = next(_keys)
-        _conf[self._key] = {"child": child, "handler": handler, "helper_init": helper_init}
+        _conf[self._key] = {"child": child, "handler": handler, "helper_init": helper_init,
+                            "batch_handler": batch_handler}
         o.child_fn = ctypes.cast(_child_entry, ctypes.c_void_p).value
         o.child_arg = self._key
-        o.handler = ctypes.cast(_handler_entry, ctypes.c_void_p).value
+        if batch_handler is None:
+            o.handler = ctypes.cast(_handler_entry, ctypes.c_void_p).value
+        else:
+            o.batch_handler = ctypes.cast(_batch_entry, ctypes.c_void_p).value
+            o.helper_batch = helper_batch
         o.helper_init = ctypes.cast(_init_entry, ctypes.c_void_p).value
         o.helper_arg = self._key
         self._paths = []	# the char* must live as long as the broker

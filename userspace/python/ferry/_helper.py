@@ -71,6 +71,11 @@ class Helper:
         return torch.cuda.ExternalStream(s, device=torch.device("cuda", self.gpu))
 
     @property
+    def waiting(self):
+        """Requests waiting in this helper's ring, not yet handed to it."""
+        return lib.ferry_helper_waiting(self._h)
+
+    @property
     def pinned_count(self):
         return lib.ferry_helper_pinned_count(self._h)
 
@@ -93,8 +98,10 @@ class Helper:
 
 
 def _desc_at(helper, addr):
+    # The C loop's request and reply arrays stay where they are (one of
+    # each, or a batch's worth): the views stay few; the bound is a guard.
     d = helper._descs
-    if len(d) >= 16:
+    if len(d) >= 1024:
         d.clear()
     v = d[addr] = _from_address(addr)
     return v

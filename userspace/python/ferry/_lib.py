@@ -94,6 +94,7 @@ assert ctypes.sizeof(Desc) == 64 and ctypes.sizeof(Tensor) == 128
 CHILD_FN = ctypes.CFUNCTYPE(ctypes.c_int, vp, vp)
 HANDLER_FN = ctypes.CFUNCTYPE(ctypes.c_int, vp, vp, vp, vp)
 INIT_FN = ctypes.CFUNCTYPE(ctypes.c_int, vp, vp)
+BATCH_FN = ctypes.CFUNCTYPE(None, vp, vp, vp, ctypes.c_uint, vp)
 
 
 class BrokerOpts(ctypes.Structure):
@@ -106,7 +107,8 @@ class BrokerOpts(ctypes.Structure):
                 ("dispatch_cpu", ctypes.c_int), ("gpu", ctypes.c_int),
                 ("streams", ctypes.c_uint), ("pool_size", sz), ("helper_timeout_ns", u64),
                 ("flags", ctypes.c_uint), ("reserved", ctypes.c_uint),
-                ("helper_pool_bytes", u64)]
+                ("helper_pool_bytes", u64), ("batch_handler", vp),
+                ("helper_batch", ctypes.c_uint), ("reserved2", ctypes.c_uint)]
 
 
 _STATS = ["requests", "replies", "failed_back", "bad_desc", "bad_reply", "dropped",
@@ -171,6 +173,7 @@ _proto("ferry_attach_timeout", ctypes.c_int, ctypes.c_char_p, i64, P(vp))
 _proto("ferry_detach", None, vp)
 
 _proto("ferry_helper_index", ctypes.c_uint, vp)
+_proto("ferry_helper_waiting", ctypes.c_uint, vp)
 _proto("ferry_helper_data", vp, vp, vp, u64, u64)
 _proto("ferry_helper_pool_addr", u64, vp, u64, u64)
 _proto("ferry_helper_tensors", ctypes.c_int, vp, vp, P(vp))
