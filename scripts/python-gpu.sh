@@ -27,7 +27,7 @@ else
 	$py userspace/python/tests/test_gpu.py 2>&1 | tee "$out/pytest.log"
 	rc=${PIPESTATUS[0]}
 fi
-$py userspace/python/bench/bench_vs_torch_mp.py --json "$out/bench.json" "$@" 2>&1 |
+$py userspace/python/bench/bench_vs_torch_mp.py --batch --json "$out/bench.json" "$@" 2>&1 |
 	tee "$out/bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 echo "# results in $out"

@@ -20,7 +20,10 @@ nothing.
 
     PYTHONPATH=build/python python3 userspace/python/bench/bench_vs_torch_mp.py \\
         [--sizes 4096,1048576] [--children 32] [--helpers 2] [--seconds 3] \\
-        [--cpu] [--only ferry|mp] [--json results.json]
+        [--cpu] [--only ferry|mp] [--batch] [--json results.json]
+
+--batch adds a run of ferry with a batch handler (the Triton way: the
+requests waiting at a helper in one call, one x * 2 + 1 over all of them).
 """
 import argparse
 import json
@@ -70,6 +73,40 @@ def ferry_handler(req):
     return req.defer(_gpu_ptr)
 
 
+_bufs = {}	# in a GPU helper: device buffers of a batch, by float count
+
+
+def ferry_batch(reqs):
+    """The job as a batch handler (--batch): the waiting requests' inputs
+    copied into one device buffer, one x * 2 + 1 over all of it, each
+    output copied back; every reply deferred on the stream."""
+    jobs = [r.tensors() if r.op == OP_JOB else None for r in reqs]
+    if _gpu is None:
+        for t in jobs:
+            if t is not None:
+                np.multiply(t[0], 2, out=t[1])
+                t[1] += 1
+        return None
+    from_numpy = _torch.from_numpy
+    total = sum(t[0].size for t in jobs if t is not None)
+    if not total:
+        return None
+    buf = _bufs.get(total)
+    if buf is None:
+        buf = _bufs[total] = _torch.empty(total, dtype=_torch.float32, device="cuda")
+    at, parts = 0, []
+    for t in jobs:
+        if t is not None:
+            part = buf[at:at + t[0].size]
+            part.copy_(from_numpy(t[0]), non_blocking=True)
+            parts.append((part, t[1]))
+            at += t[0].size
+    buf.mul_(2).add_(1)
+    for part, y in parts:
+        from_numpy(y).copy_(part, non_blocking=True)
+    return [r.defer(_gpu_ptr) for r in reqs]
+
+
 def ferry_client(c):
     """Per the plan in the file ARGS names: latencies or a count, to a .npy."""
     plan = json.load(open(os.path.join(ARGS.tmp, "plan.json")))
@@ -109,14 +146,18 @@ def ferry_client(c):
     return 0
 
 
-def ferry_run(children, helpers, size, n=0, seconds=0):
+def ferry_run(children, helpers, size, n=0, seconds=0, batch=False):
     import ferry
     with open(os.path.join(ARGS.tmp, "plan.json"), "w") as f:
         json.dump({"size": size, "n": n, "seconds": seconds}, f)
     region = max(4 << 20, 2 * size + (2 << 20))
+    # Batches: every client's request may wait at its helper at once.
+    how = {"batch_handler": ferry_batch,
+           "helper_depth": max(8, -(-children // helpers))} if batch else \
+        {"handler": ferry_handler}
     with ferry.Broker(children=children, helpers=helpers, child=ferry_client,
-                      handler=ferry_handler, helper_init=ferry_init, region_size=region,
-                      gpu=None if ARGS.cpu else "auto") as b:
+                      helper_init=ferry_init, region_size=region,
+                      gpu=None if ARGS.cpu else "auto", **how) as b:
         t = time.monotonic()
         failed = b.wait()
         wall = time.monotonic() - t
@@ -220,6 +261,8 @@ def main():
     ap.add_argument("--requests", type=int, default=0, help="per latency run (default by size)")
     ap.add_argument("--cpu", action="store_true", help="the job on the CPU (no CUDA)")
     ap.add_argument("--only", choices=["ferry", "mp"])
+    ap.add_argument("--batch", action="store_true",
+                    help="also ferry with a batch handler (one torch call per batch)")
     ap.add_argument("--json", help="write the results here too")
     ARGS = ap.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
@@ -240,6 +283,7 @@ def main():
     sizes = [int(s) for s in ARGS.sizes.split(",")]
     out = {"gpus": ARGS.gpus, "cpu": ARGS.cpu, "children": ARGS.children,
            "helpers": ARGS.helpers, "results": []}
+    summary = {}
     with tempfile.TemporaryDirectory() as tmp:
         ARGS.tmp = tmp
         if "ferry" in sides:
@@ -263,13 +307,33 @@ def main():
                 print(f"{side:5s} {size:>8d} B: p50 {row[side]['p50_us']:9.1f} us  "
                       f"p99 {row[side]['p99_us']:9.1f} us  {rps:10.0f} req/s "
                       f"({ARGS.children} clients x {ARGS.helpers} workers)", flush=True)
-            if len(row) == 2:
-                print(f"      {size:>8d} B: ferry p50 {row['mp']['p50_us'] / row['ferry']['p50_us']:.1f}x "
-                      f"lower, {row['ferry']['req_per_s'] / row['mp']['req_per_s']:.1f}x the req/s",
+            if ARGS.batch and "ferry" in sides:
+                cnt, _ = ferry_run(ARGS.children, ARGS.helpers, size, seconds=ARGS.seconds,
+                                   batch=True)
+                rps = sum(int(c[0]) for c in cnt) / ARGS.seconds
+                row["batch"] = {"req_per_s": rps}
+                out["results"].append({"side": "ferry-batch", "size": size, "req_per_s": rps})
+                print(f"ferry {size:>8d} B, batch handler: {rps:10.0f} req/s "
+                      f"({ARGS.children} clients x {ARGS.helpers} workers)", flush=True)
+            if "ferry" in row and "mp" in row:
+                r = {"p50_x": row['mp']['p50_us'] / row['ferry']['p50_us'],
+                     "rps_x": row['ferry']['req_per_s'] / row['mp']['req_per_s']}
+                if "batch" in row:
+                    r["batch_rps_x"] = row['batch']['req_per_s'] / row['mp']['req_per_s']
+                summary[size] = r
+                print(f"      {size:>8d} B: ferry p50 {r['p50_x']:.1f}x lower, "
+                      f"{r['rps_x']:.1f}x the req/s" +
+                      (f", {r['batch_rps_x']:.1f}x batched" if "batch_rps_x" in r else ""),
                       flush=True)
     if ARGS.json:
         with open(ARGS.json, "w") as f:
             json.dump(out, f, indent=1)
+    # The last line: key=value, one group per size measured both ways.
+    kv = ["bench=python", f"cpu={int(ARGS.cpu)}", f"children={ARGS.children}",
+          f"helpers={ARGS.helpers}"]
+    for size, r in summary.items():
+        kv += [f"{k}_{size}={v:.2f}" for k, v in r.items()]
+    print(" ".join(kv))
     return 0
 
 
