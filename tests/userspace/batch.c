@@ -22,7 +22,7 @@
 #include "ferry.h"
 #include "kselftest_harness.h"
 
-enum { OP_TRIPLE = 1, OP_FAIL = 2, OP_MAKE = 3, OP_CROSS = 4 };
+enum { OP_TRIPLE = 1, OP_FAIL = 2, OP_MAKE = 3, OP_CROSS = 4, OP_AXPB = 5 };
 #define CHILDREN 8
 #define WINDOW 4
 #define ROUNDS 50
@@ -33,6 +33,7 @@ enum { OP_TRIPLE = 1, OP_FAIL = 2, OP_MAKE = 3, OP_CROSS = 4 };
 struct seen {
 	_Atomic unsigned int calls, requests, most, first_waited;
 	_Atomic unsigned int ready;	/* children past their warm-up call */
+	_Atomic unsigned int rounds_done;	/* children past their rounds */
 	_Atomic int armed;		/* a call has waited for the first round */
 	_Atomic int cross_refused;	/* OP_CROSS: another request's entry gave 0 */
 };
@@ -81,6 +82,39 @@ static int barrier(struct ferry_child *c, struct seen *s)
 		if (now_ns() > end || usleep(1000))
 			return -1;
 	return 0;
+}
+
+/*
+ * OP_AXPB, as a batched model would: entry 0 of every such request
+ * gathered into one buffer, y = 2x + arg[0] over all of it at once (the
+ * first request's arg[0]), scattered into entry 1 of each; what the
+ * gather or scatter says is every one's status.
+ */
+#define AXPB_FLOATS (64 * 1024)
+static float axpb_buf[AXPB_FLOATS];
+
+static void axpb(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep,
+		 unsigned int n)
+{
+	const struct ferry_desc *mine[CHILDREN * WINDOW];
+	unsigned int m = 0;
+	int64_t got;
+
+	for (unsigned int k = 0; k < n; k++)
+		if (req[k].op == OP_AXPB)
+			mine[m++] = &req[k];
+	if (!m)
+		return;
+	got = ferry_helper_gather(h, mine, m, 0, (uint64_t)(uintptr_t)axpb_buf,
+				  sizeof(axpb_buf), NULL);
+	for (int64_t i = 0; got > 0 && i < got / 4; i++)
+		axpb_buf[i] = 2 * axpb_buf[i] + (float)mine[0]->arg[0];
+	if (got > 0)
+		got = ferry_helper_scatter(h, mine, m, 1, (uint64_t)(uintptr_t)axpb_buf,
+					   (size_t)got, NULL);
+	for (unsigned int k = 0; k < n; k++)
+		if (req[k].op == OP_AXPB)
+			rep[k].status = got < 0 ? (int32_t)got : 0;
 }
 
 static void batch(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep,
@@ -134,10 +168,13 @@ static void batch(struct ferry_helper *h, const struct ferry_desc *req, struct f
 			if (n > 1 && !rep[k].status)
 				atomic_store(&s->cross_refused, 1);
 			break;
+		case OP_AXPB:
+			break;	/* below, all of them together */
 		default:
 			rep[k].status = -EOPNOTSUPP;
 		}
 	}
+	axpb(h, req, rep, n);
 }
 
 /* Rounds of WINDOW requests in flight at once, every reply checked. */
@@ -330,6 +367,125 @@ TEST(each_request_of_a_batch_is_its_own)
 	EXPECT_EQ(CHILDREN * (ROUNDS * WINDOW + 1), s->requests);
 	EXPECT_EQ(st.pool_allocs, st.pool_frees);
 	munmap(s, sizeof(*s));
+}
+
+/*
+ * Batches gathered and scattered: rounds of WINDOW requests of mixed sizes
+ * (all with arg[0] = 5), every element checked; then ones that must fail
+ * whole: a strided entry, an entry that is not there, too many bytes.
+ */
+static int gathered_steps(struct ferry_child *c, struct seen *s)
+{
+	struct ferry_tensor *t[WINDOW];
+	float *x[WINDOW], *y[WINDOW];
+	struct ferry_desc d, rep;
+
+	if (barrier(c, s))
+		return 1;
+	for (unsigned int w = 0; w < WINDOW; w++) {
+		t[w] = ferry_malloc(c, 2 * sizeof(**t));
+		x[w] = ferry_malloc(c, 1024 * sizeof(float));
+		y[w] = ferry_malloc(c, 1024 * sizeof(float));
+		if (!t[w] || !x[w] || !y[w])
+			return 2;
+	}
+	for (unsigned int r = 0; r < ROUNDS; r++) {
+		for (unsigned int w = 0; w < WINDOW; w++) {
+			unsigned int len = 1 + (r * 131 + w * 257 + ferry_child_index(c) * 7) % 1024;
+
+			for (unsigned int i = 0; i < len; i++) {
+				x[w][i] = (float)(i + w + r);
+				y[w][i] = -1;
+			}
+			for (int e = 0; e < 2; e++)
+				t[w][e] = (struct ferry_tensor){ .where = FERRY_IN_REGION,
+					.dtype = FERRY_DT_F32, .ndim = 1,
+					.offset = ferry_offset(c, e ? y[w] : x[w]),
+					.nbytes = len * 4, .shape = { len } };
+			d = (struct ferry_desc){ .op = OP_AXPB, .flags = FERRY_DESC_TENSORS,
+						 .tag = w, .offset = ferry_offset(c, t[w]),
+						 .len = 2 * sizeof(**t),
+						 .arg = { 5, 0, r ? 0 : FIRST } };
+			if (ferry_submit(c, &d))
+				return 3;
+		}
+		for (unsigned int w = 0; w < WINDOW; w++) {
+			if (ferry_complete(c, &rep, -1) || rep.status || rep.tag >= WINDOW)
+				return 4;
+			for (int64_t i = 0; i < t[rep.tag][1].shape[0]; i++)
+				if (y[rep.tag][i] != 2 * (float)(i + rep.tag + r) + 5)
+					return 5;
+		}
+	}
+	/* One at a time now, by child 0 once every child is past its rounds
+	 * (a bad request fails the whole gather it is in): nothing copied. */
+	atomic_fetch_add(&s->rounds_done, 1);
+	if (ferry_child_index(c) != 0)
+		return 0;
+	for (uint64_t end = now_ns() + 60ull * 1000000000u; s->rounds_done < CHILDREN;)
+		if (now_ns() > end || usleep(1000))
+			return 10;
+	y[0][0] = -1;
+	t[0][1].strides[0] = 2;
+	t[0][1].nbytes = 4 * (2 * (uint64_t)t[0][1].shape[0] - 1);
+	d = (struct ferry_desc){ .op = OP_AXPB, .flags = FERRY_DESC_TENSORS,
+				 .offset = ferry_offset(c, t[0]), .len = 2 * sizeof(**t) };
+	if (t[0][1].nbytes > 4096 || ferry_call(c, &d, &rep) || rep.status != -EINVAL ||
+	    y[0][0] != -1)
+		return 6;	/* strided (checked by the broker, refused by the gather) */
+	d.len = sizeof(**t);
+	if (ferry_call(c, &d, &rep) || rep.status != -EINVAL)
+		return 7;	/* no entry 1 */
+	t[0][0].nbytes = t[0][1].nbytes = sizeof(axpb_buf) + 4;
+	t[0][0].shape[0] = t[0][1].shape[0] = (int64_t)(sizeof(axpb_buf) / 4 + 1);
+	t[0][1].strides[0] = 0;
+	x[0] = ferry_malloc(c, sizeof(axpb_buf) + 4);
+	y[0] = ferry_malloc(c, sizeof(axpb_buf) + 4);
+	if (!x[0] || !y[0])
+		return 8;
+	t[0][0].offset = ferry_offset(c, x[0]);
+	t[0][1].offset = ferry_offset(c, y[0]);
+	d.len = 2 * sizeof(**t);
+	if (ferry_call(c, &d, &rep) || rep.status != -ENOSPC)
+		return 9;	/* more than the buffer */
+	return 0;
+}
+
+static int gathered(struct ferry_child *c, void *arg)
+{
+	int r = gathered_steps(c, arg);
+
+	if (r)
+		printf("# child %u failed at step %d\n", ferry_child_index(c), r);
+	return r;
+}
+
+TEST(batches_gathered_into_one_buffer_and_scattered_back)
+{
+	struct seen *s = shared_seen();
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+
+	ASSERT_NE(NULL, s);
+	opts_for(&o, CHILDREN, gathered, s);
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stop(b);
+	EXPECT_EQ(CHILDREN * WINDOW, s->first_waited);
+	EXPECT_GE(s->most, CHILDREN * WINDOW / 2);
+	munmap(s, sizeof(*s));
+}
+
+/* Outside a handler nothing is in hand. */
+TEST(gather_outside_a_handler_refused)
+{
+	const struct ferry_desc d = { 0 }, *p = &d;
+	float buf[4];
+
+	EXPECT_EQ(-EINVAL, ferry_helper_gather(NULL, &p, 1, 0, (uint64_t)(uintptr_t)buf,
+					       sizeof(buf), NULL));
+	EXPECT_EQ(-EINVAL, ferry_helper_scatter(NULL, &p, 1, 0, (uint64_t)(uintptr_t)buf,
+						sizeof(buf), NULL));
 }
 
 static int handler(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep,

@@ -649,6 +649,24 @@ unsigned int ferry_helper_index(const struct ferry_helper *h);
  */
 unsigned int ferry_helper_waiting(const struct ferry_helper *h);
 /*
+ * A batch's tensors in one buffer, in one call: ferry_helper_gather()
+ * copies table entry @entry of each of @req[0..n) (requests in hand,
+ * FERRY_DESC_TENSORS, the entry C-contiguous) back to back into @dst,
+ * ferry_helper_scatter() from @src back into each; the buffer is @cap
+ * bytes of this helper's: device memory (a CUdeviceptr) on a GPU helper,
+ * where the copies are queued on @stream (defer the replies there), host
+ * memory on a CPU helper (@stream NULL; copied at once).  Returns the
+ * bytes copied; -EINVAL for a request not in hand, without that entry or
+ * with a strided one, -EFAULT for an entry that does not resolve, -ENOSPC
+ * when they do not fit in @cap: all checked before any copy.
+ */
+int64_t ferry_helper_gather(struct ferry_helper *h, const struct ferry_desc *const *req,
+			    unsigned int n, unsigned int entry, uint64_t dst, size_t cap,
+			    void *stream);
+int64_t ferry_helper_scatter(struct ferry_helper *h, const struct ferry_desc *const *req,
+			     unsigned int n, unsigned int entry, uint64_t src, size_t cap,
+			     void *stream);
+/*
  * Pointer to [off, off + len) of the region a request came from, checked
  * against the region's bounds and its heap; NULL (and counted) otherwise.
  */
