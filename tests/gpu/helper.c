@@ -30,7 +30,7 @@
 #include "kselftest_harness.h"
 
 enum { OP_COPY = 1, OP_PINNED = 2, OP_WHERE = 3, OP_POOL_COPY = 4, OP_POOL_MAKE = 5,
-       OP_HOLD = 6, OP_WORK = 7 };
+       OP_HOLD = 6, OP_WORK = 7, OP_BOUNCE = 8 };
 #define SCRATCH (4u << 20)
 
 /* GPUs seen by a forked child (CUDA stays out of this process); why if none. */
@@ -331,7 +331,34 @@ TEST(pinned_regions_copied_on_streams_with_deferred_replies)
 static void batch(struct ferry_helper *h, const struct ferry_desc *req, struct ferry_desc *rep,
 		  unsigned int n, void *arg)
 {
+	const struct ferry_desc *bounce[64];
+	unsigned int m = 0;
+
+	/* OP_BOUNCE: table entry 0 of each into the scratch at once, back
+	 * into entry 1 of each, on one stream (always the same: batches
+	 * share the scratch, so they go in stream order); every reply
+	 * deferred there. */
+	static void *bounce_stream;
+
+	for (unsigned int k = 0; k < n && m < 64; k++)
+		if (req[k].op == OP_BOUNCE)
+			bounce[m++] = &req[k];
+	if (m) {
+		void *st = bounce_stream ? bounce_stream : (bounce_stream = ferry_helper_stream(h));
+		int64_t got = ferry_helper_gather(h, bounce, m, 0, scratch, SCRATCH, st);
+
+		if (got > 0)
+			got = ferry_helper_scatter(h, bounce, m, 1, scratch, (size_t)got, st);
+		for (unsigned int k = 0; k < m; k++) {
+			struct ferry_desc *r = &rep[bounce[k] - req];
+
+			r->status = got < 0 ? (int32_t)got :
+				ferry_helper_defer(h, r, st) ? -EIO : FERRY_DEFERRED;
+		}
+	}
 	for (unsigned int k = 0; k < n; k++) {
+		if (req[k].op == OP_BOUNCE)
+			continue;
 		rep[k].status = handler(h, &req[k], &rep[k], arg);
 		if (req[k].arg[2] && rep[k].status == FERRY_DEFERRED)
 			rep[k].status = -ECANCELED;
@@ -373,6 +400,68 @@ static int batch_copier(struct ferry_child *c, void *arg)
 		}
 	}
 	return ferry_outstanding(c) ? 6 : 0;
+}
+
+/* Rounds of 4 bounces of mixed sizes through the device, gathered. */
+static int bouncer(struct ferry_child *c, void *arg)
+{
+	struct ferry_tensor *t[NBUF];
+	uint8_t *x[NBUF], *y[NBUF];
+	struct ferry_desc d, rep;
+
+	(void)arg;
+	for (int k = 0; k < NBUF; k++) {
+		t[k] = ferry_malloc(c, 2 * sizeof(**t));
+		x[k] = ferry_malloc(c, 1 << 16);
+		y[k] = ferry_malloc(c, 1 << 16);
+		if (!t[k] || !x[k] || !y[k])
+			return 2;
+	}
+	for (unsigned int round = 0; round < 50; round++) {
+		for (int k = 0; k < NBUF; k++) {
+			uint64_t len = 1 + (round * 7919u + k * 104729u) % (1 << 16);
+
+			fill(x[k], len, round * NBUF + k + 1);
+			memset(y[k], 0, len);
+			for (int e = 0; e < 2; e++)
+				t[k][e] = (struct ferry_tensor){ .where = FERRY_IN_REGION,
+					.dtype = FERRY_DT_U8, .ndim = 1,
+					.offset = ferry_offset(c, e ? y[k] : x[k]), .nbytes = len,
+					.shape = { (int64_t)len } };
+			d = (struct ferry_desc){ .op = OP_BOUNCE, .tag = (uint64_t)k,
+				.flags = FERRY_DESC_TENSORS, .offset = ferry_offset(c, t[k]),
+				.len = 2 * sizeof(**t) };
+			if (ferry_submit(c, &d))
+				return 3;
+		}
+		for (int k = 0; k < NBUF; k++) {
+			if (ferry_complete(c, &rep, -1) || rep.status || rep.tag >= NBUF)
+				return 4;
+			if (memcmp(x[rep.tag], y[rep.tag], t[rep.tag][0].nbytes))
+				return 5;
+		}
+	}
+	return 0;
+}
+
+TEST(batches_gathered_to_the_device_and_scattered_back)
+{
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+	struct ferry_broker_stats st;
+
+	NEED_GPU();
+	opts_for(&o, 3, 1);
+	o.handler = NULL;
+	o.batch_handler = batch;
+	o.helper_depth = 12;
+	o.child_fn = bouncer;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stats(b, &st);
+	EXPECT_EQ(3 * 50 * NBUF, st.replies);
+	EXPECT_EQ(0, st.bad_reply);
+	ferry_broker_stop(b);
 }
 
 TEST(batch_handlers_defer_each_request_on_its_stream)
