@@ -23,7 +23,9 @@ nothing.
         [--cpu] [--only ferry|mp] [--batch] [--json results.json]
 
 --batch adds a run of ferry with a batch handler (the Triton way: the
-requests waiting at a helper in one call, one x * 2 + 1 over all of them).
+requests waiting at a helper in one call, their inputs gathered into one
+buffer by one library call, one x * 2 + 1 over all of them, the outputs
+scattered back by another).
 """
 import argparse
 import json
@@ -73,38 +75,45 @@ def ferry_handler(req):
     return req.defer(_gpu_ptr)
 
 
-_bufs = {}	# in a GPU helper: device buffers of a batch, by float count
+_bufs = {}	# in a helper: the batch buffer, by float count
 
 
 def ferry_batch(reqs):
-    """The job as a batch handler (--batch): the waiting requests' inputs
-    copied into one device buffer, one x * 2 + 1 over all of it, each
-    output copied back; every reply deferred on the stream."""
-    jobs = [r.tensors() if r.op == OP_JOB else None for r in reqs]
-    if _gpu is None:
-        for t in jobs:
-            if t is not None:
-                np.multiply(t[0], 2, out=t[1])
-                t[1] += 1
+    """The job as a batch handler (--batch), the way a batched model runs:
+    entry 0 of every waiting request gathered into one buffer by one call
+    (h.gather: on a GPU, copies from the pinned regions queued on the
+    helper's stream), one x * 2 + 1 over all of it, entry 1 of each
+    scattered back the same way; every reply deferred on the stream."""
+    jobs = [r for r in reqs if r.op == OP_JOB]
+    if not jobs:
         return None
-    from_numpy = _torch.from_numpy
-    total = sum(t[0].size for t in jobs if t is not None)
-    if not total:
-        return None
-    buf = _bufs.get(total)
+    h = jobs[0].helper
+    floats = len(jobs) * _plan_size() // 4
+    buf = _bufs.get(floats)
     if buf is None:
-        buf = _bufs[total] = _torch.empty(total, dtype=_torch.float32, device="cuda")
-    at, parts = 0, []
-    for t in jobs:
-        if t is not None:
-            part = buf[at:at + t[0].size]
-            part.copy_(from_numpy(t[0]), non_blocking=True)
-            parts.append((part, t[1]))
-            at += t[0].size
-    buf.mul_(2).add_(1)
-    for part, y in parts:
-        from_numpy(y).copy_(part, non_blocking=True)
-    return [r.defer(_gpu_ptr) for r in reqs]
+        buf = _bufs[floats] = np.empty(floats, np.float32) if _gpu is None else \
+            _torch.empty(floats, dtype=_torch.float32, device="cuda")
+    got = h.gather(jobs, 0, buf) // 4
+    v = buf[:got]
+    if _gpu is None:
+        np.multiply(v, 2, out=v)
+        v += 1
+    else:
+        v.mul_(2).add_(1)
+    h.scatter(jobs, 1, v)
+    if _gpu is None:
+        return None
+    return [r.defer(_gpu_ptr) if r.op == OP_JOB else 0 for r in reqs]
+
+
+_plan = None
+
+
+def _plan_size():
+    global _plan
+    if _plan is None:
+        _plan = json.load(open(os.path.join(ARGS.tmp, "plan.json")))
+    return _plan["size"]
 
 
 def ferry_client(c):

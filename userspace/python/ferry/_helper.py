@@ -42,6 +42,22 @@ def _stream_ptr(s):
     raise TypeError(f"ferry: not a CUDA stream: {s!r}")
 
 
+def _buffer(b):
+    """(address, bytes) of a torch tensor (contiguous), a numpy array or a
+    DeviceTensor."""
+    if hasattr(b, "data_ptr"):	# torch
+        if not b.is_contiguous():
+            raise ValueError("ferry: a batch buffer must be contiguous")
+        return b.data_ptr(), b.numel() * b.element_size()
+    if isinstance(b, np.ndarray):
+        if not b.flags.c_contiguous:
+            raise ValueError("ferry: a batch buffer must be contiguous")
+        return b.ctypes.data, b.nbytes
+    if isinstance(b, DeviceTensor):
+        return b.ptr, b.nbytes
+    raise TypeError(f"ferry: not a buffer for a batch copy: {type(b).__name__}")
+
+
 class Helper:
     """The helper process's handle (one per helper process)."""
 
@@ -69,6 +85,32 @@ class Helper:
         if s is None:
             raise FerryError(19, "this helper has no GPU")
         return torch.cuda.ExternalStream(s, device=torch.device("cuda", self.gpu))
+
+    def gather(self, reqs, entry, dst, stream=None):
+        """Tensor-table entry @entry of every request of @reqs, back to back,
+        into @dst in one call (a torch CUDA tensor on a GPU helper, queued on
+        @stream, default h.stream: defer the replies there; a numpy array or
+        torch CPU tensor on a CPU helper); the bytes copied.  Each entry must
+        be C-contiguous; nothing is copied if one is not, or they do not fit."""
+        return self._batch_copy(lib.ferry_helper_gather, reqs, entry, dst, stream)
+
+    def scatter(self, reqs, entry, src, stream=None):
+        """The other way: @src, back to back, into entry @entry of each request."""
+        return self._batch_copy(lib.ferry_helper_scatter, reqs, entry, src, stream)
+
+    def _batch_copy(self, fn, reqs, entry, buf, stream):
+        n = len(reqs)
+        if not n:
+            return 0
+        ptrs = (ctypes.c_void_p * n)(*(r._req for r in reqs))
+        addr, cap = _buffer(buf)
+        s = None
+        if self.gpu is not None:
+            s = self.stream if stream is None else _stream_ptr(stream)
+        r = fn(self._h, ptrs, n, entry, addr, cap, s)
+        if r < 0:
+            raise FerryError(-r, f"batch copy of entry {entry} of {n} requests")
+        return r
 
     @property
     def waiting(self):

@@ -13,7 +13,7 @@ import pytest
 import ferry
 from util import wait_for
 
-OP_SCALE, OP_FAIL, OP_RAISE = 1, 2, 3
+OP_SCALE, OP_FAIL, OP_RAISE, OP_AXPB = 1, 2, 3, 4
 WINDOW = 4
 FIRST = 0xf1257	# args[2] of the first round's requests
 
@@ -28,13 +28,24 @@ def execute(reqs):
     if h.state == "wait" and any(r.args[2] == FIRST for r in reqs):
         h.state = "waited"
         wait_for(lambda: len(reqs) + h.waiting >= 8 * WINDOW, timeout=60)
+    axpb = [r for r in reqs if r.op == OP_AXPB]
+    if axpb:	# the Triton way: one buffer for the batch, one numpy call
+        buf = h.state if isinstance(h.state, np.ndarray) else np.empty(1 << 16, np.float32)
+        h.state = buf
+        got = h.gather(axpb, 0, buf)
+        v = buf[:got // 4]
+        v *= 2
+        v += axpb[0].args[0]
+        h.scatter(axpb, 1, v)
+        if len(axpb) == len(reqs):
+            return None
     out = []
     xs = [r.tensors() for r in reqs if r.op == OP_SCALE]
     for x, y in xs:	# numpy on every request's own views
         np.multiply(x, 3, out=y)
     for r in reqs:
         r.reply.arg[1] = len(reqs)
-        out.append(0 if r.op == OP_SCALE else -int(r.args[0]))
+        out.append(0 if r.op in (OP_SCALE, OP_AXPB) else -int(r.args[0]))
     return out
 
 
@@ -81,6 +92,39 @@ def test_waiting_requests_come_in_one_call(tmp_path):
         assert b.wait(120) == 0
     # The first round waited behind one call: it, or the next, held half of it.
     assert max(int((tmp_path / f"most-{k}").read_text()) for k in range(8)) >= 8 * WINDOW // 2
+
+
+def test_a_batch_gathered_into_one_buffer_and_scattered_back(tmp_path):
+    def child(c):
+        x = [c.empty(n, np.float32) for n in (1, 100, 1000, 5000)]
+        y = [c.empty(n, np.float32) for n in (1, 100, 1000, 5000)]
+        for r in range(40):
+            for k in range(4):
+                x[k][...] = np.arange(x[k].size) + k + r
+                y[k][...] = -1
+                c.submit(OP_AXPB, tensors=[x[k], y[k]], args=(7,), tag=k)
+            for _ in range(4):
+                k = c.complete().tag
+                assert np.array_equal(y[k], x[k] * 2 + 7)
+        # Bad ones fail the whole gather they are in: sent by child 0 alone,
+        # once the others are through.
+        (tmp_path / str(c.index)).touch()
+        if c.index:
+            return
+        wait_for(lambda: len(os.listdir(tmp_path)) == 4, timeout=60)
+        # a strided entry: refused whole, nothing written
+        y[3][...] = -1
+        with pytest.raises(ferry.FerryError) as e:
+            c.call(OP_AXPB, tensors=[x[2], y[3][::2]], args=(7,))
+        assert e.value.errno == errno.EINVAL and (y[3] == -1).all()
+        # more than the handler's buffer: refused whole
+        big_x, big_y = c.empty(1 << 17, np.float32), c.empty(1 << 17, np.float32)
+        with pytest.raises(ferry.FerryError) as e:
+            c.call(OP_AXPB, tensors=[big_x, big_y], args=(7,))
+        assert e.value.errno == errno.ENOSPC
+    with ferry.Broker(children=4, helpers=1, child=loud(child), batch_handler=execute,
+                      helper_depth=16, gpu=None) as b:
+        assert b.wait(120) == 0
 
 
 def test_an_exception_fails_its_batch_with_its_errno():
