@@ -141,6 +141,39 @@ def test_external_stream_and_deferred_reply():
     run(child)
 
 
+def execute(reqs):
+    """A batch handler with torch: the batch's inputs gathered to the GPU in
+    one call, squared at once on the helper's stream, scattered back."""
+    h = reqs[0].helper
+    s = h.torch_stream()
+    buf = h.state.get("buf")
+    if buf is None:
+        buf = h.state["buf"] = torch.empty(1 << 20, dtype=torch.float32, device="cuda")
+    got = h.gather(reqs, 0, buf) // 4
+    with torch.cuda.stream(s):
+        v = buf[:got]
+        v.mul_(v)
+    h.scatter(reqs, 1, v)
+    return [r.defer(s) for r in reqs]
+
+
+def test_batch_gathered_to_the_gpu_and_scattered_back(tmp_path):
+    def child(c):
+        xs = [c.empty(n, np.float32) for n in (1, 1000, 4096, 65536)]
+        ys = [c.empty(n, np.float32) for n in (1, 1000, 4096, 65536)]
+        for r in range(30):
+            for k in range(4):
+                xs[k][...] = np.arange(xs[k].size) % 100 + r
+                ys[k][...] = -1
+                c.submit(1, tensors=[xs[k], ys[k]], tag=k)
+            for _ in range(4):
+                k = c.complete().tag
+                assert np.array_equal(ys[k], xs[k] * xs[k]), k
+    with ferry.Broker(children=4, helpers=1, child=loud(child), batch_handler=execute,
+                      helper_init=init, helper_depth=16, gpu="auto") as b:
+        assert b.wait(300) == 0
+
+
 if __name__ == "__main__":
     # python3 test_gpu.py: the same cases without pytest
     if ferry.gpu_count() == 0:
