@@ -157,7 +157,7 @@ def execute(reqs):
     return [r.defer(s) for r in reqs]
 
 
-def test_batch_gathered_to_the_gpu_and_scattered_back(tmp_path):
+def test_batch_gathered_to_the_gpu_and_scattered_back():
     def child(c):
         xs = [c.empty(n, np.float32) for n in (1, 1000, 4096, 65536)]
         ys = [c.empty(n, np.float32) for n in (1, 1000, 4096, 65536)]
