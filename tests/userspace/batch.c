@@ -22,7 +22,7 @@
 #include "ferry.h"
 #include "kselftest_harness.h"
 
-enum { OP_TRIPLE = 1, OP_FAIL = 2, OP_MAKE = 3, OP_CROSS = 4, OP_AXPB = 5 };
+enum { OP_TRIPLE = 1, OP_FAIL = 2, OP_MAKE = 3, OP_CROSS = 4, OP_AXPB = 5, OP_FILL = 6 };
 #define CHILDREN 8
 #define WINDOW 4
 #define ROUNDS 50
@@ -144,7 +144,8 @@ static void batch(struct ferry_helper *h, const struct ferry_desc *req, struct f
 		case OP_MAKE:	/* a block of arg[0] bytes of pattern arg[1], for this request */
 			rep[k].status = ferry_helper_pool_alloc(h, &req[k], req[k].arg[0], NULL, &off);
 			p = rep[k].status ? NULL :
-				(uint8_t *)(uintptr_t)ferry_helper_pool_addr(h, off, req[k].arg[0]);
+				(uint8_t *)(uintptr_t)ferry_helper_req_pool_addr(h, &req[k], off,
+										 req[k].arg[0]);
 			if (!rep[k].status && !p)
 				rep[k].status = -EFAULT;
 			if (rep[k].status)
@@ -163,13 +164,27 @@ static void batch(struct ferry_helper *h, const struct ferry_desc *req, struct f
 				break;
 			}
 			for (unsigned int j = 0; j < n; j++)
-				if (j != k && ferry_helper_tensor_addr(h, &req[j], &t[0]))
+				if (j != k && (ferry_helper_tensor_addr(h, &req[j], &t[0]) ||
+					       ferry_helper_req_pool_addr(h, &req[j], t[0].offset,
+									  t[0].nbytes)))
 					rep[k].status = -EEXIST;
+			/* Whose range it is: said per request in a batch. */
+			if (!ferry_helper_req_pool_addr(h, &req[k], t[0].offset, t[0].nbytes) ||
+			    (n > 1 && ferry_helper_pool_addr(h, t[0].offset, t[0].nbytes)))
+				rep[k].status = -EFAULT;
 			if (n > 1 && !rep[k].status)
 				atomic_store(&s->cross_refused, 1);
 			break;
 		case OP_AXPB:
 			break;	/* below, all of them together */
+		case OP_FILL:	/* its block = arg[1] */
+			p = (uint8_t *)(uintptr_t)ferry_helper_req_pool_addr(h, &req[k],
+									     req[k].offset,
+									     req[k].len);
+			if (p)
+				memset(p, (int)req[k].arg[1], req[k].len);
+			rep[k].status = p ? 0 : -EFAULT;
+			break;
 		default:
 			rep[k].status = -EOPNOTSUPP;
 		}
@@ -473,6 +488,53 @@ TEST(batches_gathered_into_one_buffer_and_scattered_back)
 	ferry_broker_stop(b);
 	EXPECT_EQ(CHILDREN * WINDOW, s->first_waited);
 	EXPECT_GE(s->most, CHILDREN * WINDOW / 2);
+	munmap(s, sizeof(*s));
+}
+
+/*
+ * A fill of a block and a copy out of it queued right behind (the
+ * library's own request, served beside the batch): the copy sees the
+ * fill, every round, as one request at a time would.
+ */
+static int fill_then_get(struct ferry_child *c, void *arg)
+{
+	uint8_t *back = ferry_malloc(c, 4096);
+	struct ferry_desc d[2], rep;
+	uint64_t blk;
+
+	(void)arg;
+	if (!back || ferry_child_pool_alloc(c, 4096, &blk))
+		return 1;
+	for (unsigned int r = 0; r < 200; r++) {
+		d[0] = (struct ferry_desc){ .op = OP_FILL, .flags = FERRY_DESC_POOL, .tag = 0,
+					    .offset = blk, .len = 4096, .arg = { 0, r & 0xff } };
+		if (ferry_child_pool_copy_desc(c, FERRY_POOL_GET, back, 4096, blk, &d[1]))
+			return 2;
+		d[1].tag = 1;
+		if (ferry_submit(c, &d[0]) || ferry_submit(c, &d[1]))
+			return 3;
+		for (int k = 0; k < 2; k++)
+			if (ferry_complete(c, &rep, -1) || rep.status)
+				return 4;
+		for (int i = 0; i < 4096; i++)
+			if (back[i] != (uint8_t)r)
+				return 5;
+	}
+	return ferry_child_pool_free(c, blk) ? 6 : 0;
+}
+
+TEST(copies_keep_their_place_in_ring_order)
+{
+	struct seen *s = shared_seen();
+	struct ferry_broker_opts o;
+	struct ferry_broker *b;
+
+	ASSERT_NE(NULL, s);
+	opts_for(&o, CHILDREN, fill_then_get, s);
+	o.pool_size = POOL;
+	ASSERT_EQ(0, ferry_broker_start(&o, &b));
+	EXPECT_EQ(0, ferry_broker_wait(b, 120LL * 1000000000));
+	ferry_broker_stop(b);
 	munmap(s, sizeof(*s));
 }
 

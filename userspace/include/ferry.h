@@ -256,7 +256,8 @@ typedef int (*ferry_handler_fn)(struct ferry_helper *h, const struct ferry_desc 
  * change its offset/len/arg[] as a handler does.  The calls for one
  * request take that request, as a handler's do (ferry_helper_data,
  * _tensors, _tensor_addr, _pool_alloc), or its reply (_defer: &rep[k]);
- * ferry_helper_pool_addr() resolves what any request of the batch names.
+ * the pool's ranges by ferry_helper_req_pool_addr(h, &req[k], ...) (the
+ * plain ferry_helper_pool_addr() resolves nothing in a batch).
  * Requests come in ring order; replies go as each is ready.
  */
 typedef void (*ferry_batch_fn)(struct ferry_helper *h, const struct ferry_desc *req,
@@ -658,7 +659,9 @@ unsigned int ferry_helper_waiting(const struct ferry_helper *h);
  * memory on a CPU helper (@stream NULL; copied at once).  Returns the
  * bytes copied; -EINVAL for a request not in hand, without that entry or
  * with a strided one, -EFAULT for an entry that does not resolve, -ENOSPC
- * when they do not fit in @cap: all checked before any copy.
+ * when they do not fit in @cap: all checked before any copy.  An error
+ * of the driver's on a later copy comes back once the copies queued
+ * before it have ended.
  */
 int64_t ferry_helper_gather(struct ferry_helper *h, const struct ferry_desc *const *req,
 			    unsigned int n, unsigned int entry, uint64_t dst, size_t cap,
@@ -699,9 +702,14 @@ void *ferry_helper_data(struct ferry_helper *h, const struct ferry_desc *req,
  * be the sender's blocks), or a block ferry_helper_pool_alloc() made for
  * it.  0 (counted) for anything else, outside a handler too: an offset a
  * child put in arg[] may be another child's block, so it is never
- * resolved.  Name pool memory with FERRY_DESC_POOL or a table.
+ * resolved.  Name pool memory with FERRY_DESC_POOL or a table.  In a
+ * batch handler, where several requests are in hand, it resolves nothing:
+ * ferry_helper_req_pool_addr() says which request's range is meant (it
+ * works in a handler too).
  */
 uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len);
+uint64_t ferry_helper_req_pool_addr(struct ferry_helper *h, const struct ferry_desc *req,
+				    uint64_t off, uint64_t len);
 /*
  * A FERRY_DESC_TENSORS request's checked table: its entry count (and
  * *@t), or -EINVAL for any other request.  ferry_helper_tensor_addr():

@@ -234,46 +234,23 @@ static void finish(struct ferry_helper *h, const struct ferry_desc *req, struct 
 {
 	if (rep->status == FERRY_DEFERRED && st->deferred)
 		return;
-	if (st->deferred)
-		ferry_hgpu_undefer(h, req->tag);	/* deferred, then answered: once only */
-	else if (rep->status == FERRY_DEFERRED)
+	/* Deferred, then answered: once only.  Gone from the table means it
+	 * was sent already (a full table is drained while deferring). */
+	if (st->deferred && !ferry_hgpu_undefer(h, req->tag))
+		return;
+	if (!st->deferred && rep->status == FERRY_DEFERRED)
 		rep->status = -EPROTO;	/* promised a deferred reply, made none */
 	rep->tag = req->tag;
 	rep->region = req->region;
 	reply(h, rep);
 }
 
-/*
- * Serve reqs[0, n): the library's own copy requests one by one, the rest
- * with the handler (one call each) or the batch handler (one call for all
- * of them, in ring order).
- */
-static void serve(struct ferry_helper *h, const struct ferry_peer_cfg *cfg,
-		  struct ferry_desc *reqs, struct ferry_desc *reps, struct hreq *st, unsigned int n)
+/* reqs[0, n) in hand at once, reps[] their replies: the handler's turn. */
+static void hand_over(struct ferry_helper *h, const struct ferry_peer_cfg *cfg,
+		      struct ferry_desc *reqs, struct ferry_desc *reps, struct hreq *st,
+		      unsigned int n, bool copy)
 {
-	unsigned int m = 0;
-
 	for (unsigned int k = 0; k < n; k++) {
-		bool copy = reqs[k].op == FERRY_OP_POOL_PUT || reqs[k].op == FERRY_OP_POOL_GET;
-
-		if (!copy && cfg->batch_handler) {
-			reqs[m++] = reqs[k];	/* m <= k: nothing unread is overwritten */
-			continue;
-		}
-		reps[0] = reqs[k];
-		st[0] = (struct hreq){ 0 };
-		h->cur = &reqs[k];
-		h->cur_rep = &reps[0];
-		h->cur_st = &st[0];
-		h->ncur = 1;
-		reps[0].status = copy ? ferry_hgpu_copy(h, &reqs[k], &reps[0]) :
-			cfg->handler(h, &reqs[k], &reps[0], cfg->helper_arg);
-		h->ncur = 0;
-		finish(h, &reqs[k], &reps[0], &st[0]);
-	}
-	if (!m)
-		return;
-	for (unsigned int k = 0; k < m; k++) {
 		reps[k] = reqs[k];
 		reps[k].status = 0;
 		st[k] = (struct hreq){ 0 };
@@ -281,11 +258,41 @@ static void serve(struct ferry_helper *h, const struct ferry_peer_cfg *cfg,
 	h->cur = reqs;
 	h->cur_rep = reps;
 	h->cur_st = st;
-	h->ncur = m;
-	cfg->batch_handler(h, reqs, reps, m, cfg->helper_arg);
+	h->ncur = n;
+	if (copy)
+		reps[0].status = ferry_hgpu_copy(h, &reqs[0], &reps[0]);
+	else if (cfg->batch_handler)
+		cfg->batch_handler(h, reqs, reps, n, cfg->helper_arg);
+	else
+		reps[0].status = cfg->handler(h, &reqs[0], &reps[0], cfg->helper_arg);
 	h->ncur = 0;
-	for (unsigned int k = 0; k < m; k++)
+	for (unsigned int k = 0; k < n; k++)
 		finish(h, &reqs[k], &reps[k], &st[k]);
+}
+
+/*
+ * Serve reqs[0, n) in ring order: the library's own copy requests one by
+ * one, the runs of requests between them with the handler (one call each)
+ * or the batch handler (one call per run): a copy a child queued behind a
+ * request that writes its block sees what that request wrote.
+ */
+static void serve(struct ferry_helper *h, const struct ferry_peer_cfg *cfg,
+		  struct ferry_desc *reqs, struct ferry_desc *reps, struct hreq *st, unsigned int n)
+{
+	unsigned int run = 0;	/* start of the run of handler requests */
+
+	for (unsigned int k = 0; k <= n; k++) {
+		bool copy = k < n && (reqs[k].op == FERRY_OP_POOL_PUT ||
+				      reqs[k].op == FERRY_OP_POOL_GET);
+
+		if (k < n && !copy)
+			continue;
+		if (k > run)
+			hand_over(h, cfg, reqs + run, reps + run, st + run, k - run, false);
+		if (copy)
+			hand_over(h, cfg, reqs + k, reps + k, st + k, 1, true);
+		run = k + 1;
+	}
 }
 
 _Noreturn void ferry_helper_main(const struct ferry_peer_cfg *cfg, int ctl)

@@ -100,8 +100,12 @@ static int64_t batch_copy(struct ferry_helper *h, const struct ferry_desc *const
 		else
 			r = h->cu->cuMemcpyDtoHAsync((void *)(uintptr_t)addr[k], buf + at, bytes[k],
 						     (CUstream)stream);
-		if (r)
-			return ferry_cuda_errno(r);	/* the driver's: earlier copies are queued */
+		if (r) {
+			/* The driver's: let the copies queued before it end, so
+			 * that a reply sent at once frees nothing still in use. */
+			h->cu->cuStreamSynchronize((CUstream)stream);
+			return ferry_cuda_errno(r);
+		}
 	}
 	return total;
 }

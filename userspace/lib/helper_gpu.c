@@ -287,7 +287,7 @@ unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait)
 	return h->ndefer;
 }
 
-void ferry_hgpu_undefer(struct ferry_helper *h, uint64_t tag)
+bool ferry_hgpu_undefer(struct ferry_helper *h, uint64_t tag)
 {
 	for (unsigned int k = h->ndefer; k-- > 0;) {
 		if (h->defer[k].rep.tag != tag)
@@ -298,8 +298,9 @@ void ferry_hgpu_undefer(struct ferry_helper *h, uint64_t tag)
 		h->ndefer--;
 		h->defer[k] = h->defer[h->ndefer];
 		h->defer[h->ndefer] = t;
-		return;
+		return true;
 	}
+	return false;
 }
 
 int ferry_hgpu_pool(struct ferry_helper *h, const struct ferry_ctl *m, int pool_fd)
@@ -373,14 +374,13 @@ static bool request_names(struct ferry_helper *h, unsigned int k, uint64_t off, 
 	return false;
 }
 
-/* The pool's [off, off + len) where request @k (-1: any in hand) names it. */
+/* The pool's [off, off + len) where request @k in hand names it. */
 uint64_t ferry_hpool_addr(struct ferry_helper *h, int k, uint64_t off, uint64_t len)
 {
 	bool named = false;
 
-	if (h && h->pool && len)
-		for (unsigned int i = 0; i < h->ncur && !named; i++)
-			named = (k < 0 || (unsigned int)k == i) && request_names(h, i, off, len);
+	if (h && h->pool && len && k >= 0 && (unsigned int)k < h->ncur)
+		named = request_names(h, (unsigned int)k, off, len);
 	if (named)
 		return ferry_pool_addr(h->pool, off, len);
 	if (h)
@@ -388,9 +388,27 @@ uint64_t ferry_hpool_addr(struct ferry_helper *h, int k, uint64_t off, uint64_t 
 	return 0;
 }
 
+/* In a batch there is no telling whose offset it is: nothing (see ferry.h). */
 uint64_t ferry_helper_pool_addr(struct ferry_helper *h, uint64_t off, uint64_t len)
 {
-	return ferry_hpool_addr(h, -1, off, len);
+	if (h && h->ncur != 1) {
+		h->rejected++;
+		return 0;
+	}
+	return ferry_hpool_addr(h, 0, off, len);
+}
+
+uint64_t ferry_helper_req_pool_addr(struct ferry_helper *h, const struct ferry_desc *req,
+				    uint64_t off, uint64_t len)
+{
+	int k = h && req ? ferry_hcur_index(h, req) : -1;
+
+	if (k < 0) {
+		if (h)
+			h->rejected++;
+		return 0;
+	}
+	return ferry_hpool_addr(h, k, off, len);
 }
 
 int ferry_helper_gpu(const struct ferry_helper *h)

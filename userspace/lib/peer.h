@@ -204,9 +204,10 @@ void ferry_hgpu_unpin(struct ferry_helper *h, struct hregion *r);
 void ferry_hgpu_exit(struct ferry_helper *h);
 unsigned int ferry_hgpu_poll(struct ferry_helper *h, bool wait);
 /* Forget the deferred reply of the request tagged @tag (answered at once
- * after all): its stream work still runs, its reply is not sent. */
-void ferry_hgpu_undefer(struct ferry_helper *h, uint64_t tag);
-/* The pool's [off, off + len) where request @k in hand (-1: any) names it. */
+ * after all): its stream work still runs, its reply is not sent.  false
+ * when it is not pending: sent already. */
+bool ferry_hgpu_undefer(struct ferry_helper *h, uint64_t tag);
+/* The pool's [off, off + len) where request @k in hand names it. */
 uint64_t ferry_hpool_addr(struct ferry_helper *h, int k, uint64_t off, uint64_t len);
 /*
  * ns until the earliest pending deferred reply is worth looking for (its

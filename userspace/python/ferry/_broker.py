@@ -19,7 +19,7 @@ import weakref
 from . import _fork, _lib
 from ._child import Child
 from ._helper import Helper, Request
-from ._lib import BrokerOpts, BrokerStats, FerryError, check, lib
+from ._lib import BrokerOpts, BrokerStats, Desc, FerryError, check, lib
 
 # Brokers' configurations by the number their C callbacks get as arg: the
 # forked processes find theirs in their copy of this table.
@@ -108,9 +108,9 @@ def _batch_entry(hptr, req, rep, n, arg):
     """Every request of the batch as a Request; the handler's list of
     statuses (None: all 0) goes into the replies.  An exception fails the
     whole batch (a FerryError with its errno, anything else -EIO)."""
-    h = _helper if _helper is not None and _helper._h == hptr else _helper_for(hptr)
-    reqs = [Request(h, req + 64 * k, rep + 64 * k) for k in range(n)]
     try:
+        h = _helper if _helper is not None and _helper._h == hptr else _helper_for(hptr)
+        reqs = [Request(h, req + 64 * k, rep + 64 * k) for k in range(n)]
         st = _conf[arg]["batch_handler"](reqs)
         if st is None:
             st = (0,) * n
@@ -124,8 +124,9 @@ def _batch_entry(hptr, req, rep, n, arg):
     except BaseException:
         _report()
         code = -errno.EIO
-    for r in reqs:
-        r.reply.status = code
+    # Straight into the C replies: the Request objects may be what failed.
+    for k in range(n):
+        Desc.from_address(rep + 64 * k).status = code
 
 
 def _enum(v, auto, none, what):

@@ -126,12 +126,16 @@ class Helper:
         DeviceTensor (GPU pool, for torch.from_dlpack).  Only a range the
         request being handled names (its own block, a pool entry of its
         table, a block req.pool_alloc() made): never an offset from args."""
+        return self._pool_view(offset, shape, dtype, None)
+
+    def _pool_view(self, offset, shape, dtype, req):
         code = ferry_dtype(dtype)
         n = q.ferry_dtype_size(code)
         shape = tuple(shape)
         for s in shape:
             n *= s
-        addr = q.ferry_helper_pool_addr(self._h, offset, n)
+        addr = q.ferry_helper_pool_addr(self._h, offset, n) if req is None else \
+            q.ferry_helper_req_pool_addr(self._h, req, offset, n)
         if not addr:
             raise FerryError(14, f"pool range [{offset}, +{n}) is not named by the request")
         if self.gpu is not None:
@@ -194,8 +198,8 @@ class Request:
         off = self.desc.offset if offset is None else offset
         n = self.desc.len if length is None else length
         if self.desc.flags & _DESC_POOL and offset is None:
-            return self.helper.pool_tensor(off, (n,), np.uint8) if shape is None else \
-                self.helper.pool_tensor(off, shape, dtype)
+            return self.pool_tensor(off, (n,), np.uint8) if shape is None else \
+                self.pool_tensor(off, shape, dtype)
         addr = _helper_data(self.helper._h, self._req, off, n)
         if not addr:
             raise FerryError(14, f"[{off}, +{n}) is not the sender's memory")
@@ -265,6 +269,12 @@ class Request:
     def pinned(self):
         """Whether the sender's region is registered with CUDA by this helper."""
         return bool(q.ferry_helper_pinned(self.helper._h, self._req))
+
+    def pool_tensor(self, offset, shape, dtype):
+        """Bytes of the pool this request names (its own block, a pool entry
+        of its table, a block req.pool_alloc() made), as h.pool_tensor() but
+        for this request: the way to ask in a batch handler."""
+        return self.helper._pool_view(offset, shape, dtype, self._req)
 
     def pool_alloc(self, nbytes, stream=None):
         """A pool block of @nbytes for the sender, from this helper's arena

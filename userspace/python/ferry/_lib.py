@@ -178,6 +178,7 @@ _proto("ferry_helper_gather", ctypes.c_int64, vp, vp, ctypes.c_uint, ctypes.c_ui
 _proto("ferry_helper_scatter", ctypes.c_int64, vp, vp, ctypes.c_uint, ctypes.c_uint, u64, sz, vp)
 _proto("ferry_helper_data", vp, vp, vp, u64, u64)
 _proto("ferry_helper_pool_addr", u64, vp, u64, u64)
+_proto("ferry_helper_req_pool_addr", u64, vp, vp, u64, u64)
 _proto("ferry_helper_tensors", ctypes.c_int, vp, vp, P(vp))
 _proto("ferry_helper_tensor_addr", u64, vp, vp, vp)
 _proto("ferry_helper_gpu", ctypes.c_int, vp)
@@ -193,7 +194,7 @@ _proto("ferry_helper_pool_alloc", ctypes.c_int, vp, vp, sz, vp, P(u64))
 # interval); these return at once, so they keep it.  Range checks,
 # lookups: q.ferry_helper_tensor_addr(...), with the prototypes above.
 q = ctypes.PyDLL(lib._name, handle=lib._handle)
-for _n in ("ferry_helper_data", "ferry_helper_pool_addr", "ferry_helper_tensors",
+for _n in ("ferry_helper_data", "ferry_helper_pool_addr", "ferry_helper_req_pool_addr", "ferry_helper_tensors",
            "ferry_helper_tensor_addr", "ferry_helper_pinned", "ferry_offset", "ferry_ptr",
            "ferry_dtype_size"):
     _f, _g = getattr(lib, _n), getattr(q, _n)

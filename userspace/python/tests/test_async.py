@@ -38,7 +38,7 @@ def serve(req):
     if req.op == 5:	# an output only the handler can size: arg[0] int32s
         n = req.args[0]
         off = req.pool_alloc(n * 4)
-        req.helper.pool_tensor(off, (n,), np.int32)[...] = np.arange(n, dtype=np.int32) * 3
+        req.pool_tensor(off, (n,), np.int32)[...] = np.arange(n, dtype=np.int32) * 3
         req.reply.flags |= 1	# DESC_POOL: offset/len name the block
         req.reply.offset, req.reply.len = off, n * 4
         return 0
