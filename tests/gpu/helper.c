@@ -349,12 +349,18 @@ static void batch(struct ferry_helper *h, const struct ferry_desc *req, struct f
 
 		if (got > 0)
 			got = ferry_helper_scatter(h, bounce, m, 1, scratch, (size_t)got, st);
-		for (unsigned int k = 0; k < m; k++) {
-			struct ferry_desc *r = &rep[bounce[k] - req];
+		struct ferry_desc *reps[64];
+		int err = 0;
 
-			r->status = got < 0 ? (int32_t)got :
-				ferry_helper_defer(h, r, st) ? -EIO : FERRY_DEFERRED;
-		}
+		for (unsigned int k = 0; k < m; k++)
+			reps[k] = &rep[bounce[k] - req];
+		/* All at once (one wake-up); twice is refused. */
+		if (got >= 0)
+			err = ferry_helper_defer_all(h, reps, m, st);
+		if (!err && ferry_helper_defer_all(h, reps, m, st) != -EINVAL)
+			err = -EPROTO;
+		for (unsigned int k = 0; k < m; k++)
+			reps[k]->status = got < 0 ? (int32_t)got : err ? err : FERRY_DEFERRED;
 	}
 	for (unsigned int k = 0; k < n; k++) {
 		if (req[k].op == OP_BOUNCE)
@@ -1010,6 +1016,7 @@ TEST(helpers_sleep_while_their_streams_work)
 TEST(defer_refused_without_a_gpu)
 {
 	EXPECT_EQ(-EINVAL, ferry_helper_defer(NULL, NULL, NULL));
+	EXPECT_EQ(-EINVAL, ferry_helper_defer_all(NULL, NULL, 1, NULL));
 	EXPECT_EQ(-1, ferry_helper_gpu(NULL));
 	EXPECT_EQ(NULL, ferry_helper_stream(NULL));
 }

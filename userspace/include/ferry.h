@@ -742,6 +742,16 @@ int ferry_helper_pool_alloc(struct ferry_helper *h, const struct ferry_desc *req
 int ferry_helper_gpu(const struct ferry_helper *h);
 void *ferry_helper_stream(struct ferry_helper *h);
 int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, void *stream);
+/*
+ * ferry_helper_defer() for the replies @rep[0..n) of a batch at once (each
+ * one of the batch handler's rep[], none deferred yet: -EINVAL otherwise,
+ * nothing deferred): one host function wakes the helper for all of them,
+ * instead of one each.  0, then set each status to FERRY_DEFERRED.  On a
+ * driver error (-errno), set every one's status to it: those deferred
+ * already are then answered with it.
+ */
+int ferry_helper_defer_all(struct ferry_helper *h, struct ferry_desc *const *rep, unsigned int n,
+			   void *stream);
 bool ferry_helper_pinned(const struct ferry_helper *h, const struct ferry_desc *req);
 unsigned int ferry_helper_pinned_count(const struct ferry_helper *h);
 

@@ -423,38 +423,31 @@ void *ferry_helper_stream(struct ferry_helper *h)
 	return h->streams[h->next_stream++ % h->nstreams];
 }
 
-int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, void *stream)
+/* Which request in hand @rep replies to (a handler's may be a copy; a
+ * batch's must be one of rep[]), or -1, also when deferred already. */
+static int reply_index(const struct ferry_helper *h, const struct ferry_desc *rep)
 {
-	struct hdefer *d;
-	int err;
+	int k = h->ncur == 1 ? 0 : -1;
 
-	const struct ferry_desc *q;
-	int k;
-
-	if (!h || !rep)
-		return -EINVAL;
-	if (h->gpu < 0)
-		return -ENODEV;
-	/* A handler's reply may be a copy; a batch's must be one of rep[]. */
-	k = h->ncur == 1 ? 0 : -1;
 	for (unsigned int i = 0; k < 0 && i < h->ncur; i++)
 		if (rep == &h->cur_rep[i])
 			k = (int)i;
-	if (k < 0 || h->cur_st[k].deferred)
-		return -EINVAL;	/* outside a handler, or twice for one request */
-	q = &h->cur[k];
+	return k >= 0 && !h->cur_st[k].deferred ? k : -1;
+}
+
+/* Request @k's reply @rep, pending behind an event on @stream. */
+static int defer_one(struct ferry_helper *h, int k, const struct ferry_desc *rep, void *stream)
+{
+	const struct ferry_desc *q = &h->cur[k];
+	struct hdefer *d;
+	int err;
+
 	if (h->ndefer == h->ndefer_max)
 		ferry_hgpu_poll(h, true);
 	d = &h->defer[h->ndefer];
 	err = ferry_cuda_errno(h->cu->cuEventRecord((CUevent)d->event, (CUstream)stream));
 	if (err)
 		return err;
-	/* After the event in stream order: it has completed when this runs. */
-	if (h->host_wake && h->cu->cuLaunchHostFunc((CUstream)stream, wake_helper, h)) {
-		fprintf(stderr, "ferry: helper %u: no CUDA host functions; polling its "
-			"streams instead of sleeping\n", h->index);
-		h->host_wake = false;
-	}
 	d->rep = *rep;
 	d->t0_ns = ferry_now_ns();
 	d->op = q->op;
@@ -470,6 +463,57 @@ int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, voi
 	return 0;
 }
 
+/* After the events in stream order: they have completed when this runs. */
+static void wake_after(struct ferry_helper *h, void *stream)
+{
+	if (h->host_wake && h->cu->cuLaunchHostFunc((CUstream)stream, wake_helper, h)) {
+		fprintf(stderr, "ferry: helper %u: no CUDA host functions; polling its "
+			"streams instead of sleeping\n", h->index);
+		h->host_wake = false;
+	}
+}
+
+int ferry_helper_defer(struct ferry_helper *h, const struct ferry_desc *rep, void *stream)
+{
+	int k, err;
+
+	if (!h || !rep)
+		return -EINVAL;
+	if (h->gpu < 0)
+		return -ENODEV;
+	k = reply_index(h, rep);
+	if (k < 0)
+		return -EINVAL;	/* outside a handler, or twice for one request */
+	err = defer_one(h, k, rep, stream);
+	if (!err)
+		wake_after(h, stream);
+	return err;
+}
+
+int ferry_helper_defer_all(struct ferry_helper *h, struct ferry_desc *const *rep, unsigned int n,
+			   void *stream)
+{
+	unsigned int done = 0;
+	int err = 0;
+
+	if (!h || !rep || !n || n > h->ncur)
+		return -EINVAL;
+	if (h->gpu < 0)
+		return -ENODEV;
+	for (unsigned int i = 0; i < n; i++) {
+		if (!rep[i] || reply_index(h, rep[i]) < 0)
+			return -EINVAL;
+		for (unsigned int j = 0; j < i; j++)
+			if (rep[j] == rep[i])
+				return -EINVAL;	/* the same reply twice */
+	}
+	for (; done < n && !err; done++)
+		err = defer_one(h, reply_index(h, rep[done]), rep[done], stream);
+	/* One wake-up for all: their events complete together. */
+	if (done > (err ? 1u : 0u))
+		wake_after(h, stream);
+	return err;
+}
 bool ferry_helper_pinned(const struct ferry_helper *h, const struct ferry_desc *req)
 {
 	return h && req && req->region < h->nregions && h->regions[req->region].r &&

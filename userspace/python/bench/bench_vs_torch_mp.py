@@ -103,6 +103,8 @@ def ferry_batch(reqs):
     h.scatter(jobs, 1, v)
     if _gpu is None:
         return None
+    if len(jobs) == len(reqs):
+        return h.defer_all(jobs, _gpu_ptr)	# one wake-up for the batch
     return [r.defer(_gpu_ptr) if r.op == OP_JOB else 0 for r in reqs]
 
 

@@ -98,6 +98,21 @@ class Helper:
         """The other way: @src, back to back, into entry @entry of each request."""
         return self._batch_copy(lib.ferry_helper_scatter, reqs, entry, src, stream)
 
+    def defer_all(self, reqs, stream=None):
+        """req.defer(stream) for every request of @reqs (of one batch) at
+        once, with one wake-up for all: the list of statuses to return."""
+        n = len(reqs)
+        if not n:
+            return []
+        s = self.stream if stream is None else _stream_ptr(stream)
+        if s is None:
+            raise FerryError(19, "deferred replies need a GPU helper")
+        ptrs = (ctypes.c_void_p * n)(*(r._rep for r in reqs))
+        r = lib.ferry_helper_defer_all(self._h, ptrs, n, s)
+        if r < 0:
+            raise FerryError(-r, f"ferry_helper_defer_all of {n}")
+        return [_DEFERRED] * n
+
     def _batch_copy(self, fn, reqs, entry, buf, stream):
         n = len(reqs)
         if not n:

@@ -174,6 +174,7 @@ _proto("ferry_detach", None, vp)
 
 _proto("ferry_helper_index", ctypes.c_uint, vp)
 _proto("ferry_helper_waiting", ctypes.c_uint, vp)
+_proto("ferry_helper_defer_all", ctypes.c_int, vp, vp, ctypes.c_uint, vp)
 _proto("ferry_helper_gather", ctypes.c_int64, vp, vp, ctypes.c_uint, ctypes.c_uint, u64, sz, vp)
 _proto("ferry_helper_scatter", ctypes.c_int64, vp, vp, ctypes.c_uint, ctypes.c_uint, u64, sz, vp)
 _proto("ferry_helper_data", vp, vp, vp, u64, u64)

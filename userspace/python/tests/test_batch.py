@@ -141,6 +141,23 @@ def test_an_exception_fails_its_batch_with_its_errno():
         assert b.wait(60) == 0
 
 
+def test_defer_all_needs_a_gpu_helper():
+    def execute_defer(reqs):
+        try:
+            reqs[0].helper.defer_all(reqs)
+        except ferry.FerryError as e:
+            return [-e.errno] * len(reqs)
+        return [0] * len(reqs)
+
+    def child(c):
+        with pytest.raises(ferry.FerryError) as e:
+            c.call(1)
+        assert e.value.errno == errno.ENODEV
+    with ferry.Broker(children=1, helpers=1, child=loud(child), batch_handler=execute_defer,
+                      gpu=None) as b:
+        assert b.wait(60) == 0
+
+
 def test_one_of_handler_and_batch_handler():
     with pytest.raises(TypeError):
         ferry.Broker(children=0, handler=execute, batch_handler=execute)

@@ -154,7 +154,7 @@ def execute(reqs):
         v = buf[:got]
         v.mul_(v)
     h.scatter(reqs, 1, v)
-    return [r.defer(s) for r in reqs]
+    return h.defer_all(reqs, s)
 
 
 def test_batch_gathered_to_the_gpu_and_scattered_back():
